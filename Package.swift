@@ -1,0 +1,50 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Module names carry a "Strata" prefix: the toolchain already ships a module called `Runtime`.
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .unsafeFlags(["-warnings-as-errors"]),
+]
+
+let package = Package(
+    name: "Strata",
+    products: [
+        .executable(name: "strata", targets: ["StrataCLI"]),
+        .library(name: "StrataEngine", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        .target(
+            name: "CStrataShim",
+            path: "Sources/CStrataShim",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
+        ),
+        .target(name: "StrataRuntime", dependencies: ["CStrataShim", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Runtime", swiftSettings: swiftSettings),
+        .target(name: "StrataGraph", dependencies: ["StrataRuntime"], path: "Sources/Graph", swiftSettings: swiftSettings),
+        .target(name: "StrataNodes", dependencies: ["StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
+        .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph"], path: "Sources/Filters", swiftSettings: swiftSettings),
+        .target(
+            name: "StrataDevices",
+            dependencies: ["StrataRuntime", "StrataGraph", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Sources/Devices", swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "StrataCLI",
+            dependencies: [
+                "StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/StrataCLI", swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StrataTests",
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"],
+            path: "Tests/StrataTests", swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,70 @@
+// C glue for what Swift cannot import directly: liburing's macros and static inlines that touch
+// ring internals, CPU_SET, eventfd, fcntl/fallocate constants that glibc defines as macros, and
+// libnuma. No logic lives here; every symbol is prefixed strata_.
+#ifndef STRATA_SHIM_H
+#define STRATA_SHIM_H
+
+// Glibc's feature macros are fixed by the first include of <features.h>: include it before
+// liburing.h (which defines _GNU_SOURCE) so this module sees the same fd_set as SwiftGlibc.
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/select.h>
+#include <liburing.h>
+
+struct strata_ring;  // opaque: wraps struct io_uring so Swift never sees its layout
+
+struct strata_ring *strata_ring_create(unsigned entries, int *error_out);
+void strata_ring_destroy(struct strata_ring *ring);
+int strata_ring_fd(struct strata_ring *ring);
+/// Returns NULL when the submission queue is full (the caller submits, then retries).
+struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *ring);
+/// Submits queued SQEs; waits for at least wait_nr completions. Returns submitted count or -errno.
+int strata_ring_submit(struct strata_ring *ring, unsigned wait_nr);
+/// Submits and waits for one completion with a relative timeout in ns (0 = no timeout).
+int strata_ring_submit_and_wait_timeout(struct strata_ring *ring, uint64_t timeout_ns);
+/// Copies up to max ready completions (user_data, res) and marks them seen. No syscall.
+unsigned strata_ring_reap(struct strata_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
+unsigned strata_ring_pending_sqes(struct strata_ring *ring);
+
+static inline void strata_sqe_set_data(struct io_uring_sqe *sqe, uint64_t data) { sqe->user_data = data; }
+static inline void strata_sqe_set_rw_flags(struct io_uring_sqe *sqe, int flags) { sqe->rw_flags = flags; }
+void strata_prep_ftruncate(struct io_uring_sqe *sqe, int fd, uint64_t length);
+void strata_prep_timeout_abs(struct io_uring_sqe *sqe, struct __kernel_timespec *ts);
+
+// Threads and CPUs.
+int strata_pin_current_thread(int cpu);
+int strata_current_cpu(void);
+int strata_gettid(void);
+int strata_set_thread_name(const char *name);
+
+// The queue executor running on this thread, or NULL: one thread-local read answers "am I on it".
+void *strata_current_executor_get(void);
+void strata_current_executor_set(void *executor);
+
+// Wakeups.
+int strata_eventfd_create(void);
+int strata_eventfd_signal(int fd);
+
+// Constants glibc defines as macros.
+int strata_o_direct(void);
+int strata_o_dsync(void);
+int strata_f_ofd_setlk(void);
+int strata_f_ofd_getlk(void);
+int strata_falloc_punch_hole(void);
+int strata_falloc_zero_range(void);
+int strata_falloc_keep_size(void);
+int strata_rwf_dsync(void);
+
+/// OFD byte-range lock on one byte; type is F_RDLCK/F_WRLCK/F_UNLCK. Returns 0 or -errno.
+int strata_ofd_lock(int fd, int64_t start, int type);
+/// Returns 1 when another open file description holds a conflicting lock on that byte, 0 when not, -errno.
+int strata_ofd_probe(int fd, int64_t start, int type);
+
+// Memory: NUMA-local where the machine has several nodes, else aligned heap memory.
+void *strata_alloc_aligned(size_t bytes, size_t alignment, int numa_node);
+void strata_free_aligned(void *memory, size_t bytes, int numa_node);
+int strata_numa_node_of_cpu(int cpu);
+int strata_numa_available_nodes(void);
+
+#endif

@@ -1,0 +1,120 @@
+#define _GNU_SOURCE
+#include "strata_shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <numa.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+
+struct strata_ring { struct io_uring ring; };
+
+struct strata_ring *strata_ring_create(unsigned entries, int *error_out) {
+    struct strata_ring *r = calloc(1, sizeof(*r));
+    if (!r) { *error_out = ENOMEM; return NULL; }
+    struct io_uring_params params;
+    memset(&params, 0, sizeof(params));
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = entries * 4;  // completions of I/O queued in the kernel must never be dropped
+    int ret = io_uring_queue_init_params(entries, &r->ring, &params);
+    if (ret < 0) { free(r); *error_out = -ret; return NULL; }
+    *error_out = 0;
+    return r;
+}
+
+void strata_ring_destroy(struct strata_ring *r) { io_uring_queue_exit(&r->ring); free(r); }
+int strata_ring_fd(struct strata_ring *r) { return r->ring.ring_fd; }
+struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *r) { return io_uring_get_sqe(&r->ring); }
+int strata_ring_submit(struct strata_ring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
+unsigned strata_ring_pending_sqes(struct strata_ring *r) { return io_uring_sq_ready(&r->ring); }
+
+int strata_ring_submit_and_wait_timeout(struct strata_ring *r, uint64_t timeout_ns) {
+    struct io_uring_cqe *cqe = NULL;
+    if (timeout_ns == 0) return io_uring_submit_and_wait(&r->ring, 1);
+    struct __kernel_timespec ts = { .tv_sec = (long long)(timeout_ns / 1000000000ull),
+                                    .tv_nsec = (long long)(timeout_ns % 1000000000ull) };
+    int ret = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, &ts, NULL);
+    return (ret == -ETIME) ? 0 : ret;
+}
+
+unsigned strata_ring_reap(struct strata_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, count = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (count == max) break;
+        user_data[count] = cqe->user_data;
+        results[count] = cqe->res;
+        count++;
+    }
+    io_uring_cq_advance(&r->ring, count);
+    return count;
+}
+
+void strata_prep_ftruncate(struct io_uring_sqe *sqe, int fd, uint64_t length) {
+    // liburing 2.3 predates IORING_OP_FTRUNCATE (55, kernel 6.9); the SQE layout is stable.
+    io_uring_prep_rw(55, sqe, fd, NULL, 0, length);
+}
+
+void strata_prep_timeout_abs(struct io_uring_sqe *sqe, struct __kernel_timespec *ts) {
+    io_uring_prep_timeout(sqe, ts, 0, IORING_TIMEOUT_ABS);
+}
+
+int strata_pin_current_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+int strata_current_cpu(void) { return sched_getcpu(); }
+int strata_gettid(void) { return (int)syscall(SYS_gettid); }
+int strata_set_thread_name(const char *name) { return -pthread_setname_np(pthread_self(), name); }
+
+static __thread void *strata_current_executor;
+void *strata_current_executor_get(void) { return strata_current_executor; }
+void strata_current_executor_set(void *executor) { strata_current_executor = executor; }
+
+int strata_eventfd_create(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd < 0 ? -errno : fd; }
+int strata_eventfd_signal(int fd) { return eventfd_write(fd, 1) < 0 ? -errno : 0; }
+
+int strata_o_direct(void) { return O_DIRECT; }
+int strata_o_dsync(void) { return O_DSYNC; }
+int strata_f_ofd_setlk(void) { return F_OFD_SETLK; }
+int strata_f_ofd_getlk(void) { return F_OFD_GETLK; }
+int strata_falloc_punch_hole(void) { return FALLOC_FL_PUNCH_HOLE; }
+int strata_falloc_zero_range(void) { return FALLOC_FL_ZERO_RANGE; }
+int strata_falloc_keep_size(void) { return FALLOC_FL_KEEP_SIZE; }
+int strata_rwf_dsync(void) { return RWF_DSYNC; }
+
+int strata_ofd_lock(int fd, int64_t start, int type) {
+    struct flock fl = { .l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = 1, .l_pid = 0 };
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+int strata_ofd_probe(int fd, int64_t start, int type) {
+    struct flock fl = { .l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = 1, .l_pid = 0 };
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) return -errno;
+    return fl.l_type != F_UNLCK;
+}
+
+void *strata_alloc_aligned(size_t bytes, size_t alignment, int numa_node) {
+    if (numa_node >= 0 && numa_available() >= 0 && numa_max_node() > 0) {
+        return numa_alloc_onnode(bytes, numa_node);  // page aligned
+    }
+    void *memory = NULL;
+    return posix_memalign(&memory, alignment, bytes) == 0 ? memory : NULL;
+}
+
+void strata_free_aligned(void *memory, size_t bytes, int numa_node) {
+    if (numa_node >= 0 && numa_available() >= 0 && numa_max_node() > 0) { numa_free(memory, bytes); return; }
+    free(memory);
+}
+
+int strata_numa_node_of_cpu(int cpu) { return numa_available() < 0 ? 0 : numa_node_of_cpu(cpu); }
+int strata_numa_available_nodes(void) { return numa_available() < 0 ? 1 : numa_max_node() + 1; }

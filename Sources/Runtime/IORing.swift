@@ -1,0 +1,74 @@
+import CStrataShim
+import Glibc
+
+/// One io_uring instance, owned by exactly one thread (its queue executor). Not thread-safe by
+/// design: submissions batch per loop turn and completions are reaped from shared memory.
+final class IORing {
+    /// What a completion's user-data points at; the low 3 bits of the pointer say which.
+    enum CompletionKind: UInt64 {
+        case continuation = 0
+        case timer = 1
+        case wakeup = 2
+    }
+
+    static let kindMask: UInt64 = 0b111
+
+    private let ring: OpaquePointer
+    let entries: UInt32
+    private(set) var inFlight = 0
+    private var completedUserData: UnsafeMutablePointer<UInt64>
+    private var completedResults: UnsafeMutablePointer<Int32>
+    private let reapBatch: Int
+
+    init(entries: UInt32) throws {
+        var error: Int32 = 0
+        guard let ring = strata_ring_create(entries, &error) else {
+            throw SystemError("io_uring_queue_init", errno: error)
+        }
+        self.ring = ring
+        self.entries = entries
+        self.reapBatch = Int(entries) * 2
+        completedUserData = .allocate(capacity: reapBatch)
+        completedResults = .allocate(capacity: reapBatch)
+    }
+
+    deinit {
+        strata_ring_destroy(ring)
+        completedUserData.deallocate()
+        completedResults.deallocate()
+    }
+
+    /// A free SQE; flushes the submission queue to the kernel first when it is full.
+    func nextSQE(userData: UInt64) -> UnsafeMutablePointer<io_uring_sqe> {
+        var sqe = strata_ring_get_sqe(ring)
+        while sqe == nil {
+            _ = strata_ring_submit(ring, 0)
+            sqe = strata_ring_get_sqe(ring)
+        }
+        strata_sqe_set_data(sqe, userData)
+        inFlight += 1
+        return sqe!
+    }
+
+    var hasPendingSubmissions: Bool { strata_ring_pending_sqes(ring) > 0 }
+
+    /// One syscall: submits what is queued and, when `wait` is set, sleeps until a completion.
+    func submit(wait: Bool) {
+        guard wait || hasPendingSubmissions else { return }
+        let result = strata_ring_submit(ring, wait ? 1 : 0)
+        precondition(result >= 0 || result == -EINTR || result == -EBUSY || result == -EAGAIN,
+                     "io_uring_enter failed: \(result)")
+    }
+
+    /// Hands every ready completion to `handle`, without a syscall.
+    @inline(__always)
+    func reap(_ handle: (UInt64, Int32) -> Void) {
+        while true {
+            let count = Int(strata_ring_reap(ring, completedUserData, completedResults, UInt32(reapBatch)))
+            if count == 0 { return }
+            inFlight -= count
+            for index in 0..<count { handle(completedUserData[index], completedResults[index]) }
+            if count < reapBatch { return }
+        }
+    }
+}

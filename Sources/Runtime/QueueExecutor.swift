@@ -1,0 +1,237 @@
+import CStrataShim
+import DequeModule
+import Dispatch
+import Glibc
+import Synchronization
+
+/// A pinned OS thread that is a Swift `SerialExecutor` with its own io_uring ring.
+///
+/// Every actor of one queue returns this executor, so awaits between them are identity checks
+/// that never leave the thread. The loop: run the jobs ready at the start of the turn, submit all
+/// queued SQEs in one syscall (sleeping in the kernel when idle), reap completions from shared
+/// memory and resume their continuations here.
+///
+/// Thread ownership: `localJobs`, `ring` and `timers` are touched only by the executor's own thread
+/// (checked with `assertOnExecutor`). Other threads reach it only through `remoteJobs` (a Mutex),
+/// the atomics and the eventfd.
+public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Sendable {
+    // @unchecked Sendable: see the ownership rule above; every cross-thread field is a Mutex,
+    // an Atomic or immutable.
+
+    public let name: String
+    /// The CPU this executor's thread is pinned to, or nil when not pinned.
+    public let cpu: Int?
+    /// NUMA node of `cpu`, for buffer placement.
+    public let numaNode: Int32
+
+    private var localJobs = Deque<UnownedJob>(minimumCapacity: 1024)
+    private let remoteJobs = Mutex(Deque<UnownedJob>())
+    private let remoteJobCount = Atomic<Int>(0)
+    private let remoteEnqueueTotal = Atomic<Int>(0)
+    private let wakePending = Atomic<Bool>(false)
+    private let stopRequested = Atomic<Bool>(false)
+    private var ring: IORing!
+    private var timers: TimerSlots!
+    private let wakeFd: Int32
+    private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    private var thread: pthread_t?
+    private let exited = DispatchSemaphore(value: 0)
+
+    /// Starts the thread and its ring; returns once the ring is ready.
+    public init(name: String, cpu: Int? = nil, ringEntries: UInt32 = 512) throws {
+        self.name = name
+        self.cpu = cpu
+        self.numaNode = cpu.map { strata_numa_node_of_cpu(Int32($0)) } ?? -1
+        let fd = strata_eventfd_create()
+        guard fd >= 0 else { throw SystemError("eventfd", errno: -fd) }
+        self.wakeFd = fd
+        let started = DispatchSemaphore(value: 0)
+        let startError = Mutex<Error?>(nil)
+        let context = ThreadStart { [self] in
+            do {
+                try self.prepareOnThread(ringEntries: ringEntries)
+            } catch {
+                startError.withLock { $0 = error }
+                started.signal()
+                self.exited.signal()
+                return
+            }
+            started.signal()
+            self.runLoop()
+            self.exited.signal()
+        }
+        var handle = pthread_t()
+        let result = pthread_create(&handle, nil, { raw in
+            Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(context).toOpaque())
+        guard result == 0 else { throw SystemError("pthread_create", errno: result) }
+        pthread_detach(handle)
+        thread = handle
+        started.wait()
+        if let error = startError.withLock({ $0 }) { throw error }
+    }
+
+    deinit {
+        close(wakeFd)
+        wakeBuffer.deallocate()
+    }
+
+    // MARK: Executor
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if isCurrent {
+            localJobs.append(job)
+            return
+        }
+        remoteJobs.withLock { jobs in
+            jobs.append(job)
+            remoteJobCount.add(1, ordering: .releasing)
+        }
+        remoteEnqueueTotal.add(1, ordering: .relaxed)
+        wake()
+    }
+
+    /// Jobs handed over from other threads since start: in steady state a queue's requests add none.
+    public var crossThreadEnqueues: Int { remoteEnqueueTotal.load(ordering: .relaxed) }
+
+    /// A job for the global executor enqueued from this thread: it runs here, serialised with
+    /// this queue's actors (see ThreadAffineExecutorFactory).
+    func enqueueGeneric(_ job: UnownedJob) {
+        assertOnExecutor()
+        localJobs.append(job)
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    public func checkIsolated() {
+        precondition(isCurrent, "not on queue executor \(name)")
+    }
+
+    /// True on this executor's own thread: one thread-local read.
+    @inline(__always) public var isCurrent: Bool {
+        strata_current_executor_get() == Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    @inline(__always) func assertOnExecutor() {
+        assert(isCurrent, "queue executor \(name) touched from another thread")
+    }
+
+    /// The queue executor owning the calling thread, if any.
+    public static var current: QueueExecutor? {
+        guard let raw = strata_current_executor_get() else { return nil }
+        return Unmanaged<QueueExecutor>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    // MARK: Ring operations (call only from code isolated to this executor)
+
+    /// Queues one SQE prepared by `prepare` and suspends until its completion; returns the CQE result.
+    /// The SQE goes to the kernel with the rest of this loop turn's batch.
+    @inline(__always)
+    public nonisolated(nonsending) func perform(_ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) async -> Int32 {
+        assertOnExecutor()
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Int32, Never>) in
+            // The continuation is one pointer to a 16-byte aligned task: its bits ride in user-data.
+            let bits = UInt64(UInt(bitPattern: unsafeBitCast(continuation, to: UnsafeRawPointer.self)))
+            prepare(ring.nextSQE(userData: bits | IORing.CompletionKind.continuation.rawValue))
+        }
+    }
+
+    /// Suspends the caller until the monotonic clock reaches `deadlineNs`, with an io_uring timeout.
+    public nonisolated(nonsending) func sleep(untilNs deadlineNs: UInt64) async {
+        assertOnExecutor()
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let slot = timers.take(deadlineNs: deadlineNs, continuation: continuation)
+            let bits = UInt64(UInt(bitPattern: slot)) | IORing.CompletionKind.timer.rawValue
+            strata_prep_timeout_abs(ring.nextSQE(userData: bits), slot.pointer(to: \.deadline)!)
+        }
+    }
+
+    // MARK: Loop
+
+    private func prepareOnThread(ringEntries: UInt32) throws {
+        strata_current_executor_set(Unmanaged.passUnretained(self).toOpaque())
+        _ = strata_set_thread_name(String(name.prefix(15)))
+        if let cpu {
+            let result = strata_pin_current_thread(Int32(cpu))
+            if result != 0 { throw SystemError("pin \(name) to CPU \(cpu)", errno: -result) }
+        }
+        ring = try IORing(entries: ringEntries)
+        timers = TimerSlots()
+        armWakeup()
+    }
+
+    private func armWakeup() {
+        let sqe = ring.nextSQE(userData: IORing.CompletionKind.wakeup.rawValue)
+        io_uring_prep_read(sqe, wakeFd, wakeBuffer, 8, 0)
+    }
+
+    private func wake() {
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            _ = strata_eventfd_signal(wakeFd)
+        }
+    }
+
+    private func drainRemoteJobs() {
+        guard remoteJobCount.load(ordering: .acquiring) > 0 else { return }
+        remoteJobs.withLock { jobs in
+            localJobs.append(contentsOf: jobs)
+            remoteJobCount.subtract(jobs.count, ordering: .relaxed)
+            jobs.removeAll(keepingCapacity: true)
+        }
+    }
+
+    private func runLoop() {
+        let unownedSelf = asUnownedSerialExecutor()
+        while true {
+            drainRemoteJobs()
+            // Only the jobs ready now: new ones wait for the next turn so submissions keep flowing.
+            var budget = localJobs.count
+            while budget > 0, let job = localJobs.popFirst() {
+                job.runSynchronously(on: unownedSelf)
+                budget -= 1
+            }
+            if stopRequested.load(ordering: .acquiring) && localJobs.isEmpty
+                && remoteJobCount.load(ordering: .acquiring) == 0 && ring.inFlight <= 1 {
+                return
+            }
+            let idle = localJobs.isEmpty && remoteJobCount.load(ordering: .acquiring) == 0
+            ring.submit(wait: idle)
+            ring.reap(handleCompletion)
+        }
+    }
+
+    @inline(__always)
+    private func handleCompletion(userData: UInt64, result: Int32) {
+        let address = UInt(userData & ~IORing.kindMask)
+        switch IORing.CompletionKind(rawValue: userData & IORing.kindMask) {
+        case .continuation:
+            let continuation = unsafeBitCast(UnsafeRawPointer(bitPattern: address)!, to: UnsafeContinuation<Int32, Never>.self)
+            continuation.resume(returning: result)
+        case .timer:
+            timers.fire(UnsafeMutablePointer(bitPattern: address)!)
+        case .wakeup:
+            wakePending.store(false, ordering: .releasing)
+            if !stopRequested.load(ordering: .acquiring) { armWakeup() }
+        case nil:
+            preconditionFailure("completion with unknown kind \(userData)")
+        }
+    }
+
+    /// Stops the loop once every queued job and in-flight I/O has finished, and waits for the thread.
+    public func shutdown() {
+        precondition(!isCurrent, "an executor cannot wait for its own thread")
+        stopRequested.store(true, ordering: .releasing)
+        _ = strata_eventfd_signal(wakeFd)
+        exited.wait()
+    }
+}
+
+/// The body of a new executor thread, boxed so pthread_create can carry it.
+private final class ThreadStart {
+    let body: () -> Void
+    init(body: @escaping () -> Void) { self.body = body }
+}

@@ -1,0 +1,36 @@
+@_spi(ExperimentalCustomExecutors) import _Concurrency
+
+/// The one place Strata uses experimental runtime SPI (Swift 6.3's `_createExecutors`).
+///
+/// Why: in Swift 6.3 a resumed continuation is enqueued on the global default executor, so every
+/// io_uring completion would cross to the Dispatch pool and back (measured: ~1 µs and 1-2 mallocs
+/// per I/O). This default executor keeps a job on the current queue executor's thread when it is
+/// enqueued from one, and hands everything else to the platform's own executor. Tasks created with
+/// a `QueueExecutor` as their executor preference get the same effect with public API at a higher
+/// cost per hop, which is what the test suite (whose runner owns `main`) relies on.
+public enum ThreadAffineExecutors {
+    /// Installs the thread-affine default executor. Call first thing in `main`, before any task exists.
+    public static func install() {
+        _createExecutors(factory: ThreadAffineExecutorFactory.self)
+    }
+}
+
+struct ThreadAffineExecutorFactory: ExecutorFactory {
+    static let mainExecutor: any MainExecutor = PlatformExecutorFactory.mainExecutor
+    static let defaultExecutor: any TaskExecutor = ThreadAffineDefaultExecutor(fallback: PlatformExecutorFactory.defaultExecutor)
+}
+
+final class ThreadAffineDefaultExecutor: TaskExecutor, @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; `fallback` is itself thread-safe.
+    private let fallback: any TaskExecutor
+
+    init(fallback: any TaskExecutor) { self.fallback = fallback }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        if let queue = QueueExecutor.current {
+            queue.enqueueGeneric(UnownedJob(job))
+        } else {
+            fallback.enqueue(job)
+        }
+    }
+}

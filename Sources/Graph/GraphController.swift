@@ -1,0 +1,188 @@
+import StrataRuntime
+
+/// What one applied transaction did and how long it took.
+public struct TransactionReport: Sendable {
+    public let version: UInt64
+    /// From the start of the transaction until every queue had switched.
+    public let applyNs: UInt64
+    /// Monotonic time each attachment switched, by queue index then backend.
+    public let switchTimesNs: [(queue: Int, backend: String, timeNs: UInt64)]
+    public let addedNodes: [String]
+    public let removedNodes: [String]
+}
+
+/// Owns the graph on the control executor. A transaction is validated whole on a copy of the
+/// graph value, new nodes are opened, and only then does each queue get a "switch to version N"
+/// message; nothing changes unless everything validated and opened. No queue waits for another,
+/// and the data path takes no lock: each queue swaps one pointer between two requests.
+public actor GraphController {
+    public nonisolated let unownedExecutor: UnownedSerialExecutor
+    public nonisolated let control: QueueExecutor
+    public nonisolated let queues: [QueueContext]
+    public nonisolated let sharedObjects = SharedObjects()
+    public private(set) var model: GraphModel
+    private var states: [String: any NodeState] = [:]
+    private var permissions: [String: NodePermissions] = [:]
+    private var attachments: [any GraphAttachment] = []
+    private var versionNumber: UInt64 = 0
+    private var retirements: [Task<Void, Never>] = []
+    private let clock: any IOClock
+
+    public init(registry: DriverRegistry, control: QueueExecutor, queues: [QueueContext], clock: any IOClock = MonotonicClock()) {
+        self.control = control
+        self.unownedExecutor = control.asUnownedSerialExecutor()
+        self.queues = queues
+        self.model = GraphModel(registry: registry)
+        self.clock = clock
+    }
+
+    /// The shared state of a node, for control-path calls (statistics, resize, runtime toggles).
+    public func state(of name: String) throws(GraphError) -> any NodeState {
+        guard let state = states[name] else { throw .noSuchNode(name) }
+        return state
+    }
+
+    public var currentVersion: UInt64 { versionNumber }
+
+    /// Applies a transaction: all of it or, on any error, none of it.
+    @discardableResult
+    public func apply(_ edits: [GraphEdit]) async throws -> TransactionReport {
+        let startNs = clock.nowNs
+        let (next, nextPermissions) = try model.applying(edits)
+        let added = next.nodes.keys.filter { model.nodes[$0] == nil }
+        let removed = model.nodes.keys.filter { next.nodes[$0] == nil }
+        let reopened = next.nodes.keys.filter { name in
+            guard let old = model.nodes[name] else { return false }
+            return old.options != next.nodes[name]!.options
+        }
+
+        var opened: [String: any NodeState] = [:]
+        func unwindOpened() async { for state in opened.values { await state.close() } }
+        let context = OpenContext(controlExecutor: control, clock: clock, sharedObjects: sharedObjects)
+        for name in next.bottomUpOrder() where added.contains(name) {
+            let entry = next.nodes[name]!
+            var children: [ChildLink: any NodeState] = [:]
+            for link in entry.children { children[link] = opened[link.nodeName] ?? states[link.nodeName] }
+            do {
+                opened[name] = try await entry.configuration.open(name: name, children: children, context: context)
+            } catch {
+                await unwindOpened()
+                throw error is GraphError ? error : GraphError.openFailed(node: name, reason: "\(error)")
+            }
+        }
+
+        var commits: [@Sendable () -> Void] = []
+        for name in reopened.sorted() where states[name] != nil {
+            do {
+                commits.append(try states[name]!.prepareReopen(next.nodes[name]!.configuration))
+            } catch {
+                await unwindOpened()
+                throw error
+            }
+        }
+
+        // Permissions (file locks): apply the new sums; on failure put back the ones already changed.
+        var changed: [(name: String, old: NodePermissions)] = []
+        for name in next.bottomUpOrder() {
+            let new = nextPermissions[name] ?? .unused
+            let old = permissions[name] ?? .unused
+            guard let state = opened[name] ?? states[name], new != old || opened[name] != nil else { continue }
+            do {
+                try await state.applyPermissions(take: new.take, share: new.share)
+                changed.append((name, old))
+            } catch {
+                for (changedName, old) in changed.reversed() where opened[changedName] == nil {
+                    try? await states[changedName]?.applyPermissions(take: old.take, share: old.share)
+                }
+                await unwindOpened()
+                throw GraphError.openFailed(node: name, reason: "\(error)")
+            }
+        }
+
+        // Point of no return: everything validated, opened and locked.
+        for commit in commits { commit() }
+        let retiredStates = removed.compactMap { states[$0] }
+        for name in removed { states[name] = nil }
+        states.merge(opened) { _, new in new }
+        model = next
+        permissions = nextPermissions
+        versionNumber += 1
+        let switches = await distribute(version: versionNumber)
+        let version = versionNumber
+        let current = attachments
+        retirements.append(Task {
+            for attachment in current { await attachment.drain(olderThan: version) }
+            for state in retiredStates { await state.close() }
+        })
+        return TransactionReport(version: version, applyNs: clock.nowNs - startNs, switchTimesNs: switches,
+                                 addedNodes: added.sorted(), removedNodes: removed.sorted())
+    }
+
+    /// Parses and applies a transaction given as JSON (one action, an array, or `{"actions": [...]}`).
+    @discardableResult
+    public func apply(json: JSONValue) async throws -> TransactionReport {
+        try await apply(try GraphEdit.parseList(json))
+    }
+
+    /// Attaches a device queue or export connection and installs its backend's current root.
+    public func attach(_ attachment: any GraphAttachment) async throws {
+        let version = try makeVersion(for: attachment, number: versionNumber)
+        attachments.append(attachment)
+        _ = await attachment.install(version)
+    }
+
+    public func detach(_ attachment: any GraphAttachment) {
+        attachments.removeAll { $0 === attachment }
+    }
+
+    /// Waits until every node removed by earlier transactions has been closed.
+    public func waitForRetirements() async {
+        let pending = retirements
+        retirements.removeAll()
+        for task in pending { await task.value }
+    }
+
+    /// Closes every node; call after all attachments are detached and idle.
+    public func shutdown() async {
+        await waitForRetirements()
+        for name in model.bottomUpOrder().reversed() {
+            if let state = states[name] { await state.close() }
+        }
+        states.removeAll()
+    }
+
+    // MARK: Private
+
+    private func makeVersion(for attachment: any GraphAttachment, number: UInt64) throws(GraphError) -> GraphVersion {
+        guard let backend = model.backends[attachment.backendName] else { throw .noSuchBackend(attachment.backendName) }
+        var memo: [String: any BlockNode] = [:]
+        let root = instance(backend.nodeName, queue: queues[attachment.queueIndex], memo: &memo)
+        return GraphVersion(number: number, root: root)
+    }
+
+    private func instance(_ name: String, queue: QueueContext, memo: inout [String: any BlockNode]) -> any BlockNode {
+        if let built = memo[name] { return built }
+        var children: [ChildLink: any BlockNode] = [:]
+        for link in model.nodes[name]!.children { children[link] = instance(link.nodeName, queue: queue, memo: &memo) }
+        let built = states[name]!.makeInstance(queue: queue, children: children)
+        memo[name] = built
+        return built
+    }
+
+    /// Sends each attachment its new root; all queues switch concurrently, none waits for another.
+    private func distribute(version: UInt64) async -> [(queue: Int, backend: String, timeNs: UInt64)] {
+        var prepared: [(any GraphAttachment, GraphVersion)] = []
+        for attachment in attachments {
+            guard let built = try? makeVersion(for: attachment, number: version) else { continue }
+            prepared.append((attachment, built))
+        }
+        return await withTaskGroup(of: (Int, String, UInt64).self) { group in
+            for (attachment, built) in prepared {
+                group.addTask { (attachment.queueIndex, attachment.backendName, await attachment.install(built)) }
+            }
+            var switches: [(queue: Int, backend: String, timeNs: UInt64)] = []
+            for await (queue, backend, time) in group { switches.append((queue, backend, time)) }
+            return switches.sorted { ($0.queue, $0.backend) < ($1.queue, $1.backend) }
+        }
+    }
+}

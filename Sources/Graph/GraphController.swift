@@ -44,11 +44,34 @@ public actor GraphController {
 
     public var currentVersion: UInt64 { versionNumber }
 
+    /// The size a backend's root node has now.
+    public func backendSizeBytes(_ backend: String) throws(GraphError) -> UInt64 {
+        guard let entry = model.backends[backend] else { throw .noSuchBackend(backend) }
+        return try state(of: entry.nodeName).sizeBytes
+    }
+
+    /// One line per backend: its chain of nodes, top to bottom, with drivers and extra children.
+    public func describe() -> [String] {
+        model.backends.values.sorted { $0.name < $1.name }.map { backend in
+            var parts = [backend.name]
+            var next: String? = backend.nodeName
+            while let name = next, let node = model.nodes[name] {
+                let others = node.children.dropFirst().map { "\($0.optionKey)=\($0.nodeName)" }
+                parts.append("\(name) (\(node.driver)\(others.isEmpty ? "" : "; " + others.joined(separator: ", ")))")
+                next = node.children.first?.nodeName
+            }
+            return parts.joined(separator: " -> ")
+        }
+    }
+
     /// Applies a transaction: all of it or, on any error, none of it.
     @discardableResult
     public func apply(_ edits: [GraphEdit]) async throws -> TransactionReport {
         let startNs = clock.nowNs
         let (next, nextPermissions) = try model.applying(edits)
+        for attachment in attachments where next.backends[attachment.backendName] == nil {
+            throw GraphError.inUse(node: attachment.backendName, users: ["queue \(attachment.queueIndex)"])
+        }
         let added = next.nodes.keys.filter { model.nodes[$0] == nil }
         let removed = model.nodes.keys.filter { next.nodes[$0] == nil }
         let reopened = next.nodes.keys.filter { name in

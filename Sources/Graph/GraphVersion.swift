@@ -18,8 +18,9 @@ public final class GraphVersion: @unchecked Sendable {
 
 /// What a device queue or export connection embeds to follow graph versions: requests pin the
 /// version they start on, `install` switches between two requests, and old versions are retired
-/// once their last request is done. Owned by one actor on one queue executor.
-public struct VersionedRoot {
+/// once their last request is done. Owned by one actor on one queue executor (a class, so the
+/// actor can await a drain without holding an inout access across the suspension).
+public final class VersionedRoot {
     public private(set) var current: GraphVersion
     private var retired: [GraphVersion] = []
     private var drainWaiters: [(olderThan: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
@@ -34,13 +35,13 @@ public struct VersionedRoot {
     }
 
     /// Unpins; retires the version if it was replaced and this was its last request.
-    @inline(__always) public mutating func end(_ version: GraphVersion) {
+    @inline(__always) public func end(_ version: GraphVersion) {
         version.inFlight &-= 1
         if version.inFlight == 0 && version !== current { retire(version) }
     }
 
     /// Switches to `next`; requests in flight finish on the version they started on.
-    public mutating func install(_ next: GraphVersion) {
+    public func install(_ next: GraphVersion) {
         precondition(next.number > current.number, "graph versions only move forward")
         if current.inFlight > 0 { retired.append(current) }
         current = next
@@ -48,19 +49,19 @@ public struct VersionedRoot {
     }
 
     /// Returns once no request started on a version numbered below `number` is in flight.
-    public mutating func drain(olderThan number: UInt64) async {
+    public nonisolated(nonsending) func drain(olderThan number: UInt64) async {
         if !retired.contains(where: { $0.number < number }) { return }
         await withCheckedContinuation { drainWaiters.append((number, $0)) }
     }
 
     public var inFlightOnOlderVersions: Int { retired.reduce(0) { $0 + $1.inFlight } }
 
-    private mutating func retire(_ version: GraphVersion) {
+    private func retire(_ version: GraphVersion) {
         retired.removeAll { $0 === version }
         resumeDrainedWaiters()
     }
 
-    private mutating func resumeDrainedWaiters() {
+    private func resumeDrainedWaiters() {
         guard !drainWaiters.isEmpty else { return }
         let oldest = retired.map(\.number).min() ?? UInt64.max
         let (ready, waiting) = (drainWaiters.filter { oldest >= $0.olderThan }, drainWaiters.filter { oldest < $0.olderThan })

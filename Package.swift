@@ -11,11 +11,12 @@ let package = Package(
     name: "Strata",
     products: [
         .executable(name: "strata", targets: ["StrataCLI"]),
-        .library(name: "StrataEngine", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"]),
+        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
@@ -33,17 +34,30 @@ let package = Package(
             dependencies: ["StrataRuntime", "StrataGraph", .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "Sources/Devices", swiftSettings: swiftSettings
         ),
+        .target(
+            name: "StrataEngine",
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"],
+            path: "Sources/Engine", swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
-                "StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
+                "StrataRuntime", "StrataGraph", "StrataDevices", "StrataEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "strata-alloc-count",
+            dependencies: [
+                "StrataRuntime", "StrataGraph", "StrataDevices", "StrataEngine",
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Bench/AllocationCount", swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine"],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

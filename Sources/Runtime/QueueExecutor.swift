@@ -93,6 +93,10 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         wake()
     }
 
+    /// True when another thread has handed this executor a job that has not run yet: long-running
+    /// request loops check it to let control messages in between two requests.
+    @inline(__always) public var hasPendingRemoteJobs: Bool { remoteJobCount.load(ordering: .relaxed) > 0 }
+
     /// Jobs handed over from other threads since start: in steady state a queue's requests add none.
     public var crossThreadEnqueues: Int { remoteEnqueueTotal.load(ordering: .relaxed) }
 

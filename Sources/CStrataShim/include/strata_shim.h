@@ -67,4 +67,13 @@ void strata_free_aligned(void *memory, size_t bytes, int numa_node);
 int strata_numa_node_of_cpu(int cpu);
 int strata_numa_available_nodes(void);
 
+// Ordered access to 16-bit virtqueue indices in memory shared with another party: Swift's
+// Atomic cannot point into raw memory. Callers convert to/from little-endian.
+static inline uint16_t strata_load_acquire_u16(const void *address) {
+    return __atomic_load_n((const uint16_t *)address, __ATOMIC_ACQUIRE);
+}
+static inline void strata_store_release_u16(void *address, uint16_t value) {
+    __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
+}
+
 #endif

@@ -1,0 +1,13 @@
+import StrataFilters
+import StrataGraph
+import StrataNodes
+
+/// Every driver and filter the command line knows, by name: adding one is one line here.
+public enum DriverCatalog {
+    public static let registry = DriverRegistry([
+        FileNode.descriptor,
+        NullNode.descriptor,
+        RawNode.descriptor,
+        ThrottleFilter.descriptor,
+    ])
+}

@@ -1,0 +1,149 @@
+import ArgumentParser
+import FoundationEssentials
+import StrataDevices
+import StrataGraph
+import StrataEngine
+import StrataRuntime
+
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Run the built-in multiqueue guest load generator against a block graph.",
+        discussion: """
+        With no graph options the graph is: device -> throttle (no limits) -> raw -> null-co.
+        --image puts a file node at the bottom instead of null-co; --blockdev (repeatable, QEMU's
+        blockdev-add JSON) gives the whole graph, the last node being the device's root unless
+        --root names another. --edit-at SECONDS:JSON applies a transaction during the run, e.g.
+        --edit-at '2:{"type":"insert-filter","data":{"above":"raw0","filter":{"driver":"throttle","node-name":"t9"}}}'
+        """
+    )
+
+    @Option(name: .customLong("blockdev"), help: "A node as blockdev-add JSON (repeatable).")
+    var blockdevs: [String] = []
+    @Option(help: "The node the device attaches to (default: the last --blockdev).")
+    var root: String?
+    @Option(help: "An image file for a file node at the bottom of the default graph.")
+    var image: String?
+    @Option(help: "Cache mode of --image: none, writeback, writethrough, directsync, unsafe.")
+    var cache = "writeback"
+    @Option(help: "Size of the default null-co node (e.g. 1G).")
+    var size = "1G"
+    @Option(help: "Number of queues, one pinned executor each.")
+    var queues = 1
+    @Option(help: "CPUs to pin queues to, comma separated (default: queue i on CPU i mod online CPUs).")
+    var cpus: String?
+    @Option(help: "Queue depth per queue.")
+    var depth = 32
+    @Option(help: "Block size (e.g. 4k).")
+    var bs = "4k"
+    @Option(help: "read, write, randread, randwrite, randrw or rw.")
+    var rw = "randread"
+    @Option(help: "Percentage of reads in mixed modes.")
+    var rwmixread = 50
+    @Option(help: "Run for this many seconds.")
+    var seconds: Double?
+    @Option(help: "Run this many requests per queue.")
+    var ops: Int?
+    @Option(help: "Seed of the request streams: the same seed gives the same requests.")
+    var seed: UInt64 = 1
+    @Flag(help: "Check every read against what this run wrote.")
+    var verify = false
+    @Option(name: .customLong("edit-at"), help: "SECONDS:JSON, a transaction applied during the run (repeatable).")
+    var editsAt: [String] = []
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard (1...256).contains(queues) else { throw ValidationError("--queues must be between 1 and 256, got \(queues)") }
+        guard (1...4096).contains(depth) else { throw ValidationError("--depth must be between 1 and 4096, got \(depth)") }
+        guard WorkloadMode(rawValue: rw) != nil else {
+            throw ValidationError("--rw must be one of \(WorkloadMode.allCases.map(\.rawValue).joined(separator: ", ")), got '\(rw)'")
+        }
+        guard (0...100).contains(rwmixread) else { throw ValidationError("--rwmixread must be between 0 and 100, got \(rwmixread)") }
+        guard let blockSize = OptionReader.parseSize(bs), blockSize >= 512, blockSize <= 16 << 20, blockSize % 512 == 0 else {
+            throw ValidationError("--bs must be a multiple of 512 between 512 and 16M, got '\(bs)'")
+        }
+        if seconds != nil && ops != nil { throw ValidationError("give --seconds or --ops, not both") }
+        if let seconds, !(seconds > 0 && seconds <= 86_400) { throw ValidationError("--seconds must be in (0, 86400], got \(seconds)") }
+        if let ops, ops <= 0 { throw ValidationError("--ops must be positive, got \(ops)") }
+        if image != nil && !blockdevs.isEmpty { throw ValidationError("give --image or --blockdev, not both") }
+        _ = try parsedCPUs()
+        _ = try parsedEdits()
+    }
+
+    func parsedCPUs() throws -> [Int]? {
+        guard let cpus else { return nil }
+        let list = cpus.split(separator: ",").map { Int($0.trimmingPrefix(" ")) }
+        guard !list.isEmpty, list.allSatisfy({ $0 != nil && $0! >= 0 }) else { throw ValidationError("--cpus must be a comma-separated list of CPU numbers, got '\(cpus)'") }
+        return list.map { $0! }
+    }
+
+    func parsedEdits() throws -> [TimedEdit] {
+        try editsAt.map { text in
+            guard let colon = text.firstIndex(of: ":"), let at = Double(text[..<colon]), at >= 0 else {
+                throw ValidationError("--edit-at expects SECONDS:JSON, got '\(text.prefix(60))'")
+            }
+            let json = try JSONValue.parse(String(text[text.index(after: colon)...]))
+            _ = try GraphEdit.parseList(json)
+            return TimedEdit(atSeconds: at, transaction: json)
+        }
+    }
+
+    /// The graph as blockdev-add actions and the node the device attaches to.
+    func graphActions() throws -> ([JSONValue], String) {
+        if !blockdevs.isEmpty {
+            let nodes = try blockdevs.map { try JSONValue.parse($0) }
+            guard let rootName = root ?? nodes.last.flatMap({ node -> String? in
+                if case .string(let name)? = node.objectValue?["node-name"] { return name }
+                return nil
+            }) else { throw ValidationError("the last --blockdev needs a node-name, or name the root with --root") }
+            return (nodes, rootName)
+        }
+        let bottom: JSONValue
+        if let image {
+            bottom = .object(["driver": .string("file"), "node-name": .string("file0"), "filename": .string(image), "cache": .string(cache)])
+        } else {
+            bottom = .object(["driver": .string("null-co"), "node-name": .string("null0"), "size": .string(size)])
+        }
+        let bottomName = image == nil ? "null0" : "file0"
+        return ([
+            bottom,
+            .object(["driver": .string("raw"), "node-name": .string("raw0"), "file": .string(bottomName)]),
+            .object(["driver": .string("throttle"), "node-name": .string("throttle0"), "file": .string("raw0")]),
+        ], "throttle0")
+    }
+
+    func run() async throws {
+        var spec = WorkloadSpec()
+        spec.mode = WorkloadMode(rawValue: rw)!
+        spec.readPercent = rwmixread
+        spec.blockSizeBytes = Int(OptionReader.parseSize(bs)!)
+        spec.queueDepth = depth
+        spec.seed = seed
+        spec.verify = verify
+        let length: RunLength = ops.map { .opsPerQueue($0) } ?? .seconds(seconds ?? 3)
+        let (actions, rootName) = try graphActions()
+        let edits = try parsedEdits()
+
+        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs())
+        let outcome: Result<LoadReport, Error>
+        do {
+            var setup: [GraphEdit] = try actions.map { .addNode($0) }
+            setup.append(.addBackend(BackendEntry(name: "disk0", nodeName: rootName, writable: spec.mode != .read && spec.mode != .randread)))
+            try await engine.controller.apply(setup)
+            outcome = .success(try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: length, edits: edits))
+        } catch {
+            outcome = .failure(error)
+        }
+        await engine.shutdown()
+        let report = try outcome.get()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(ReportTable.render(report))
+        }
+        if report.failed > 0 || report.verifyFailures > 0 { throw ExitCode(1) }
+    }
+}

@@ -50,7 +50,7 @@ public enum LoadRun {
 
         async let queueResults = withTaskGroup(of: GuestQueueResult.self) { group in
             for driver in drivers {
-                group.addTask(executorPreference: driver.queue.executor) { await driver.run(opsLimit: opsLimit, deadlineNs: deadlineNs) }
+                group.addTask(executorPreference: ThreadAffineExecutors.preference(for: driver.queue.executor)) { await driver.run(on: driver.device, opsLimit: opsLimit, deadlineNs: deadlineNs) }
             }
             var results: [GuestQueueResult] = []
             for await result in group { results.append(result) }

@@ -16,30 +16,31 @@ public enum VirtioBlk {
 }
 
 /// The request type field. A struct rather than an enum: unknown values arrive from the guest and
-/// must be answered with VIRTIO_BLK_S_UNSUPP, not rejected at decoding.
+/// must be answered with VIRTIO_BLK_S_UNSUPP, not rejected at decoding. Constants are computed so
+/// code inlined into other modules folds them.
 public struct VirtioBlkRequestType: RawRepresentable, Hashable, Sendable {
     public let rawValue: UInt32
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// VIRTIO_BLK_T_IN: the device writes sectors into the data buffers.
-    public static let read = VirtioBlkRequestType(rawValue: 0)
+    @inlinable public static var read: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 0) }
     /// VIRTIO_BLK_T_OUT: the device writes the data buffers to the sectors.
-    public static let write = VirtioBlkRequestType(rawValue: 1)
+    @inlinable public static var write: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 1) }
     /// VIRTIO_BLK_T_FLUSH.
-    public static let flush = VirtioBlkRequestType(rawValue: 4)
+    @inlinable public static var flush: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 4) }
     /// VIRTIO_BLK_T_GET_ID.
-    public static let getID = VirtioBlkRequestType(rawValue: 8)
+    @inlinable public static var getID: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 8) }
     /// VIRTIO_BLK_T_DISCARD: data is range segments.
-    public static let discard = VirtioBlkRequestType(rawValue: 11)
+    @inlinable public static var discard: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 11) }
     /// VIRTIO_BLK_T_WRITE_ZEROES: data is range segments.
-    public static let writeZeroes = VirtioBlkRequestType(rawValue: 13)
+    @inlinable public static var writeZeroes: VirtioBlkRequestType { VirtioBlkRequestType(rawValue: 13) }
 
     /// Whether the data buffers of this type are device-writable; nil when the type carries no data
     /// the device looks at (flush, unknown types).
     @inlinable public var dataIsDeviceWritable: Bool? {
-        switch self {
-        case .read, .getID: true
-        case .write, .discard, .writeZeroes: false
+        switch rawValue {
+        case Self.read.rawValue, Self.getID.rawValue: true
+        case Self.write.rawValue, Self.discard.rawValue, Self.writeZeroes.rawValue: false
         default: nil
         }
     }

@@ -2,16 +2,18 @@
 /// le64 addr, le32 len, le16 flags, le16 next; 16 bytes. Decoded into a value once, so a
 /// descriptor the other side rewrites meanwhile cannot change what was validated.
 public struct VirtqueueDescriptor: Equatable, Sendable {
+    /// Constants are computed so code inlined into other modules folds them instead of calling a
+    /// global's accessor.
     public struct Flags: OptionSet, Sendable {
         public let rawValue: UInt16
         @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
 
         /// VIRTQ_DESC_F_NEXT: the chain continues at `next`.
-        public static let next = Flags(rawValue: 1)
+        @inlinable public static var next: Flags { Flags(rawValue: 1) }
         /// VIRTQ_DESC_F_WRITE: the buffer is device-writable (otherwise device-readable).
-        public static let write = Flags(rawValue: 2)
+        @inlinable public static var write: Flags { Flags(rawValue: 2) }
         /// VIRTQ_DESC_F_INDIRECT: the buffer is a table of descriptors.
-        public static let indirect = Flags(rawValue: 4)
+        @inlinable public static var indirect: Flags { Flags(rawValue: 4) }
     }
 
     public static let byteCount = 16

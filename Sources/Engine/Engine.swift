@@ -4,7 +4,7 @@ import StrataRuntime
 
 /// The running engine: one pinned queue executor per queue, a control executor, and the graph
 /// controller that owns the graph on it.
-public struct Engine {
+public struct Engine: Sendable {
     public let control: QueueExecutor
     public let queues: [QueueContext]
     public let controller: GraphController
@@ -24,7 +24,7 @@ public struct Engine {
 
     public func shutdown() async {
         await controller.shutdown()
-        for queue in queues { queue.executor.shutdown() }
-        control.shutdown()
+        for queue in queues { await queue.executor.shutdown() }
+        await control.shutdown()
     }
 }

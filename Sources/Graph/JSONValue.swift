@@ -2,7 +2,8 @@ import FoundationEssentials
 
 /// A parsed JSON document. Options arrive as QEMU's blockdev-add JSON, on the command line now
 /// and over QMP later, so one parser and one value type serve both.
-public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
+public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible, ExpressibleByStringLiteral,
+    ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
     case null
     case bool(Bool)
     case int(Int64)
@@ -10,6 +11,10 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
     case string(String)
     case array([JSONValue])
     case object([String: JSONValue])
+
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.singleValueContainer()

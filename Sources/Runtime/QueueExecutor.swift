@@ -36,6 +36,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private var thread: pthread_t?
     private let exited = DispatchSemaphore(value: 0)
+    private let exitWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
 
     /// Starts the thread and its ring; returns once the ring is ready.
     public init(name: String, cpu: Int? = nil, ringEntries: UInt32 = 512) throws {
@@ -58,7 +59,10 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             }
             started.signal()
             self.runLoop()
+            // From here on this thread is no executor: whatever the waiters resume runs elsewhere.
+            strata_current_executor_set(nil)
             self.exited.signal()
+            for waiter in self.exitWaiters.withLock({ $0 }) { waiter.resume() }
         }
         var handle = pthread_t()
         let result = pthread_create(&handle, nil, { raw in
@@ -225,12 +229,32 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         }
     }
 
-    /// Stops the loop once every queued job and in-flight I/O has finished, and waits for the thread.
+    /// Stops the loop once every queued job and in-flight I/O has finished, and blocks until the
+    /// thread is gone. For threads that are no executor; async code uses `shutdown() async`.
     public func shutdown() {
-        precondition(!isCurrent, "an executor cannot wait for its own thread")
+        precondition(QueueExecutor.current == nil, "a queue executor thread must not block: use `await shutdown()`")
         stopRequested.store(true, ordering: .releasing)
         _ = strata_eventfd_signal(wakeFd)
         exited.wait()
+        exited.signal()  // later callers return at once
+    }
+
+    /// Stops the loop once every queued job and in-flight I/O has finished, and suspends until the
+    /// thread is gone; safe from any task, including one running on this executor.
+    public func shutdown() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let alreadyExited = exitWaiters.withLock { waiters -> Bool in
+                if exited.wait(timeout: .now()) == .success {
+                    exited.signal()
+                    return true
+                }
+                waiters.append(continuation)
+                return false
+            }
+            if alreadyExited { continuation.resume() }
+            stopRequested.store(true, ordering: .releasing)
+            _ = strata_eventfd_signal(wakeFd)
+        }
     }
 }
 

@@ -128,7 +128,7 @@ struct BenchCommand: AsyncParsableCommand {
         let engine = try Engine(queueCount: queues, cpus: try parsedCPUs())
         let outcome: Result<LoadReport, Error>
         do {
-            var setup: [GraphEdit] = try actions.map { .addNode($0) }
+            var setup: [GraphEdit] = actions.map { .addNode($0) }
             setup.append(.addBackend(BackendEntry(name: "disk0", nodeName: rootName, writable: spec.mode != .read && spec.mode != .randread)))
             try await engine.controller.apply(setup)
             outcome = .success(try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: length, edits: edits))

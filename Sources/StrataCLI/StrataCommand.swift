@@ -6,4 +6,19 @@ struct StrataCommand: AsyncParsableCommand {
         abstract: "A block-device I/O engine: a graph of block nodes behind device queues, changed live.",
         subcommands: [BenchCommand.self]
     )
+
+    /// Parses the command line and runs the chosen subcommand. `main.swift` calls this after
+    /// installing the executors, which must happen before ArgumentParser's own entry point would run.
+    static func dispatch() async {
+        do {
+            var command = try parseAsRoot()
+            if let bench = command as? BenchCommand {
+                try await bench.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -2,4 +2,4 @@ import StrataRuntime
 
 // Before any task exists: keeps resumed continuations on the queue executor threads.
 ThreadAffineExecutors.install()
-await StrataCommand.main()
+await StrataCommand.dispatch()

@@ -46,8 +46,8 @@ actor TestAttachment: GraphAttachment {
         let controller = GraphController(registry: testRegistry(log: log), control: control, queues: contexts)
         try await body(controller, log)
         await controller.shutdown()
-        for context in contexts { context.executor.shutdown() }
-        control.shutdown()
+        for context in contexts { await context.executor.shutdown() }
+        await control.shutdown()
     }
 
     func json(_ text: String) throws -> JSONValue { try JSONValue.parse(text) }

@@ -59,7 +59,7 @@ actor TestInstance: BlockNode {
         self.state = state
     }
 
-    func submit(_ request: BlockRequest) async -> IOStatus {
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
         state.requests.add(1, ordering: .relaxed)
         if let child { return await child.submit(request) }
         return .ok

@@ -1,0 +1,28 @@
+import StrataGraph
+import StrataRuntime
+
+/// A throttle node on one queue: waits for its group's admission, then forwards to the child.
+actor ThrottleInstance: BlockNode {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    private let child: any BlockNode
+    private let group: ThrottleGroup
+    private let member: ThrottleGroup.Member
+    private let clock: any IOClock
+
+    init(queue: QueueContext, child: any BlockNode, group: ThrottleGroup, member: ThrottleGroup.Member) {
+        self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
+        self.child = child
+        self.group = group
+        self.member = member
+        self.clock = queue.clock
+    }
+
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
+        // As QEMU: reads and writes are throttled, write-zeroes and discard count as writes of their
+        // length, and a flush moves no data so it is not.
+        if request.operation != .flush {
+            await group.admit(member: member, isWrite: request.operation.isWrite, bytes: request.lengthBytes, clock: clock)
+        }
+        return await child.submit(request)
+    }
+}

@@ -1,0 +1,52 @@
+import CStrataShim
+
+/// Aligned buffers for one queue's O_DIRECT requests whose memory, offset or length is not aligned.
+/// Allocated once with the instance; a request borrows one and returns it before it completes, and
+/// requests larger than a buffer go through it in pieces. Owned by one actor, so unlocked.
+final class BounceBufferPool {
+    struct Buffer {
+        let base: UnsafeMutableRawPointer
+        /// False for a temporary buffer handed out while every pooled one was borrowed.
+        let pooled: Bool
+    }
+
+    let bufferSize: Int
+    private let alignment: Int
+    private let numaNode: Int32
+    private var free: [UnsafeMutableRawPointer]
+
+    init(count: Int, bufferSize: Int, alignment: Int, numaNode: Int32) {
+        self.bufferSize = bufferSize
+        self.alignment = alignment
+        self.numaNode = numaNode
+        free = []
+        free.reserveCapacity(count)  // returns never grow the array: no allocation after init
+        for _ in 0..<count { free.append(allocate()) }
+    }
+
+    deinit {
+        for base in free { strata_free_aligned(base, bufferSize, numaNode) }
+    }
+
+    /// A buffer of `bufferSize` bytes. When more requests bounce at once than the pool holds, a
+    /// temporary buffer keeps them going rather than making them wait.
+    func take() -> Buffer {
+        if let base = free.popLast() { return Buffer(base: base, pooled: true) }
+        return Buffer(base: allocate(), pooled: false)
+    }
+
+    func give(_ buffer: Buffer) {
+        if buffer.pooled {
+            free.append(buffer.base)
+        } else {
+            strata_free_aligned(buffer.base, bufferSize, numaNode)
+        }
+    }
+
+    private func allocate() -> UnsafeMutableRawPointer {
+        guard let base = strata_alloc_aligned(bufferSize, alignment, numaNode) else {
+            fatalError("out of memory allocating a \(bufferSize)-byte bounce buffer")
+        }
+        return base
+    }
+}

@@ -1,0 +1,29 @@
+import StrataGraph
+import StrataRuntime
+
+/// A null-co node on one queue. Nothing is allocated per request: the checks are arithmetic and
+/// the latency sleep goes through the queue's clock (an io_uring timeout on a queue executor).
+actor NullNodeInstance: BlockNode {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    private let configuration: NullNodeConfiguration
+    private let clock: any IOClock
+
+    init(configuration: NullNodeConfiguration, queue: QueueContext) {
+        self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
+        self.configuration = configuration
+        self.clock = queue.clock
+    }
+
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
+        let range = request.rangeStatus(sizeBytes: configuration.sizeBytes)
+        guard range.isOK else { return range }
+        if configuration.readOnly && request.operation.isWrite { return .readOnly }
+        if configuration.latencyNs > 0 {
+            await clock.sleep(untilNs: clock.nowNs &+ configuration.latencyNs)
+        }
+        if request.operation == .read && configuration.readZeroes {
+            request.buffer.slice(from: 0, count: request.lengthBytes).zero()
+        }
+        return .ok
+    }
+}

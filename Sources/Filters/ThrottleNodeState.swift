@@ -7,7 +7,7 @@ final class ThrottleNodeState: NodeState {
     let group: ThrottleGroup
     let member: ThrottleGroup.Member
     private let file: ChildLink
-    private let child: any NodeState
+    private let child: ChildStateReference
     private let sharedObjects: SharedObjects
     /// Close may be called once per node; a second call must not remove a later group of the same name.
     private let closed = Atomic<Bool>(false)
@@ -18,7 +18,7 @@ final class ThrottleNodeState: NodeState {
         self.group = group
         self.member = member
         self.file = file
-        self.child = child
+        self.child = ChildStateReference(child)
         self.sharedObjects = sharedObjects
     }
 
@@ -51,10 +51,14 @@ final class ThrottleNodeState: NodeState {
     }
 
     /// A filter is as large as what it filters.
-    var sizeBytes: UInt64 { child.sizeBytes }
+    var sizeBytes: UInt64 { child.current.sizeBytes }
+
+    func relink(children: [ChildLink: any NodeState]) {
+        if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
+    }
 
     func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
-        guard let childInstance = children[file] else { preconditionFailure("throttle node \(nodeName): no instance of child \(file.nodeName)") }
+        guard let childInstance = children.child(file.optionKey) else { preconditionFailure("throttle node \(nodeName): no instance of child \(file.nodeName)") }
         return ThrottleInstance(queue: queue, child: childInstance, group: group, member: member)
     }
 

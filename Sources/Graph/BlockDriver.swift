@@ -65,6 +65,9 @@ public protocol NodeState: AnyObject, Sendable {
     func applyPermissions(take: Permissions, share: Permissions) async throws
     /// Prepares a reopen with new options of the same driver; the returned action commits it.
     func prepareReopen(_ configuration: any NodeConfiguration) throws(GraphError) -> (@Sendable () -> Void)
+    /// The graph pointed some of this node's child edges at other nodes (a filter inserted or
+    /// removed below it, a child replaced); options are otherwise unchanged.
+    func relink(children: [ChildLink: any NodeState])
     /// Releases resources once no queue can reach the node any more.
     func close() async
 }
@@ -74,5 +77,6 @@ extension NodeState {
     public func prepareReopen(_ configuration: any NodeConfiguration) throws(GraphError) -> (@Sendable () -> Void) {
         throw .badEdit("driver does not support reopen")
     }
+    public func relink(children: [ChildLink: any NodeState]) {}
     public func close() async {}
 }

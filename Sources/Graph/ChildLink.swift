@@ -19,3 +19,11 @@ public struct ChildLink: Sendable, Hashable {
         self.nodeName = nodeName
     }
 }
+
+extension Dictionary where Key == ChildLink {
+    /// The child under an option key ("file", "backing"): the graph may relink the edge to another
+    /// node (a filter inserted below), so nodes find children by key, not by the node name they opened with.
+    public func child(_ optionKey: String) -> Value? {
+        first { $0.key.optionKey == optionKey }?.value
+    }
+}

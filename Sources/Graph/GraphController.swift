@@ -74,9 +74,17 @@ public actor GraphController {
         }
         let added = next.nodes.keys.filter { model.nodes[$0] == nil }
         let removed = model.nodes.keys.filter { next.nodes[$0] == nil }
-        let reopened = next.nodes.keys.filter { name in
-            guard let old = model.nodes[name] else { return false }
-            return old.options != next.nodes[name]!.options
+        // A node whose only change is where its child edges point is relinked, not reopened.
+        var reopened: [String] = []
+        var relinked: [String] = []
+        for (name, new) in next.nodes {
+            guard let old = model.nodes[name], old.options != new.options else { continue }
+            let childKeys = Set((old.children + new.children).map(\.optionKey))
+            if old.options.filter({ !childKeys.contains($0.key) }) == new.options.filter({ !childKeys.contains($0.key) }) {
+                relinked.append(name)
+            } else {
+                reopened.append(name)
+            }
         }
 
         var opened: [String: any NodeState] = [:]
@@ -124,6 +132,11 @@ public actor GraphController {
 
         // Point of no return: everything validated, opened and locked.
         for commit in commits { commit() }
+        for name in relinked.sorted() {
+            var children: [ChildLink: any NodeState] = [:]
+            for link in next.nodes[name]!.children { children[link] = opened[link.nodeName] ?? states[link.nodeName] }
+            states[name]?.relink(children: children)
+        }
         let retiredStates = removed.compactMap { states[$0] }
         for name in removed { states[name] = nil }
         states.merge(opened) { _, new in new }

@@ -37,6 +37,6 @@ private actor RingUser {
         #expect(allOnThread)
         print("cross-thread enqueues for 10000 NOPs: \(crossings)")
         #expect(crossings <= 2)
-        executor.shutdown()
+        await executor.shutdown()
     }
 }

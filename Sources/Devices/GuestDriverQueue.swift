@@ -164,14 +164,14 @@ final class GuestDriverQueue: @unchecked Sendable {
             if !outcome.serviced {
                 // Nothing left in the ring: the run is ending, and whoever serves the last requests reaps them.
                 if stopped || issued >= opsLimit || inFlight == 0 { return }
-                await Task.yield()
+                await queue.executor.yield()
                 continue
             }
             sinceYield += 1
             // Let control messages (graph switches) in promptly, and other request tasks in turn.
             if queue.executor.hasPendingRemoteJobs || sinceYield >= spec.queueDepth {
                 sinceYield = 0
-                await Task.yield()
+                await queue.executor.yield()
             }
         }
     }

@@ -84,23 +84,27 @@ public actor VirtioBlkDevice: GraphAttachment {
         case .getID:
             usedLength = request.completeGetID(deviceID)
         case .io:
-            let status = await perform(request)
+            // Runs on the version current now; it finishes there even if the graph switches meanwhile.
+            var status = IOStatus.ioError
+            if let root {
+                let version = root.begin()
+                if let single = request.blockRequest() {
+                    status = await version.root.submit(single)
+                } else {
+                    status = await submitSegments(request, to: version.root)
+                }
+                root.end(version)
+            }
             usedLength = request.complete(status.isOK ? .ok : .ioError)
         }
         virtqueue.pushUsed(id: head, length: usedLength)
         return ServiceOutcome(serviced: true, switchCount: switchTimes.count)
     }
 
-    /// Runs the request on the version current now; it finishes there even if the graph switches.
-    private func perform(_ request: VirtioBlkRequest) async -> IOStatus {
-        guard let root else { return .ioError }
-        let version = root.begin()
-        defer { root.end(version) }
-        if let single = request.blockRequest() {
-            return await version.root.submit(single)
-        }
+    /// A request scattered over several guest buffers: one node request per buffer, in order.
+    private func submitSegments(_ request: VirtioBlkRequest, to node: any BlockNode) async -> IOStatus {
         for segment in request.segmentRequests() {
-            let status = await version.root.submit(segment)
+            let status = await node.submit(segment)
             if !status.isOK { return status }
         }
         return .ok

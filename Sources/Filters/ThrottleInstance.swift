@@ -20,7 +20,8 @@ actor ThrottleInstance: BlockNode {
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
         // As QEMU: reads and writes are throttled, write-zeroes and discard count as writes of their
         // length, and a flush moves no data so it is not.
-        if request.operation != .flush {
+        // `isEnabled` first: a group without limits then costs one relaxed load, not an async call.
+        if request.operation != .flush && group.isEnabled {
             await group.admit(member: member, isWrite: request.operation.isWrite, bytes: request.lengthBytes, clock: clock)
         }
         return await child.submit(request)

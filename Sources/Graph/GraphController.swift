@@ -26,6 +26,9 @@ public actor GraphController {
     private var attachments: [any GraphAttachment] = []
     private var versionNumber: UInt64 = 0
     private var retirements: [Task<Void, Never>] = []
+    private var switchesOutstanding = 0
+    private var collectedSwitches: [(queue: Int, backend: String, timeNs: UInt64)] = []
+    private var switchesDone: CheckedContinuation<Void, Never>?
     private let clock: any IOClock
 
     public init(registry: DriverRegistry, control: QueueExecutor, queues: [QueueContext], clock: any IOClock = MonotonicClock()) {
@@ -206,19 +209,35 @@ public actor GraphController {
     }
 
     /// Sends each attachment its new root; all queues switch concurrently, none waits for another.
+    ///
+    /// Each message goes from a task isolated to this controller, so the reply comes straight back
+    /// to the control executor. (A task-group child would resume as a generic job on the busy queue
+    /// thread that ran `install`, and wait there behind the queue's requests: measured 6-8 ms.)
     private func distribute(version: UInt64) async -> [(queue: Int, backend: String, timeNs: UInt64)] {
         var prepared: [(any GraphAttachment, GraphVersion)] = []
         for attachment in attachments {
             guard let built = try? makeVersion(for: attachment, number: version) else { continue }
             prepared.append((attachment, built))
         }
-        return await withTaskGroup(of: (Int, String, UInt64).self) { group in
+        guard !prepared.isEmpty else { return [] }
+        switchesOutstanding = prepared.count
+        collectedSwitches = []
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            switchesDone = continuation
             for (attachment, built) in prepared {
-                group.addTask { (attachment.queueIndex, attachment.backendName, await attachment.install(built)) }
+                Task { await self.send(built, to: attachment) }
             }
-            var switches: [(queue: Int, backend: String, timeNs: UInt64)] = []
-            for await (queue, backend, time) in group { switches.append((queue, backend, time)) }
-            return switches.sorted { ($0.queue, $0.backend) < ($1.queue, $1.backend) }
+        }
+        return collectedSwitches.sorted { ($0.queue, $0.backend) < ($1.queue, $1.backend) }
+    }
+
+    private func send(_ version: GraphVersion, to attachment: any GraphAttachment) async {
+        let timeNs = await attachment.install(version)
+        collectedSwitches.append((attachment.queueIndex, attachment.backendName, timeNs))
+        switchesOutstanding -= 1
+        if switchesOutstanding == 0 {
+            switchesDone?.resume()
+            switchesDone = nil
         }
     }
 }

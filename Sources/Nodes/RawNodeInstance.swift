@@ -7,10 +7,12 @@ actor RawNodeInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let state: RawNodeState
     private let file: any BlockNode
+    private let fileState: any NodeState
     private let offsetBytes: UInt64
     private let readOnly: Bool
 
-    init(state: RawNodeState, file: any BlockNode, queue: QueueContext) {
+    init(state: RawNodeState, file: any BlockNode, fileState: any NodeState, queue: QueueContext) {
+        self.fileState = fileState
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.state = state
         self.file = file
@@ -24,7 +26,7 @@ actor RawNodeInstance: BlockNode {
         guard let end = request.validatedEnd else { return .invalid }
         // QEMU's raw_adjust_offset: nothing may leak out of the window; a write that does not fit
         // is ENOSPC, any other request EINVAL.
-        guard end <= state.sizeBytes else { return request.operation.isWrite ? .noSpace : .invalid }
+        guard end <= state.windowSize(childSizeBytes: fileState.sizeBytes) else { return request.operation.isWrite ? .noSpace : .invalid }
         var shifted = request
         let (offset, overflow) = request.offsetBytes.addingReportingOverflow(offsetBytes)
         guard !overflow else { return .invalid }

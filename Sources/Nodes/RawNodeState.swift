@@ -12,9 +12,10 @@ final class RawNodeState: NodeState {
 
     /// The window's size now. Read from the child each time, as QEMU's raw_co_getlength does, so
     /// the node follows a resized child (an explicit size is clipped when the child shrank).
-    var sizeBytes: UInt64 {
-        let childSize = child.current.sizeBytes
-        let available = childSize > configuration.offsetBytes ? childSize - configuration.offsetBytes : 0
+    var sizeBytes: UInt64 { windowSize(childSizeBytes: child.current.sizeBytes) }
+
+    func windowSize(childSizeBytes: UInt64) -> UInt64 {
+        let available = childSizeBytes > configuration.offsetBytes ? childSizeBytes - configuration.offsetBytes : 0
         return configuration.explicitSizeBytes.map { min($0, available) } ?? available
     }
 
@@ -22,7 +23,8 @@ final class RawNodeState: NodeState {
         guard let file = children.child(configuration.file.optionKey) else {
             preconditionFailure("raw instance built without its '\(configuration.file.optionKey)' child")
         }
-        return RawNodeInstance(state: self, file: file, queue: queue)
+        // The child state is read once here, not per request: every relink builds new instances.
+        return RawNodeInstance(state: self, file: file, fileState: child.current, queue: queue)
     }
 
     func relink(children: [ChildLink: any NodeState]) {

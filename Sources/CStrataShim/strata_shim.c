@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "strata_shim.h"
 
+#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <numa.h>
@@ -79,6 +80,12 @@ int strata_set_thread_name(const char *name) { return -pthread_setname_np(pthrea
 static __thread void *strata_current_executor;
 void *strata_current_executor_get(void) { return strata_current_executor; }
 void strata_current_executor_set(void *executor) { strata_current_executor = executor; }
+
+int strata_cpu_has_invariant_tsc(void) {
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(0x80000007, &eax, &ebx, &ecx, &edx)) return 0;
+    return (edx >> 8) & 1;  // CPUID.80000007H:EDX[8]: invariant TSC
+}
 
 int strata_eventfd_create(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd < 0 ? -errno : fd; }
 int strata_eventfd_signal(int fd) { return eventfd_write(fd, 1) < 0 ? -errno : 0; }

@@ -60,6 +60,8 @@ final class GuestDriverQueue: @unchecked Sendable {
     private var stopped = false
     private var switchesSeen = 0
     private var recentSwitches: [(version: UInt64, timeNs: UInt64)] = []
+    /// Requests submitted after the latest switch crossed none: the common case checks only this.
+    private var latestSwitchNs: UInt64 = 0
     private var runningLoops = 0
     private var loopsDone: CheckedContinuation<Void, Never>?
 
@@ -123,7 +125,7 @@ final class GuestDriverQueue: @unchecked Sendable {
     func run(on device: isolated VirtioBlkDevice, opsLimit: Int?, deadlineNs: UInt64?) async -> GuestQueueResult {
         self.opsLimit = opsLimit ?? .max
         self.deadlineNs = deadlineNs ?? .max
-        refill(nowNs: MonotonicClock.now())
+        refill(nowNs: CycleClock.now())
         // Unstructured tasks, not a task group: a child task's status records make every actor hop
         // look for an executor preference (measured: a fifth of the CPU per request).
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -139,7 +141,7 @@ final class GuestDriverQueue: @unchecked Sendable {
                 }
             }
         }
-        reap(nowNs: MonotonicClock.now())
+        reap(nowNs: CycleClock.now())
         return result
     }
 
@@ -155,14 +157,15 @@ final class GuestDriverQueue: @unchecked Sendable {
         defer { loopFinished(device: device) }
         var sinceYield = 0
         while true {
-            let outcome = await device.serviceOne()
-            // Latency is measured on the real clock; the injectable one is for timing logic.
-            let nowNs = MonotonicClock.now()
-            if outcome.switchCount != switchesSeen { noteSwitches(device: device, count: outcome.switchCount) }
+            let step = device.serviceNext()
+            if case .pending(let head) = step { await device.finish(head: head) }
+            // Latency is measured on the cycle clock; the injectable one is for timing logic.
+            let nowNs = CycleClock.now()
+            if device.switchCount != switchesSeen { noteSwitches(device: device, count: device.switchCount) }
             reap(nowNs: nowNs)
             if nowNs >= deadlineNs { stopped = true }
             refill(nowNs: nowNs)
-            if !outcome.serviced {
+            if case .idle = step {
                 // Nothing left in the ring: the run is ending, and whoever serves the last requests reaps them.
                 if stopped || issued >= opsLimit || inFlight == 0 { return }
                 await queue.executor.yield()
@@ -181,6 +184,7 @@ final class GuestDriverQueue: @unchecked Sendable {
         let new = device.switches(after: switchesSeen)
         switchesSeen = count
         recentSwitches.append(contentsOf: new)
+        latestSwitchNs = recentSwitches.last?.timeNs ?? 0
         if recentSwitches.count > 4 { recentSwitches.removeFirst(recentSwitches.count - 4) }
     }
 
@@ -233,6 +237,14 @@ final class GuestDriverQueue: @unchecked Sendable {
         return true
     }
 
+    /// Records a request that was in flight when its queue switched graph versions.
+    private func noteAcrossSwitch(submitNs: UInt64, nowNs: UInt64, latencyNs: UInt64) {
+        for (version, switchNs) in recentSwitches where submitNs < switchNs && nowNs >= switchNs {
+            let seen = result.acrossSwitch[version] ?? (0, 0)
+            result.acrossSwitch[version] = (max(seen.maxLatencyNs, latencyNs), seen.count + 1)
+        }
+    }
+
     /// Takes every completed request off the used ring.
     private func reap(nowNs: UInt64) {
         while let (id, _) = driver.reapUsed() {
@@ -257,10 +269,7 @@ final class GuestDriverQueue: @unchecked Sendable {
                 }
                 blocksInFlight.remove(block)
             }
-            for (version, switchNs) in recentSwitches where submitNsByHead[index] < switchNs && nowNs >= switchNs {
-                let seen = result.acrossSwitch[version] ?? (0, 0)
-                result.acrossSwitch[version] = (max(seen.maxLatencyNs, latencyNs), seen.count + 1)
-            }
+            if submitNsByHead[index] < latestSwitchNs { noteAcrossSwitch(submitNs: submitNsByHead[index], nowNs: nowNs, latencyNs: latencyNs) }
             freeBuffers.append(buffer)
             driver.freeChain(head: id)
             inFlight -= 1

@@ -44,7 +44,9 @@ public enum LoadRun {
         let clock = MonotonicClock()
         let cpuStart = processCPUTimeNs()
         let startNs = clock.nowNs
-        let deadlineNs: UInt64? = if case .seconds(let seconds) = length { startNs + UInt64(seconds * 1e9) } else { nil }
+        CycleClock.calibrate()
+        // The guest's deadline is on its own (cycle) clock.
+        let deadlineNs: UInt64? = if case .seconds(let seconds) = length { CycleClock.now() + UInt64(seconds * 1e9) } else { nil }
         let opsLimit: Int? = if case .opsPerQueue(let ops) = length { ops } else { nil }
         let crossingsBefore = queues.map { $0.executor.crossThreadEnqueues }
 

@@ -5,13 +5,6 @@ import StrataRuntime
 /// through the graph version its queue has installed, writes the status byte and returns the chain
 /// on the used ring. One per queue, bound to that queue's executor.
 public actor VirtioBlkDevice: GraphAttachment {
-    /// What one call to `serviceOne` did.
-    public struct ServiceOutcome: Sendable {
-        public let serviced: Bool
-        /// Graph switches installed on this queue so far.
-        public let switchCount: Int
-    }
-
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     public nonisolated let backendName: String
     public nonisolated let queueIndex: Int
@@ -20,7 +13,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     private let segmentsPerRequest: Int
     private let segmentStorage: UnsafeMutableBufferPointer<IOBuffer>
     private let deviceID: String
-    private var root: VersionedRoot?
+    private let versions = VersionedRoot()
+    private let pending: UnsafeMutableBufferPointer<PendingRequest?>
     private(set) var switchTimes: [(version: UInt64, timeNs: UInt64)] = []
     /// Chains that were not virtio-blk requests at all (returned with used length 0).
     public private(set) var malformedChains = 0
@@ -36,20 +30,26 @@ public actor VirtioBlkDevice: GraphAttachment {
         // One segment array per descriptor head: a head is unique while its request is in flight.
         segmentStorage = .allocate(capacity: virtqueue.size * segmentsPerRequest)
         segmentStorage.initialize(repeating: .empty)
+        pending = .allocate(capacity: virtqueue.size)
+        pending.initialize(repeating: nil)
         deviceID = String("strata-\(backendName)".prefix(VirtioBlk.deviceIDLength))
     }
 
-    isolated deinit { segmentStorage.deallocate() }
+    isolated deinit {
+        segmentStorage.deallocate()
+        _ = pending.deinitialize()
+        pending.deallocate()
+    }
 
     public func install(_ version: GraphVersion) -> UInt64 {
-        if let root { root.install(version) } else { root = VersionedRoot(version) }
-        let now = MonotonicClock.now()
-        switchTimes.append((version.number, now))
-        return now
+        versions.install(version)
+        // Stamped on the cycle clock, as the guest's requests are, so the two compare.
+        switchTimes.append((version.number, CycleClock.now()))
+        return MonotonicClock.now()
     }
 
     public func drain(olderThan number: UInt64) async {
-        await root?.drain(olderThan: number)
+        await versions.drain(olderThan: number)
     }
 
     /// The switch times recorded after the first `count`.
@@ -57,16 +57,40 @@ public actor VirtioBlkDevice: GraphAttachment {
         Array(switchTimes.dropFirst(count))
     }
 
-    /// Serves the next available request to completion, if there is one.
-    public func serviceOne() async -> ServiceOutcome {
+    /// A request that must wait: the node that said `.suspend`, the request as routed to it, and
+    /// the version it pinned. Kept per descriptor head (unique while in flight), so the
+    /// synchronous step returns only the head and nothing is copied or allocated per request.
+    private struct PendingRequest {
+        var request: VirtioBlkRequest
+        var target: NodeReference
+        var routed: BlockRequest?
+        var version: Unmanaged<GraphVersion>
+    }
+
+    /// What the synchronous part of serving the next available request did.
+    public enum ServiceStep: Equatable {
+        /// Nothing was available.
+        case idle
+        /// A request was served to completion without suspending (or answered at once).
+        case completed
+        /// The request at this head must wait for I/O or a budget: `finish` it.
+        case pending(head: UInt16)
+    }
+
+    /// Graph switches installed on this queue so far.
+    public var switchCount: Int { switchTimes.count }
+
+    /// Pops the next request and serves what can be served synchronously: parsing, answering
+    /// malformed or immediate requests, and routing through nodes that forward or complete at once.
+    public func serviceNext() -> ServiceStep {
         let head: UInt16
         do {
-            guard let available = try virtqueue.popAvail() else { return ServiceOutcome(serviced: false, switchCount: switchTimes.count) }
+            guard let available = try virtqueue.popAvail() else { return .idle }
             head = available
         } catch {
             // The avail index itself is corrupt: nothing can be popped safely.
             malformedChains += 1
-            return ServiceOutcome(serviced: false, switchCount: switchTimes.count)
+            return .idle
         }
         let storage = UnsafeMutableBufferPointer(rebasing: segmentStorage[Int(head) * segmentsPerRequest ..< Int(head + 1) * segmentsPerRequest])
         let request: VirtioBlkRequest
@@ -75,30 +99,52 @@ public actor VirtioBlkDevice: GraphAttachment {
         } catch {
             malformedChains += 1
             virtqueue.pushUsed(id: head, length: 0)
-            return ServiceOutcome(serviced: true, switchCount: switchTimes.count)
+            return .completed
         }
-        let usedLength: UInt32
         switch request.action {
         case .complete(let status):
-            usedLength = request.complete(status)
+            virtqueue.pushUsed(id: head, length: request.complete(status))
         case .getID:
-            usedLength = request.completeGetID(deviceID)
+            virtqueue.pushUsed(id: head, length: request.completeGetID(deviceID))
         case .io:
-            // Runs on the version current now; it finishes there even if the graph switches meanwhile.
-            var status = IOStatus.ioError
-            if let root {
-                let version = root.begin()
-                if let single = request.blockRequest() {
-                    status = await version.root.submit(single)
-                } else {
-                    status = await submitSegments(request, to: version.root)
-                }
-                root.end(version)
+            // The request runs on the version current now, even if the graph switches meanwhile.
+            guard let version = versions.begin() else {
+                virtqueue.pushUsed(id: head, length: request.complete(.ioError))
+                return .completed
             }
-            usedLength = request.complete(status.isOK ? .ok : .ioError)
+            var target = version._withUnsafeGuaranteedRef { $0.rootReference }
+            guard var routed = request.blockRequest() else {
+                pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version)
+                return .pending(head: head)
+            }
+            while true {
+                switch target.route(&routed) {
+                case .forward(let next):
+                    target = next
+                case .complete(let status):
+                    versions.end(version)
+                    virtqueue.pushUsed(id: head, length: request.complete(status.isOK ? .ok : .ioError))
+                    return .completed
+                case .suspend:
+                    pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version)
+                    return .pending(head: head)
+                }
+            }
         }
-        virtqueue.pushUsed(id: head, length: usedLength)
-        return ServiceOutcome(serviced: true, switchCount: switchTimes.count)
+        return .completed
+    }
+
+    /// Serves a pending request to completion and returns its chain on the used ring.
+    public func finish(head: UInt16) async {
+        guard let pending = pending[Int(head)].take() else { preconditionFailure("no pending request at head \(head)") }
+        let status: IOStatus
+        if let routed = pending.routed {
+            status = await pending.target.node.submit(routed)
+        } else {
+            status = await submitSegments(pending.request, to: pending.target.node)
+        }
+        versions.end(pending.version)
+        virtqueue.pushUsed(id: pending.request.head, length: pending.request.complete(status.isOK ? .ok : .ioError))
     }
 
     /// A request scattered over several guest buffers: one node request per buffer, in order.

@@ -5,6 +5,7 @@ import StrataRuntime
 actor ThrottleInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let child: any BlockNode
+    private let childHandle: NodeHandle
     private let group: ThrottleGroup
     private let member: ThrottleGroup.Member
     private let clock: any IOClock
@@ -12,9 +13,15 @@ actor ThrottleInstance: BlockNode {
     init(queue: QueueContext, child: any BlockNode, group: ThrottleGroup, member: ThrottleGroup.Member) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
+        self.childHandle = NodeHandle(child)
         self.group = group
         self.member = member
         self.clock = queue.clock
+    }
+
+    /// A flush, or any request while the group has no limits, goes straight to the child.
+    nonisolated func route(_ request: inout BlockRequest) -> Routing {
+        request.operation == .flush || !group.isEnabled ? .forward(to: NodeReference(childHandle)) : .suspend
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {

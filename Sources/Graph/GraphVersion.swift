@@ -8,11 +8,15 @@ import StrataRuntime
 public final class GraphVersion: @unchecked Sendable {
     public let number: UInt64
     public let root: any BlockNode
+    private let rootHandle: NodeHandle
+    /// `root` without reference counting, for the request path (the version holds its handle).
+    public var rootReference: NodeReference { NodeReference(rootHandle) }
     @usableFromInline var inFlight = 0
 
     public init(number: UInt64, root: any BlockNode) {
         self.number = number
         self.root = root
+        self.rootHandle = NodeHandle(root)
     }
 }
 
@@ -21,29 +25,34 @@ public final class GraphVersion: @unchecked Sendable {
 /// once their last request is done. Owned by one actor on one queue executor (a class, so the
 /// actor can await a drain without holding an inout access across the suspension).
 public final class VersionedRoot {
-    public private(set) var current: GraphVersion
+    public private(set) var current: GraphVersion?
     private var retired: [GraphVersion] = []
     private var drainWaiters: [(olderThan: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
 
-    public init(_ initial: GraphVersion) { current = initial }
+    public init() {}
 
-    /// Pins the current version for one request.
-    @inline(__always) public func begin() -> GraphVersion {
-        let version = current
+    /// Pins the current version for one request, nil before the first install. The reference is
+    /// not counted: a version with requests in flight is held by `current` or `retired`.
+    @inline(__always) public func begin() -> Unmanaged<GraphVersion>? {
+        guard let version = current else { return nil }
         version.inFlight &+= 1
-        return version
+        return Unmanaged.passUnretained(version)
     }
 
     /// Unpins; retires the version if it was replaced and this was its last request.
-    @inline(__always) public func end(_ version: GraphVersion) {
-        version.inFlight &-= 1
-        if version.inFlight == 0 && version !== current { retire(version) }
+    @inline(__always) public func end(_ pinned: Unmanaged<GraphVersion>) {
+        pinned._withUnsafeGuaranteedRef { version in
+            version.inFlight &-= 1
+            if version.inFlight == 0 && version !== current { retire(version) }
+        }
     }
 
     /// Switches to `next`; requests in flight finish on the version they started on.
     public func install(_ next: GraphVersion) {
-        precondition(next.number > current.number, "graph versions only move forward")
-        if current.inFlight > 0 { retired.append(current) }
+        if let current {
+            precondition(next.number > current.number, "graph versions only move forward")
+            if current.inFlight > 0 { retired.append(current) }
+        }
         current = next
         resumeDrainedWaiters()
     }

@@ -15,12 +15,21 @@ actor NullNodeInstance: BlockNode {
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
-        let range = request.rangeStatus(sizeBytes: configuration.sizeBytes)
-        guard range.isOK else { return range }
-        if configuration.readOnly && request.operation.isWrite { return .readOnly }
         if configuration.latencyNs > 0 {
             await clock.sleep(untilNs: clock.nowNs &+ configuration.latencyNs)
         }
+        return serve(request)
+    }
+
+    /// Without latency a request completes while routing, with no suspension at all.
+    nonisolated func route(_ request: inout BlockRequest) -> Routing {
+        configuration.latencyNs > 0 ? .suspend : .complete(serve(request))
+    }
+
+    private nonisolated func serve(_ request: BlockRequest) -> IOStatus {
+        let range = request.rangeStatus(sizeBytes: configuration.sizeBytes)
+        guard range.isOK else { return range }
+        if configuration.readOnly && request.operation.isWrite { return .readOnly }
         if request.operation == .read && configuration.readZeroes {
             request.buffer.slice(from: 0, count: request.lengthBytes).zero()
         }

@@ -6,7 +6,7 @@ import StrataRuntime
 actor RawNodeInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let state: RawNodeState
-    private let file: any BlockNode
+    private let file: NodeHandle
     private let fileState: any NodeState
     private let offsetBytes: UInt64
     private let readOnly: Bool
@@ -15,22 +15,27 @@ actor RawNodeInstance: BlockNode {
         self.fileState = fileState
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.state = state
-        self.file = file
+        self.file = NodeHandle(file)
         self.offsetBytes = state.configuration.offsetBytes
         self.readOnly = state.configuration.readOnly
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
-        if request.operation == .flush { return await file.submit(request) }
-        if readOnly && request.operation.isWrite { return .readOnly }
-        guard let end = request.validatedEnd else { return .invalid }
+        await submitByRouting(request)
+    }
+
+    nonisolated func route(_ request: inout BlockRequest) -> Routing {
+        if request.operation == .flush { return .forward(to: NodeReference(file)) }
+        if readOnly && request.operation.isWrite { return .complete(.readOnly) }
+        guard let end = request.validatedEnd else { return .complete(.invalid) }
         // QEMU's raw_adjust_offset: nothing may leak out of the window; a write that does not fit
         // is ENOSPC, any other request EINVAL.
-        guard end <= state.windowSize(childSizeBytes: fileState.sizeBytes) else { return request.operation.isWrite ? .noSpace : .invalid }
-        var shifted = request
+        guard end <= state.windowSize(childSizeBytes: fileState.sizeBytes) else {
+            return .complete(request.operation.isWrite ? .noSpace : .invalid)
+        }
         let (offset, overflow) = request.offsetBytes.addingReportingOverflow(offsetBytes)
-        guard !overflow else { return .invalid }
-        shifted.offsetBytes = offset
-        return await file.submit(shifted)
+        guard !overflow else { return .complete(.invalid) }
+        request.offsetBytes = offset
+        return .forward(to: NodeReference(file))
     }
 }

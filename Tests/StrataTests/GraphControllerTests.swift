@@ -8,7 +8,7 @@ actor TestAttachment: GraphAttachment {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     nonisolated let backendName: String
     nonisolated let queueIndex: Int
-    private var root: VersionedRoot?
+    private let root = VersionedRoot()
     private(set) var completed = 0
     private(set) var failed = 0
     private(set) var versionsSeen: Set<UInt64> = []
@@ -20,18 +20,19 @@ actor TestAttachment: GraphAttachment {
     }
 
     func install(_ version: GraphVersion) -> UInt64 {
-        if root == nil { root = VersionedRoot(version) } else { root!.install(version) }
+        root.install(version)
         return MonotonicClock.now()
     }
 
-    func drain(olderThan number: UInt64) async { await root?.drain(olderThan: number) }
+    func drain(olderThan number: UInt64) async { await root.drain(olderThan: number) }
 
     func run(requests: Int) async {
         for _ in 0..<requests {
-            let version = root!.begin()
+            let pinned = root.begin()!
+            let version = pinned.takeUnretainedValue()
             versionsSeen.insert(version.number)
             let status = await version.root.submit(BlockRequest(operation: .read, offsetBytes: 0, lengthBytes: 512))
-            root!.end(version)
+            root.end(pinned)
             if status.isOK { completed += 1 } else { failed += 1 }
             await Task.yield()
         }

@@ -42,6 +42,15 @@ int strata_set_thread_name(const char *name);
 void *strata_current_executor_get(void);
 void strata_current_executor_set(void *executor);
 
+// The CPU's time-stamp counter (as fio's clocksource=cpu): a few ns, against ~25 ns for
+// clock_gettime in these VMs. Only meaningful where the CPU has constant_tsc and nonstop_tsc.
+static inline uint64_t strata_rdtsc(void) {
+    uint32_t low, high;
+    __asm__ __volatile__("rdtsc" : "=a"(low), "=d"(high));
+    return ((uint64_t)high << 32) | low;
+}
+int strata_cpu_has_invariant_tsc(void);
+
 // Wakeups.
 int strata_eventfd_create(void);
 int strata_eventfd_signal(int fd);

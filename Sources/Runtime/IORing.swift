@@ -51,6 +51,7 @@ final class IORing {
     }
 
     var hasPendingSubmissions: Bool { strata_ring_pending_sqes(ring) > 0 }
+    var pendingSubmissions: UInt32 { strata_ring_pending_sqes(ring) }
 
     /// One syscall: submits what is queued and, when `wait` is set, sleeps until a completion.
     func submit(wait: Bool) {

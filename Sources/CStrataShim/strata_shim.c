@@ -123,5 +123,9 @@ void strata_free_aligned(void *memory, size_t bytes, int numa_node) {
     free(memory);
 }
 
+void strata_place_on_node(void *memory, size_t bytes, int numa_node) {
+    if (numa_node >= 0 && numa_available() >= 0 && numa_max_node() > 0) numa_tonode_memory(memory, bytes, numa_node);
+}
+
 int strata_numa_node_of_cpu(int cpu) { return numa_available() < 0 ? 0 : numa_node_of_cpu(cpu); }
 int strata_numa_available_nodes(void) { return numa_available() < 0 ? 1 : numa_max_node() + 1; }

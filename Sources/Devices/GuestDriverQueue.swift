@@ -9,6 +9,8 @@ struct GuestQueueResult: Sendable {
     var reads = 0
     var writes = 0
     var failed = 0
+    /// Requests published and never completed: any is a bug (a request lost on a graph switch).
+    var lost = 0
     var verifyFailures = 0
     var bytes: UInt64 = 0
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
@@ -86,7 +88,7 @@ final class GuestDriverQueue: @unchecked Sendable {
         let slotArea = alignUp(layout.end, 64)
         dataArea = alignUp(slotArea + UInt64(VirtioBlkRequestEncoder.slotAreaByteCount(queueSize: queueSize)), pageSize)
         let totalBytes = alignUp(dataArea + UInt64(spec.queueDepth * spec.blockSizeBytes), pageSize)
-        memory = try GuestMemory(size: Int(totalBytes))
+        memory = try GuestMemory(size: Int(totalBytes), numaNode: queue.executor.numaNode)
         let virtqueue = try SplitVirtqueue(memory: memory, size: queueSize, at: 0)
         driver = VirtqueueDriver(queue: virtqueue)
         encoder = try VirtioBlkRequestEncoder(memory: memory, queueSize: queueSize, slotArea: slotArea)
@@ -144,6 +146,7 @@ final class GuestDriverQueue: @unchecked Sendable {
             }
         }
         reap(nowNs: CycleClock.now())
+        result.lost = inFlight
         return result
     }
 

@@ -1,3 +1,4 @@
+import CStrataShim
 import Glibc
 import StrataRuntime
 
@@ -24,9 +25,10 @@ public struct GuestMemory: @unchecked Sendable {
 
     public static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-    /// Maps `size` zeroed bytes. `guestBase` must be page aligned so that guest and host addresses
-    /// have the same alignment (ring indices are accessed atomically, which needs it).
-    public init(guestBase: UInt64 = 0, size: Int) throws(SystemError) {
+    /// Maps `size` zeroed bytes, placed on `numaNode` (the queue's CPU's node) where the machine
+    /// has several. `guestBase` must be page aligned so that guest and host addresses have the same
+    /// alignment (ring indices are accessed atomically, which needs it).
+    public init(guestBase: UInt64 = 0, size: Int, numaNode: Int32 = -1) throws(SystemError) {
         precondition(size > 0, "guest memory needs at least one byte")
         precondition(guestBase % UInt64(Self.pageSize) == 0, "guest base must be page aligned")
         precondition(guestBase <= UInt64.max - UInt64(size) + 1, "guest address range wraps past 2^64")
@@ -34,6 +36,7 @@ public struct GuestMemory: @unchecked Sendable {
         guard let mapped, mapped != UnsafeMutableRawPointer(bitPattern: -1) else {
             throw SystemError("mmap guest memory", errno: errno)
         }
+        strata_place_on_node(mapped, Self.mappedLength(size), numaNode)
         self.guestBase = guestBase
         self.size = size
         self.hostBase = mapped

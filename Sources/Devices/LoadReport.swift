@@ -26,6 +26,8 @@ public struct QueueReport: Codable, Sendable {
     public var reads: Int
     public var writes: Int
     public var failed: Int
+    /// Requests published and never completed (a lost request): must be 0.
+    public var lost: Int
     public var verifyFailures: Int
     public var bytes: UInt64
     public var iops: Double
@@ -34,7 +36,7 @@ public struct QueueReport: Codable, Sendable {
     public var crossThreadEnqueues: Int
 
     enum CodingKeys: String, CodingKey {
-        case queue, ops, reads, writes, failed, bytes, iops
+        case queue, ops, reads, writes, failed, lost, bytes, iops
         case verifyFailures = "verify_failures"
         case latencyNs = "latency_ns"
         case crossThreadEnqueues = "cross_thread_enqueues"
@@ -72,6 +74,7 @@ public struct LoadReport: Codable, Sendable {
     public var seed: UInt64
     public var ops: Int
     public var failed: Int
+    public var lost: Int
     public var verifyFailures: Int
     public var seconds: Double
     public var iops: Double
@@ -82,7 +85,7 @@ public struct LoadReport: Codable, Sendable {
     public var edits: [EditReport]
 
     enum CodingKeys: String, CodingKey {
-        case graph, mode, seed, ops, failed, seconds, iops, queues, edits
+        case graph, mode, seed, ops, failed, lost, seconds, iops, queues, edits
         case blockSizeBytes = "block_size"
         case queueDepth = "queue_depth"
         case queueCount = "queue_count"

@@ -83,7 +83,7 @@ public enum LoadRun {
         for (index, result) in results.enumerated() {
             merged.add(result.histogram)
             queueReports.append(QueueReport(queue: result.queueIndex, ops: result.ops, reads: result.reads, writes: result.writes,
-                                            failed: result.failed, verifyFailures: result.verifyFailures, bytes: result.bytes,
+                                            failed: result.failed, lost: result.lost, verifyFailures: result.verifyFailures, bytes: result.bytes,
                                             iops: Double(result.ops) / seconds, latencyNs: LatencySummary(result.histogram),
                                             crossThreadEnqueues: crossings[index]))
         }
@@ -105,6 +105,7 @@ public enum LoadRun {
         }
         return LoadReport(graph: graph, mode: spec.mode.rawValue, blockSizeBytes: spec.blockSizeBytes, queueDepth: spec.queueDepth,
                           queueCount: results.count, seed: spec.seed, ops: ops, failed: results.reduce(0) { $0 + $1.failed },
+                          lost: results.reduce(0) { $0 + $1.lost },
                           verifyFailures: results.reduce(0) { $0 + $1.verifyFailures }, seconds: seconds,
                           iops: Double(ops) / seconds, bandwidthMiBps: Double(bytes) / seconds / 1_048_576,
                           cpuNsPerOp: ops == 0 ? 0 : Double(cpuNs) / Double(ops), latencyNs: LatencySummary(merged),

@@ -144,6 +144,6 @@ struct BenchCommand: AsyncParsableCommand {
         } else {
             print(ReportTable.render(report))
         }
-        if report.failed > 0 || report.verifyFailures > 0 { throw ExitCode(1) }
+        if report.failed > 0 || report.lost > 0 || report.verifyFailures > 0 { throw ExitCode(1) }
     }
 }

@@ -18,7 +18,7 @@ enum ReportTable {
                      micros(report.latencyNs.p50), micros(report.latencyNs.p99), micros(report.latencyNs.p999), micros(report.latencyNs.max)])
         lines.append(contentsOf: table(header: header, rows: rows))
         lines.append("")
-        lines.append("seconds \(fixed(report.seconds, 3))  CPU ns/op \(fixed(report.cpuNsPerOp, 1))  verify failures \(report.verifyFailures)")
+        lines.append("seconds \(fixed(report.seconds, 3))  CPU ns/op \(fixed(report.cpuNsPerOp, 1))  lost \(report.lost)  verify failures \(report.verifyFailures)")
         if !report.edits.isEmpty {
             lines.append("")
             let editRows = report.edits.map { edit in

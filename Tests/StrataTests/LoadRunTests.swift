@@ -46,6 +46,7 @@ import Testing
             let report = try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .opsPerQueue(5000))
             #expect(report.ops == 10_000)
             #expect(report.failed == 0)
+            #expect(report.lost == 0)
             #expect(report.queues.map(\.ops) == [5000, 5000])
             #expect(report.latencyNs.max >= report.latencyNs.p50)
             #expect(report.graph == ["disk0 -> throttle0 (throttle) -> raw0 (raw) -> null0 (null-co)"])
@@ -132,6 +133,7 @@ import Testing
             }
             let report = try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .seconds(0.8), edits: edits)
             #expect(report.failed == 0)
+            #expect(report.lost == 0)
             #expect(report.ops > 0)
             #expect(report.edits.count == 20)
             #expect(report.edits.allSatisfy { $0.error == nil })

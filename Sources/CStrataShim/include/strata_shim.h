@@ -74,6 +74,9 @@ int strata_ofd_probe(int fd, int64_t start, int type);
 void *strata_alloc_aligned(size_t bytes, size_t alignment, int numa_node);
 void strata_free_aligned(void *memory, size_t bytes, int numa_node);
 int strata_numa_node_of_cpu(int cpu);
+/// Places pages of an existing mapping on one NUMA node (before first touch); a no-op on machines
+/// with a single node or for node < 0.
+void strata_place_on_node(void *memory, size_t bytes, int numa_node);
 int strata_numa_available_nodes(void);
 
 // Ordered access to 16-bit virtqueue indices in memory shared with another party: Swift's

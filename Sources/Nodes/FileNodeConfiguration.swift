@@ -73,6 +73,6 @@ struct FileNodeConfiguration: NodeConfiguration {
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
-        try FileNodeState.open(name: name, configuration: self, controlExecutor: context.controlExecutor)
+        try await FileNodeState.open(name: name, configuration: self, controlExecutor: context.controlExecutor)
     }
 }

@@ -60,15 +60,15 @@ public final class FileNodeState: NodeState {
         if !closed.load(ordering: .acquiring) { Glibc.close(fd) }
     }
 
-    /// Opens the file with blocking calls (open, fstat, the alignment probe, the lock probe): the
-    /// graph calls this on the control executor's thread.
-    static func open(name: String, configuration: FileNodeConfiguration, controlExecutor: QueueExecutor) throws -> FileNodeState {
+    /// Opens the file through the control executor's ring, then probes it (fstat, alignment, lock
+    /// support: short calls on the control thread, never on a queue thread).
+    static func open(name: String, configuration: FileNodeConfiguration, controlExecutor: QueueExecutor) async throws -> FileNodeState {
         let path = configuration.filename
         var flags = O_CLOEXEC | (configuration.readOnly ? O_RDONLY : O_RDWR)
         if configuration.cache.direct { flags |= strata_o_direct() }
-        let fd = Glibc.open(path, flags)
+        let fd = await FileControlRing(executor: controlExecutor).openFile(path: path, flags: flags)
         if fd < 0 {
-            let error = errno
+            let error = -fd
             var reason = "Could not open '\(path)': \(String(cString: strerror(error)))"
             if error == EINVAL && configuration.cache.direct {
                 reason += " (the file system may not support O_DIRECT; try cache.direct=off)"

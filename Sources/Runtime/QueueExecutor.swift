@@ -37,6 +37,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private let stopRequested = Atomic<Bool>(false)
     private var yielded = Deque<UnsafeContinuation<Void, Never>>(minimumCapacity: 64)
     private var ring: IORing!
+    /// Whether the eventfd read is outstanding in the ring (it is, except while stopping).
+    private var wakeupArmed = false
     private var timers: TimerSlots!
     private let wakeFd: Int32
     private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
@@ -190,6 +192,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     }
 
     private func armWakeup() {
+        wakeupArmed = true
         let sqe = ring.nextSQE(userData: IORing.CompletionKind.wakeup.rawValue)
         io_uring_prep_read(sqe, wakeFd, wakeBuffer, 8, 0)
     }
@@ -221,7 +224,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
                 budget -= 1
             }
             if stopRequested.load(ordering: .acquiring) && localJobs.isEmpty && yielded.isEmpty
-                && remoteJobCount.load(ordering: .acquiring) == 0 && ring.inFlight <= 1 {
+                && remoteJobCount.load(ordering: .acquiring) == 0 && ring.inFlight - (wakeupArmed ? 1 : 0) == 0 {
                 return
             }
             let idle = localJobs.isEmpty && yielded.isEmpty && remoteJobCount.load(ordering: .acquiring) == 0
@@ -240,6 +243,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         case .timer:
             timers.fire(UnsafeMutablePointer(bitPattern: address)!)
         case .wakeup:
+            wakeupArmed = false
             wakePending.store(false, ordering: .releasing)
             if !stopRequested.load(ordering: .acquiring) { armWakeup() }
         case nil:
@@ -248,7 +252,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     }
 
     /// Stops the loop once every queued job and in-flight I/O has finished, and blocks until the
-    /// thread is gone. For threads that are no executor; async code uses `shutdown() async`.
+    /// thread is gone. Actors bound to this executor are unusable afterwards: a job enqueued then
+    /// never runs. For threads that are no executor; async code uses `shutdown() async`.
     public func shutdown() {
         precondition(QueueExecutor.current == nil, "a queue executor thread must not block: use `await shutdown()`")
         stopRequested.store(true, ordering: .releasing)

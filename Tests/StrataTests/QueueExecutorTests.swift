@@ -40,3 +40,97 @@ private actor RingUser {
         await executor.shutdown()
     }
 }
+
+private actor Sleeper {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    let executor: QueueExecutor
+    var order: [Int] = []
+
+    init(executor: QueueExecutor) {
+        self.executor = executor
+        self.unownedExecutor = executor.asUnownedSerialExecutor()
+    }
+
+    func sleep(_ label: Int, untilNs deadline: UInt64) async {
+        await executor.sleep(untilNs: deadline)
+        order.append(label)
+    }
+
+    func yieldTwice(_ label: Int) async {
+        order.append(label)
+        await executor.yield()
+        order.append(label)
+    }
+}
+
+@Suite struct QueueExecutorBehaviourTests {
+    @Test func timersFireInDeadlineOrderAndNotEarly() async throws {
+        let executor = try QueueExecutor(name: "test-timer")
+        let sleeper = Sleeper(executor: executor)
+        let start = MonotonicClock.now()
+        await Task(executorPreference: executor) {
+            await withTaskGroup(of: Void.self) { group in
+                for (label, delayMs) in [(3, 30), (1, 10), (2, 20)] {
+                    group.addTask(executorPreference: executor) { await sleeper.sleep(label, untilNs: start + UInt64(delayMs) * 1_000_000) }
+                }
+            }
+        }.value
+        #expect(MonotonicClock.now() - start >= 30_000_000)
+        #expect(await sleeper.order == [1, 2, 3])
+        await executor.shutdown()
+    }
+
+    @Test func jobsFromOtherThreadsWakeAnIdleExecutor() async throws {
+        let executor = try QueueExecutor(name: "test-wake")
+        let sleeper = Sleeper(executor: executor)
+        let before = executor.crossThreadEnqueues
+        for label in 0..<50 {
+            // From the test's own thread: each call is a remote enqueue that must wake the loop.
+            await sleeper.sleep(label, untilNs: 0)
+        }
+        #expect(await sleeper.order == Array(0..<50))
+        #expect(executor.crossThreadEnqueues - before >= 50)
+        await executor.shutdown()
+    }
+
+    @Test func yieldLetsOtherReadyJobsRunFirst() async throws {
+        let executor = try QueueExecutor(name: "test-yield")
+        let sleeper = Sleeper(executor: executor)
+        await Task(executorPreference: executor) {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask(executorPreference: executor) { await sleeper.yieldTwice(1) }
+                group.addTask(executorPreference: executor) { await sleeper.yieldTwice(2) }
+            }
+        }.value
+        let order = await sleeper.order
+        #expect(order.count == 4)
+        // Each task yields after its first step, so the other's first step comes before its second.
+        #expect(order.firstIndex(of: 1)! < order.lastIndex(of: 2)! && order.firstIndex(of: 2)! < order.lastIndex(of: 1)!)
+        await executor.shutdown()
+    }
+
+    @Test func shutdownWaitsForInFlightIOAndIsIdempotent() async throws {
+        let executor = try QueueExecutor(name: "test-stop")
+        let sleeper = Sleeper(executor: executor)
+        let start = MonotonicClock.now()
+        let pending = Task(executorPreference: executor) { () -> UInt64 in
+            await sleeper.sleep(7, untilNs: start + 20_000_000)
+            return MonotonicClock.now()
+        }
+        try await Task.sleep(nanoseconds: 2_000_000)
+        await executor.shutdown()
+        // The timer was in flight when shutdown began: the loop stayed up until it fired and the
+        // task it resumed had run. (Actors of a stopped executor are gone: nothing is asked of them.)
+        let finishedNs = await pending.value
+        #expect(finishedNs - start >= 20_000_000)
+        await executor.shutdown()
+    }
+
+    @Test func cycleClockAgreesWithTheMonotonicClock() async throws {
+        CycleClock.calibrate()
+        let cycleStart = CycleClock.now(), monotonicStart = MonotonicClock.now()
+        try await Task.sleep(nanoseconds: 50_000_000)
+        let cycleElapsed = Double(CycleClock.now() - cycleStart), monotonicElapsed = Double(MonotonicClock.now() - monotonicStart)
+        #expect(abs(cycleElapsed - monotonicElapsed) / monotonicElapsed < 0.05)
+    }
+}

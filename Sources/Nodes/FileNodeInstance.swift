@@ -62,7 +62,15 @@ actor FileNodeInstance: BlockNode {
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
-        await serve(request)
+        // Reads that need no bounce buffer touch no mutable state: they stay on the caller's
+        // executor (this node's own) without a hop into isolation and back.
+        if request.operation == .read, request.lengthBytes > 0, let base = request.buffer.base,
+           request.validatedEnd != nil, !needsBounce(UnsafeRawPointer(base), request.offsetBytes, request.lengthBytes) {
+            let status = await readFully(into: base, length: request.lengthBytes, at: request.offsetBytes)
+            if status.isOK { state.counters.recordRead(bytes: request.lengthBytes) }
+            return status
+        }
+        return await serve(request)
     }
 
     /// The request on this instance's isolation: the bounce pool and capability flags are its state.
@@ -97,7 +105,7 @@ actor FileNodeInstance: BlockNode {
     }
 
     /// Reads until `length` bytes are in or the file ends; what lies past the end reads as zeros.
-    private func readFully(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+    private nonisolated(nonsending) func readFully(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
         let fd = self.fd
         var done = 0
         while done < length {
@@ -353,7 +361,7 @@ actor FileNodeInstance: BlockNode {
     // MARK: Alignment
 
     @inline(__always)
-    private func needsBounce(_ base: UnsafeRawPointer, _ offset: UInt64, _ length: Int) -> Bool {
+    private nonisolated func needsBounce(_ base: UnsafeRawPointer, _ offset: UInt64, _ length: Int) -> Bool {
         direct && ((UInt(bitPattern: base) & memoryMask) != 0 || (offset & requestMask) != 0 || (UInt64(length) & requestMask) != 0)
     }
 }

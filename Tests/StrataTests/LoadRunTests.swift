@@ -144,6 +144,26 @@ import Testing
         }
     }
 
+    @Test func throttleLimitsChangeOnARunningGraph() async throws {
+        try await withEngine(queues: 2) { engine in
+            try await engine.controller.apply([
+                .addNode(json(#"{"driver":"null-co","node-name":"null0","size":"64M"}"#)),
+                .addNode(json(#"{"driver":"throttle","node-name":"throttle0","file":"null0","throttle-group":"tg0","limits":{"iops-total":2000}}"#)),
+                .addBackend(BackendEntry(name: "disk0", nodeName: "throttle0", writable: false)),
+            ])
+            var spec = WorkloadSpec()
+            spec.queueDepth = 8
+            // Limited at first, then lifted by a reopen with new limits while requests wait in the group.
+            let lift = TimedEdit(atSeconds: 0.2, transaction: try json(#"{"type":"blockdev-reopen","data":{"driver":"throttle","node-name":"throttle0","file":"null0","throttle-group":"tg0","limits":{}}}"#))
+            let report = try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .seconds(0.5), edits: [lift])
+            #expect(report.edits.first?.error == nil)
+            #expect(report.failed == 0)
+            #expect(report.lost == 0)
+            // 0.2 s at 2000 IOPS is about 400 requests; unlimited afterwards is far more.
+            #expect(report.ops > 2_000)
+        }
+    }
+
     @Test func aFailedEditDuringARunChangesNothing() async throws {
         try await withEngine(queues: 1) { engine in
             try await defaultGraph(engine)

@@ -9,13 +9,13 @@ public struct Engine: Sendable {
     public let queues: [QueueContext]
     public let controller: GraphController
 
-    public init(queueCount: Int, cpus: [Int]?) throws {
+    public init(queueCount: Int, cpus: [Int]?, submitBatchLimit: UInt32 = 4) throws {
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         control = try QueueExecutor(name: "strata-control")
         var queues: [QueueContext] = []
         for index in 0..<queueCount {
             let cpu = cpus.map { $0[index % $0.count] } ?? index % max(1, online)
-            let executor = try QueueExecutor(name: "strata-q\(index)", cpu: cpu)
+            let executor = try QueueExecutor(name: "strata-q\(index)", cpu: cpu, submitBatchLimit: submitBatchLimit)
             queues.append(QueueContext(index: index, executor: executor, clock: MonotonicClock()))
         }
         self.queues = queues

@@ -32,6 +32,8 @@ struct BenchCommand: AsyncParsableCommand {
     var queues = 1
     @Option(help: "CPUs to pin queues to, comma separated (default: queue i on CPU i mod online CPUs).")
     var cpus: String?
+    @Option(name: .customLong("submit-batch"), help: "Most SQEs a queue gathers before entering the kernel (some virtual disks serve bursts slowly).")
+    var submitBatch = 4
     @Option(help: "Queue depth per queue.")
     var depth = 32
     @Option(help: "Block size (e.g. 4k).")
@@ -55,6 +57,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...256).contains(queues) else { throw ValidationError("--queues must be between 1 and 256, got \(queues)") }
+        guard (1...512).contains(submitBatch) else { throw ValidationError("--submit-batch must be between 1 and 512, got \(submitBatch)") }
         guard (1...4096).contains(depth) else { throw ValidationError("--depth must be between 1 and 4096, got \(depth)") }
         guard WorkloadMode(rawValue: rw) != nil else {
             throw ValidationError("--rw must be one of \(WorkloadMode.allCases.map(\.rawValue).joined(separator: ", ")), got '\(rw)'")
@@ -125,7 +128,7 @@ struct BenchCommand: AsyncParsableCommand {
         let (actions, rootName) = try graphActions()
         let edits = try parsedEdits()
 
-        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs())
+        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs(), submitBatchLimit: UInt32(submitBatch))
         let outcome: Result<LoadReport, Error>
         do {
             var setup: [GraphEdit] = actions.map { .addNode($0) }

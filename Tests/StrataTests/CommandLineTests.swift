@@ -43,6 +43,7 @@ import Testing
         try await expectRefused(["bench", "--ops", "10", "--bs", "1000"], saying: "--bs must be a multiple of 512")
         try await expectRefused(["bench", "--ops", "10", "--size", "lots"], saying: "null0: Parameter 'size' expects a number, got 'lots'")
         try await expectRefused(["bench", "--ops", "10", "--depth", "0"], saying: "--depth must be between 1 and 4096")
+        try await expectRefused(["bench", "--ops", "10", "--submit-batch", "0"], saying: "--submit-batch must be between 1 and 512")
     }
 
     @Test func negativeLimitsAreNamed() async throws {

@@ -30,7 +30,9 @@ let package = Package(
         ),
         .target(name: "StrataRuntime", dependencies: ["CStrataShim", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Runtime", swiftSettings: swiftSettings),
         .target(name: "StrataGraph", dependencies: ["StrataRuntime"], path: "Sources/Graph", swiftSettings: swiftSettings),
-        .target(name: "StrataNodes", dependencies: ["StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
+        // zlib inflates qcow2's compressed clusters.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "StrataNodes", dependencies: ["CZlib", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",

@@ -58,7 +58,7 @@ final class GuestDriverQueue: @unchecked Sendable {
     private var inFlight = 0
     private var issued = 0
     private var opsLimit = Int.max
-    private var deadlineNs = UInt64.max
+    private var deadline = RunDeadline(ns: .max)
     private var stopped = false
     private var switchesSeen = 0
     private var recentSwitches: [(version: UInt64, timeNs: UInt64)] = []
@@ -126,9 +126,9 @@ final class GuestDriverQueue: @unchecked Sendable {
     }
 
     /// Runs until `opsLimit` requests completed or the deadline passed, then reports.
-    func run(on device: isolated VirtioBlkDevice, opsLimit: Int?, deadlineNs: UInt64?) async -> GuestQueueResult {
+    func run(on device: isolated VirtioBlkDevice, opsLimit: Int?, deadline: RunDeadline?) async -> GuestQueueResult {
         self.opsLimit = opsLimit ?? .max
-        self.deadlineNs = deadlineNs ?? .max
+        self.deadline = deadline ?? RunDeadline(ns: .max)
         refill(nowNs: CycleClock.now())
         // Unstructured tasks, not a task group: a child task's status records make every actor hop
         // look for an executor preference (measured: a fifth of the CPU per request).
@@ -178,7 +178,7 @@ final class GuestDriverQueue: @unchecked Sendable {
             let nowNs = CycleClock.now()
             if device.switchCount != switchesSeen { noteSwitches(device: device, count: device.switchCount) }
             reap(nowNs: nowNs)
-            if nowNs >= deadlineNs { stopped = true }
+            if nowNs >= deadline.ns { stopped = true }
             refill(nowNs: nowNs)
             if served == 0 {
                 // Nothing left in the ring: the run is ending, and whoever serves the last requests reaps them.

@@ -24,6 +24,9 @@ public enum RunLength: Sendable {
 /// device queue and one guest driver per queue executor, started together; edits are applied
 /// from the control side while the queues run.
 public enum LoadRun {
+    /// How long a timed run goes on after an edit applied past its planned end.
+    static let requestsAfterEditNs: UInt64 = 50_000_000
+
     public static func run(controller: GraphController, backend: String, spec: WorkloadSpec, length: RunLength,
                            edits: [TimedEdit] = []) async throws -> LoadReport {
         let queues = controller.queues
@@ -46,13 +49,15 @@ public enum LoadRun {
         let startNs = clock.nowNs
         CycleClock.calibrate()
         // The guest's deadline is on its own (cycle) clock.
-        let deadlineNs: UInt64? = if case .seconds(let seconds) = length { CycleClock.now() + UInt64(seconds * 1e9) } else { nil }
+        let plannedCycleEndNs: UInt64? = if case .seconds(let seconds) = length { CycleClock.now() + UInt64(seconds * 1e9) } else { nil }
+        let plannedEndNs: UInt64? = if case .seconds(let seconds) = length { startNs + UInt64(seconds * 1e9) } else { nil }
+        let deadline = plannedCycleEndNs.map { RunDeadline(ns: $0) }
         let opsLimit: Int? = if case .opsPerQueue(let ops) = length { ops } else { nil }
         let crossingsBefore = queues.map { $0.executor.crossThreadEnqueues }
 
         async let queueResults = withTaskGroup(of: GuestQueueResult.self) { group in
             for driver in drivers {
-                group.addTask(executorPreference: ThreadAffineExecutors.preference(for: driver.queue.executor)) { await driver.run(on: driver.device, opsLimit: opsLimit, deadlineNs: deadlineNs) }
+                group.addTask(executorPreference: ThreadAffineExecutors.preference(for: driver.queue.executor)) { await driver.run(on: driver.device, opsLimit: opsLimit, deadline: deadline) }
             }
             var results: [GuestQueueResult] = []
             for await result in group { results.append(result) }
@@ -61,10 +66,18 @@ public enum LoadRun {
         var applied: [(TimedEdit, TransactionReport?, String?)] = []
         for edit in edits.sorted(by: { $0.atSeconds < $1.atSeconds }) {
             await clock.sleep(untilNs: startNs + UInt64(edit.atSeconds * 1e9))
+            // An edit due within a timed run is applied while the queues run, however late the
+            // control thread gets to it: the run is held open while it applies (10 s at most)
+            // and goes on for a while after its switch if the planned end has passed by then.
+            let holdsRun = deadline != nil && plannedEndNs.map { startNs + UInt64(edit.atSeconds * 1e9) < $0 } == true
+            if holdsRun, let deadline { deadline.set(ns: CycleClock.now() + 10_000_000_000) }
             do {
                 applied.append((edit, try await controller.apply(json: edit.transaction), nil))
             } catch {
                 applied.append((edit, nil, "\(error)"))
+            }
+            if holdsRun, let deadline, let plannedCycleEndNs {
+                deadline.set(ns: max(plannedCycleEndNs, CycleClock.now() + requestsAfterEditNs))
             }
         }
         let results = await queueResults

@@ -7,6 +7,7 @@ public enum DriverCatalog {
     public static let registry = DriverRegistry([
         FileNode.descriptor,
         NullNode.descriptor,
+        Qcow2Node.descriptor,
         RawNode.descriptor,
         ThrottleFilter.descriptor,
     ])

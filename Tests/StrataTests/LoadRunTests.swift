@@ -1,6 +1,7 @@
 import Foundation
 import StrataDevices
 import StrataEngine
+import StrataFilters
 import StrataGraph
 import StrataRuntime
 import Testing
@@ -159,8 +160,11 @@ import Testing
             #expect(report.edits.first?.error == nil)
             #expect(report.failed == 0)
             #expect(report.lost == 0)
-            // 0.2 s at 2000 IOPS is about 400 requests; unlimited afterwards is far more.
-            #expect(report.ops > 2_000)
+            // The run went on after the switch (LoadRun holds it open), so requests crossed it,
+            // and the group the node shares has no limits any more.
+            #expect(report.edits.first?.requestsInFlightAcross ?? 0 > 0)
+            let group = engine.controller.sharedObjects.existing(named: ThrottleFilter.sharedObjectName(group: "tg0"), as: ThrottleGroup.self)
+            #expect(group != nil && group?.isEnabled == false)
         }
     }
 

@@ -1,0 +1,47 @@
+import StrataGraph
+
+/// A qcow2 node's mapping metadata, shared by its instances on every queue: the validated header,
+/// the active L1 table (loaded at open, immutable in this read-only slice) and the L2 cache.
+final class Qcow2Metadata: Sendable {
+    /// QEMU's default on Linux (DEFAULT_L2_CACHE_MAX_SIZE): enough for the whole image up to
+    /// 32 MiB, which covers 256 GiB with 64 KiB clusters. Like QEMU's, the cache's memory is
+    /// allocated at open, and never for more tables than the image has.
+    static let defaultL2CacheBytes = 32 << 20
+    /// The largest L2 cache an option may ask for: QEMU bounds it only by memory; Strata refuses
+    /// more than this rather than try an allocation a typo asked for.
+    static let maxL2CacheBytes = 1 << 30
+
+    let header: Qcow2Header
+    let clusterBits: UInt32
+    let clusterSize: Int
+    let l2Entries: Int
+    /// L1 entries in host byte order, only as many as the virtual size needs.
+    let l1: [UInt64]
+    let l2Cache: Qcow2L2Cache
+
+    /// Loads the L1 table through `reader`; `l2CacheBytes` bounds the L2 cache (at least two
+    /// tables, as QEMU, and never more than the image has).
+    init(header: Qcow2Header, reader: Qcow2OpenReader, l2CacheBytes: Int) async throws(GraphError) {
+        self.header = header
+        clusterBits = header.clusterBits
+        clusterSize = Int(header.clusterSize)
+        l2Entries = clusterSize / 8
+        // Bounded: the header checked l1_size against 32 MiB, and the size needs no more than l1_size.
+        let needed = Int(header.l1EntriesNeeded)
+        let bytes = try await reader.read(offset: header.l1TableOffset, count: needed * 8, what: "L1 table")
+        var l1 = [UInt64](repeating: 0, count: needed)
+        bytes.withUnsafeBytes { raw in
+            for index in 0..<needed { l1[index] = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+        }
+        self.l1 = l1
+        let tables = max(2, l2CacheBytes / clusterSize)
+        l2Cache = Qcow2L2Cache(capacity: max(1, min(tables, needed)), entriesPerTable: l2Entries)
+    }
+
+    /// The L1 index, L2 index and offset inside the cluster of a guest offset.
+    func locate(_ guestOffset: UInt64) -> (l1Index: Int, l2Index: Int, inCluster: Int) {
+        let cluster = guestOffset >> UInt64(clusterBits)
+        return (Int(cluster >> UInt64(clusterBits - 3)), Int(cluster & UInt64(l2Entries - 1)),
+                Int(guestOffset & UInt64(clusterSize - 1)))
+    }
+}

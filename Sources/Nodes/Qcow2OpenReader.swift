@@ -1,0 +1,35 @@
+import StrataGraph
+import StrataRuntime
+
+/// Reads a qcow2 image's metadata at open: an instance of the `file` child built for the control
+/// executor (not a queue), awaited from this actor so the child's ring work runs on that
+/// executor's thread. Going through the child node rather than a file descriptor keeps the
+/// format independent of which protocol node is below it.
+actor Qcow2OpenReader {
+    nonisolated let unownedExecutor: UnownedSerialExecutor
+    private let child: any BlockNode
+    private let nodeName: String
+
+    /// Nil when `childState` cannot be instantiated alone (it has children of its own).
+    init?(childState: any NodeState, context: OpenContext, nodeName: String) {
+        guard childState is any LeafNodeState else { return nil }
+        let queue = QueueContext(index: -1, executor: context.controlExecutor, clock: context.clock)
+        child = childState.makeInstance(queue: queue, children: [:])
+        unownedExecutor = context.controlExecutor.asUnownedSerialExecutor()
+        self.nodeName = nodeName
+    }
+
+    /// `count` bytes at `offset` of the child; bytes past the child's end read as zeros.
+    func read(offset: UInt64, count: Int, what: String) async throws(GraphError) -> [UInt8] {
+        guard count > 0 else { return [] }
+        // Page-aligned, so an O_DIRECT child needs no bounce for aligned offsets.
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
+        defer { memory.deallocate() }
+        let request = BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: count, buffer: IOBuffer(base: memory, count: count))
+        let status = await child.submit(request)
+        guard status.isOK else {
+            throw .openFailed(node: nodeName, reason: "qcow2: could not read the \(what) at offset \(offset): \(status)")
+        }
+        return Array(UnsafeRawBufferPointer(start: memory, count: count))
+    }
+}

@@ -39,6 +39,7 @@ public final class FileNodeState: NodeState {
     private let heldLocks = Mutex(FileLockBytes())
     private let closed = Atomic<Bool>(false)
     private let control: FileControlRing
+    private let lockingOption: FileLocking
 
     private init(nodeName: String, configuration: FileNodeConfiguration, fd: Int32, sizeBytes: UInt64,
                  alignment: FileAlignment, usesLocks: Bool, controlExecutor: QueueExecutor) {
@@ -54,6 +55,7 @@ public final class FileNodeState: NodeState {
         self.size = Atomic(sizeBytes)
         self.writeThroughEnabled = Atomic(configuration.cache.writeThrough)
         self.control = FileControlRing(executor: controlExecutor)
+        self.lockingOption = configuration.locking
     }
 
     deinit {
@@ -127,6 +129,19 @@ public final class FileNodeState: NodeState {
     /// Switches write-through at runtime; requests that start afterwards see the new value.
     public func setWriteThrough(_ enabled: Bool) {
         writeThroughEnabled.store(enabled, ordering: .relaxed)
+    }
+
+    /// blockdev-reopen: the write cache (write-through or write-back) changes on the open file, as
+    /// QEMU's runtime WCE toggle; every other option names a different open and is refused.
+    public func prepareReopen(_ configuration: any NodeConfiguration) throws(GraphError) -> (@Sendable () -> Void) {
+        guard let new = configuration as? FileNodeConfiguration else { throw .badEdit("node '\(nodeName)': reopen needs 'file' options") }
+        let unchanged = new.filename == path && new.cache.direct == direct && new.cache.noFlush == noFlush
+            && new.readOnly == readOnly && new.unmapOnDiscard == unmapOnDiscard && new.locking == lockingOption
+        guard unchanged else {
+            throw .badEdit("node '\(nodeName)': reopen can change only the write cache (writeback or writethrough); filename, cache.direct, cache.no-flush, read-only, discard and locking stay as opened")
+        }
+        let writeThrough = new.cache.writeThrough
+        return { [self] in setWriteThrough(writeThrough) }
     }
 
     // MARK: Bookkeeping for the per-queue instances

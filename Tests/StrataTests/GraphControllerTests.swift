@@ -1,4 +1,6 @@
+import StrataEngine
 import StrataGraph
+import StrataNodes
 import StrataRuntime
 import Synchronization
 import Testing
@@ -126,5 +128,30 @@ actor TestAttachment: GraphAttachment {
             }
             await controller.detach(attachment)
         }
+    }
+}
+
+/// Reopen through a transaction on a real driver: the file node's write cache toggles at runtime.
+@Suite struct FileReopenTests {
+    @Test func blockdevReopenTogglesWriteThroughAndRefusesOtherChanges() async throws {
+        let harness = try NodeTestHarness("reopen")
+        defer { harness.shutdown() }
+        let image = try harness.createFile("disk.img", size: 1 << 20)
+        let control = try QueueExecutor(name: "reopen-ctl")
+        let queue = QueueContext(index: 0, executor: try QueueExecutor(name: "reopen-q0"), clock: MonotonicClock())
+        let controller = GraphController(registry: DriverCatalog.registry, control: control, queues: [queue])
+        try await controller.apply(json: JSONValue.parse(#"{"type":"blockdev-add","data":{"driver":"file","node-name":"f","filename":"\#(image)","cache":"writeback"}}"#))
+        let state = try #require(try await controller.state(of: "f") as? FileNodeState)
+        #expect(state.writeThrough == false)
+        try await controller.apply(json: JSONValue.parse(#"{"type":"blockdev-reopen","data":{"driver":"file","node-name":"f","filename":"\#(image)","cache":"writethrough"}}"#))
+        #expect(state.writeThrough == true)
+        #expect(try await controller.state(of: "f") === state, "reopen keeps the open file")
+        await #expect(throws: GraphError.self) {
+            try await controller.apply(json: JSONValue.parse(#"{"type":"blockdev-reopen","data":{"driver":"file","node-name":"f","filename":"\#(image)","cache":"none"}}"#))
+        }
+        #expect(state.writeThrough == true, "a refused reopen changes nothing")
+        await controller.shutdown()
+        await queue.executor.shutdown()
+        await control.shutdown()
     }
 }

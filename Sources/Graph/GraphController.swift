@@ -140,7 +140,8 @@ public actor GraphController {
             for link in next.nodes[name]!.children { children[link] = opened[link.nodeName] ?? states[link.nodeName] }
             states[name]?.relink(children: children)
         }
-        let retiredStates = removed.compactMap { states[$0] }
+        // Parents close before their children: a format writes back its metadata through its file.
+        let retiredStates = model.bottomUpOrder().reversed().filter(removed.contains).compactMap { states[$0] }
         for name in removed { states[name] = nil }
         states.merge(opened) { _, new in new }
         model = next

@@ -25,6 +25,10 @@ struct Qcow2Header: Sendable {
     static let externalDataFileBit: UInt64 = 1 << 2
     static let compressionTypeBit: UInt64 = 1 << 3
     static let extendedL2Bit: UInt64 = 1 << 4
+    /// Autoclear bits: bitmaps extension consistent, external data file is raw.
+    static let bitmapsAutoclearBit: UInt64 = 1 << 0
+    static let dataFileRawBit: UInt64 = 1 << 1
+    static let knownAutoclearBits: UInt64 = bitmapsAutoclearBit | dataFileRawBit
     static let knownIncompatibleBits: UInt64 = dirtyBit | corruptBit | externalDataFileBit | compressionTypeBit | extendedL2Bit
 
     let version: UInt32

@@ -1,7 +1,7 @@
 import StrataGraph
 
 /// A qcow2 node's mapping metadata, shared by its instances on every queue: the validated header,
-/// the active L1 table (loaded at open, immutable in this read-only slice) and the L2 cache.
+/// the active L1 table and the L2 cache. Writers change them through the node's `Qcow2Allocator`.
 final class Qcow2Metadata: Sendable {
     /// QEMU's default on Linux (DEFAULT_L2_CACHE_MAX_SIZE): enough for the whole image up to
     /// 32 MiB, which covers 256 GiB with 64 KiB clusters. Like QEMU's, the cache's memory is
@@ -11,12 +11,15 @@ final class Qcow2Metadata: Sendable {
     /// more than this rather than try an allocation a typo asked for.
     static let maxL2CacheBytes = 1 << 30
 
+    /// QEMU's MIN_REFCOUNT_CACHE_SIZE, also its default: 4 clusters of refcount blocks.
+    static let minRefcountCacheBlocks = 4
+
     let header: Qcow2Header
     let clusterBits: UInt32
     let clusterSize: Int
     let l2Entries: Int
     /// L1 entries in host byte order, only as many as the virtual size needs.
-    let l1: [UInt64]
+    let l1: Qcow2L1Table
     let l2Cache: Qcow2L2Cache
 
     /// Loads the L1 table through `reader`; `l2CacheBytes` bounds the L2 cache (at least two
@@ -33,9 +36,9 @@ final class Qcow2Metadata: Sendable {
         bytes.withUnsafeBytes { raw in
             for index in 0..<needed { l1[index] = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
         }
-        self.l1 = l1
+        self.l1 = Qcow2L1Table(l1)
         let tables = max(2, l2CacheBytes / clusterSize)
-        l2Cache = Qcow2L2Cache(capacity: max(1, min(tables, needed)), entriesPerTable: l2Entries)
+        l2Cache = Qcow2L2Cache(capacity: max(1, min(tables, needed)), tableBytes: clusterSize)
     }
 
     /// The L1 index, L2 index and offset inside the cluster of a guest offset.

@@ -9,9 +9,8 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
     /// a backing file named in the image is refused until backing files can be opened by name.
     let backingGiven: Bool
     let l2CacheBytes: Int
-
-    /// This slice cannot write.
-    var readOnly: Bool { true }
+    let refcountCacheBytes: Int
+    let readOnly: Bool
 
     var children: [ChildLink] { [file] + (backing.map { [$0] } ?? []) }
 
@@ -19,29 +18,38 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         file = try reader.child("file", role: .file)
         backingGiven = reader.raw("backing") != nil
         backing = try reader.optionalChild("backing", role: .backing)
-        guard try reader.bool("read-only", default: true) else {
-            throw reader.bad("read-only", "must be on: qcow2 images are read-only in this version")
-        }
+        readOnly = try reader.bool("read-only", default: false)
         let limit = Int64(Qcow2Metadata.maxL2CacheBytes)
         let cacheSize = try reader.optionalInteger("cache-size", range: 0...limit)
         let l2CacheSize = try reader.optionalInteger("l2-cache-size", range: 0...limit)
-        if let cacheSize, let l2CacheSize, l2CacheSize > cacheSize {
-            throw reader.bad("l2-cache-size", "(\(l2CacheSize)) may not exceed cache-size (\(cacheSize))")
+        let refcountCacheSize = try reader.optionalInteger("refcount-cache-size", range: 0...limit)
+        if let cacheSize, (l2CacheSize ?? 0) + (refcountCacheSize ?? 0) > cacheSize {
+            throw reader.bad("cache-size", "(\(cacheSize)) is smaller than l2-cache-size plus refcount-cache-size")
         }
-        // Without writes there is no refcount cache, so all of cache-size goes to L2 tables.
-        l2CacheBytes = Int(l2CacheSize ?? cacheSize ?? Int64(Qcow2Metadata.defaultL2CacheBytes))
+        // QEMU's split: the refcount cache gets a quarter of cache-size unless sized itself; the
+        // rest (or the default) goes to L2 tables. Both are rounded up to whole clusters at open.
+        if let cacheSize {
+            let refcount = refcountCacheSize ?? (l2CacheSize.map { cacheSize - $0 } ?? cacheSize / 4)
+            refcountCacheBytes = Int(refcount)
+            l2CacheBytes = Int(l2CacheSize ?? (cacheSize - refcount))
+        } else {
+            l2CacheBytes = Int(l2CacheSize ?? Int64(Qcow2Metadata.defaultL2CacheBytes))
+            refcountCacheBytes = Int(refcountCacheSize ?? 0)
+        }
         try reader.finish()
     }
 
-    /// QEMU's bdrv_default_perms: the file holds metadata, so it is always read consistently and
-    /// nobody else may write or resize it; the backing node is only read, and may change under
-    /// this node only if this node's parents accept changing data.
+    /// QEMU's bdrv_default_perms: the file holds metadata, so it is always read consistently,
+    /// written and resized whenever the node is writable (metadata updates), and nobody else may
+    /// write or resize it; the backing node is only read, and may change under this node only if
+    /// this node's parents accept changing data.
     func childPermissions(for link: ChildLink, parentsTake: Permissions, parentsShare: Permissions) -> (take: Permissions, share: Permissions) {
         if link.role == .backing {
             let share: Permissions = parentsShare.contains(.write) ? [.write, .resize] : []
             return (parentsTake.intersection(.consistentRead), share.union([.consistentRead, .writeUnchanged]))
         }
-        return (parentsTake.intersection(.consistentRead).union(.consistentRead), parentsShare.subtracting([.write, .resize]))
+        let take: Permissions = readOnly ? [.consistentRead] : [.consistentRead, .write, .resize]
+        return (take, parentsShare.subtracting([.write, .resize]))
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
@@ -68,6 +76,46 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none): opening backing files by name is not supported yet")
         }
         let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes)
-        return Qcow2NodeState(configuration: self, metadata: metadata, file: fileState, backing: backingState)
+        let allocator = readOnly ? nil : try await openForWriting(name: name, header: header, metadata: metadata,
+                                                                  reader: reader, fileSize: fileSize)
+        return Qcow2NodeState(configuration: self, metadata: metadata, allocator: allocator, controlIO: reader,
+                              file: fileState, backing: backingState)
+    }
+
+    /// What a writable node needs beyond a readable one: a clean image, its refcount table, and
+    /// the autoclear bits this version does not know cleared (the spec's rule for writers that
+    /// do not maintain what those bits vouch for).
+    private func openForWriting(name: String, header: Qcow2Header, metadata: Qcow2Metadata, reader: Qcow2OpenReader,
+                                fileSize: UInt64) async throws(GraphError) -> Qcow2Allocator {
+        func fail(_ reason: String) -> GraphError { .openFailed(node: name, reason: "qcow2: \(reason)") }
+        if header.isCorrupt { throw fail("the image is marked corrupt; it can only be opened read-only (repair it with 'strata img check -r all')") }
+        if header.isDirty {
+            throw fail("the image was not closed cleanly (lazy refcounts); repair it with 'strata img check -r all' before writing")
+        }
+        let tableBytes = try await reader.read(offset: header.refcountTableOffset,
+                                               count: Int(header.refcountTableClusters) * Int(header.clusterSize), what: "refcount table")
+        var table = [UInt64](repeating: 0, count: tableBytes.count / 8)
+        tableBytes.withUnsafeBytes { raw in
+            for index in table.indices { table[index] = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+        }
+        let refcountBlocks = max(Qcow2Metadata.minRefcountCacheBlocks, refcountCacheBytes / Int(header.clusterSize))
+        let allocator: Qcow2Allocator
+        do {
+            allocator = try Qcow2Allocator(metadata: metadata, refcountTable: table, fileSizeBytes: fileSize,
+                                           refcountCacheBlocks: refcountBlocks)
+        } catch {
+            throw fail("a refcount table entry is not aligned to a cluster")
+        }
+        let unknownAutoclear = header.autoclearFeatures & ~Qcow2Header.knownAutoclearBits
+        if header.version == 3 && unknownAutoclear != 0 {
+            var bytes = [UInt8](repeating: 0, count: 8)
+            bytes.withUnsafeMutableBytes { $0.storeBytes(of: (header.autoclearFeatures & ~unknownAutoclear).bigEndian, as: UInt64.self) }
+            do {
+                try await reader.writeDurably(bytes, at: 88)
+            } catch {
+                throw fail("could not clear the unknown autoclear feature bits: \(error.status)")
+            }
+        }
+        return allocator
     }
 }

@@ -1,38 +1,47 @@
 import StrataGraph
 import StrataRuntime
 
-/// A qcow2 node on one queue. A read is split per guest cluster and mapped through L1 and L2:
-/// runs of contiguous normal clusters become one read of the file child, zero clusters are
+/// A qcow2 node on one queue. A request is split per guest cluster and mapped through L1 and L2.
+/// Reads: runs of contiguous normal clusters become one read of the file child, zero clusters are
 /// zero-filled, unallocated ones come from the backing node (zeros past its end, or without one),
-/// and compressed ones are read and inflated. L2 tables come from the node's shared cache; the
-/// buffers for a miss and for compressed data belong to the instance, so a read of normal
-/// clusters allocates nothing.
+/// compressed ones are read and inflated. Writes to clusters this image owns (COPIED) go straight
+/// to the file, without a lock; writes that need clusters allocated take the node's allocation
+/// lock and go through `Qcow2Allocator`, merging the copy-on-write of partial clusters into the
+/// data write. The buffers for a table miss, a copy-on-write and compressed data belong to the
+/// instance, so reads and overwrites of allocated clusters allocate nothing.
 actor Qcow2NodeInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let executor: QueueExecutor
     private let metadata: Qcow2Metadata
-    private let file: NodeHandle
-    private let fileSizeBytes: UInt64
+    /// Nil when the node is read-only.
+    private let allocator: Qcow2Allocator?
+    private let io: Qcow2ChildIO
+    private let fileState: ChildStateReference
     private let backing: NodeHandle?
     private let backingSizeBytes: UInt64
-    /// Cluster-sized buffers for L2 tables read on a cache miss. Requests interleave on this actor
-    /// while one waits for the file, so each borrows its own buffer for the duration.
-    private let tablePool: BounceBufferPool
+    /// Cluster-sized buffers for L2 tables read on a miss and for copy-on-write. Requests
+    /// interleave on this actor while one waits for the file, so each borrows its own buffer.
+    private let clusterPool: BounceBufferPool
     /// Made on the first compressed cluster: 2 clusters of compressed input (the most an L2 entry
     /// can describe), then one of output.
     private var compressedPool: BounceBufferPool?
     private var decompressor: Qcow2Decompressor?
+    /// Old L2 entries of the clusters one allocating write replaces (lock held: one at a time).
+    private var replaced: [UInt64]
 
-    init(metadata: Qcow2Metadata, file: any BlockNode, fileSizeBytes: UInt64, backing: (any BlockNode)?,
-         backingSizeBytes: UInt64, queue: QueueContext) {
+    init(metadata: Qcow2Metadata, allocator: Qcow2Allocator?, file: any BlockNode, fileState: ChildStateReference,
+         backing: (any BlockNode)?, backingSizeBytes: UInt64, queue: QueueContext) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.executor = queue.executor
         self.metadata = metadata
-        self.file = NodeHandle(file)
-        self.fileSizeBytes = fileSizeBytes
+        self.allocator = allocator
+        self.io = Qcow2ChildIO(file: NodeHandle(file))
+        self.fileState = fileState
         self.backing = backing.map { NodeHandle($0) }
         self.backingSizeBytes = backingSizeBytes
-        tablePool = BounceBufferPool(count: 2, bufferSize: metadata.clusterSize, alignment: 4096, numaNode: queue.executor.numaNode)
+        clusterPool = BounceBufferPool(count: 2, bufferSize: metadata.clusterSize, alignment: 4096, numaNode: queue.executor.numaNode)
+        replaced = []
+        replaced.reserveCapacity(metadata.l2Entries)
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
@@ -40,18 +49,303 @@ actor Qcow2NodeInstance: BlockNode {
     }
 
     private func serve(_ request: BlockRequest) async -> IOStatus {
+        if request.operation == .flush { return await flush() }
+        let status = request.rangeStatus(sizeBytes: metadata.header.sizeBytes)
+        guard status.isOK, request.lengthBytes > 0 else { return status }
         switch request.operation {
-        case .flush:
-            let status = await file.node.submit(request)
-            guard status.isOK, let backing else { return status }
-            return await backing.node.submit(request)
-        case .write, .writeZeroes, .discard:
-            return .readOnly
         case .read:
-            let status = request.rangeStatus(sizeBytes: metadata.header.sizeBytes)
-            guard status.isOK, request.lengthBytes > 0, let base = request.buffer.base else { return status }
+            guard let base = request.buffer.base else { return .invalid }
             return await read(into: base, length: request.lengthBytes, at: request.offsetBytes)
+        case .write:
+            guard let base = request.buffer.base else { return .invalid }
+            guard allocator != nil else { return .readOnly }
+            return await write(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes,
+                               fua: request.flags.contains(.fua))
+        case .writeZeroes, .discard:
+            guard allocator != nil else { return .readOnly }
+            return await zeroOrDiscard(request)
+        case .flush:
+            return .ok
         }
+    }
+
+    // MARK: Write
+
+    private func write(from source: UnsafeRawPointer, length: Int, at offset: UInt64, fua: Bool) async -> IOStatus {
+        // A run of owned clusters contiguous in guest and file, not written yet.
+        var runHost: UInt64 = 0
+        var runStart = 0
+        var runLength = 0
+        var done = 0
+        let flags: RequestFlags = fua ? .fua : []
+        while done < length {
+            let guestOffset = offset + UInt64(done)
+            let (l1Index, l2Index, inCluster) = metadata.locate(guestOffset)
+            let chunk = min(length - done, metadata.clusterSize - inCluster)
+            let entry: UInt64
+            switch await l2Entry(l1Index: l1Index, l2Index: l2Index) {
+            case .success(let value): entry = value
+            case .failure(let error): return error.status
+            }
+            if entry & Qcow2ClusterMapping.copiedFlag != 0,
+               case .normal(let hostCluster) = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
+                let host = hostCluster + UInt64(inCluster)
+                if runLength > 0 && runStart + runLength == done && runHost + UInt64(runLength) == host {
+                    runLength += chunk
+                } else {
+                    if runLength > 0 {
+                        let status = await writeFile(from: source + runStart, length: runLength, at: runHost, flags: flags)
+                        guard status.isOK else { return status }
+                    }
+                    (runHost, runStart, runLength) = (host, done, chunk)
+                }
+                done += chunk
+                continue
+            }
+            if runLength > 0 {
+                let status = await writeFile(from: source + runStart, length: runLength, at: runHost, flags: flags)
+                guard status.isOK else { return status }
+                runLength = 0
+            }
+            switch await allocatingWrite(from: source + done, length: length - done, at: guestOffset, fua: fua) {
+            case .success(let written): done += written
+            case .failure(let error): return error.status
+            }
+        }
+        if runLength > 0 { return await writeFile(from: source + runStart, length: runLength, at: runHost, flags: flags) }
+        return .ok
+    }
+
+    private func writeFile(from source: UnsafeRawPointer, length: Int, at offset: UInt64, flags: RequestFlags) async -> IOStatus {
+        do {
+            try await io.write(from: source, length: length, at: offset, flags: flags)
+            return .ok
+        } catch {
+            return error.status
+        }
+    }
+
+    /// Writes the start of `source` into newly allocated clusters: the run of clusters from
+    /// `offset` (within one L2 table) that this image does not own yet, allocated contiguously.
+    /// Partial clusters at either end are merged with their old contents (backing data, zeros, a
+    /// shared or compressed cluster) into one write each; whole clusters in between go straight
+    /// from `source`. Returns how many bytes of `source` it wrote: 0 when another queue
+    /// allocated the cluster meanwhile (the caller then overwrites it).
+    private func allocatingWrite(from source: UnsafeRawPointer, length: Int, at offset: UInt64,
+                                 fua: Bool) async -> Result<Int, Qcow2Failure> {
+        guard let allocator else { return .failure(Qcow2Failure(status: .readOnly)) }
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        guard !allocator.isCorrupt else { return .failure(.corrupt) }
+        do {
+            let written = try await allocateAndWrite(allocator, from: source, length: length, at: offset)
+            if fua && written > 0 { try await allocator.flush(io: io) }
+            return .success(written)
+        } catch {
+            if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
+            return .failure(error)
+        }
+    }
+
+    private func allocateAndWrite(_ allocator: Qcow2Allocator, from source: UnsafeRawPointer, length: Int,
+                                  at offset: UInt64) async throws(Qcow2Failure) -> Int {
+        let clusterSize = metadata.clusterSize
+        let (l1Index, l2Index, inCluster) = metadata.locate(offset)
+        let table = try await allocator.writableTable(l1Index: l1Index, io: io)
+        // The clusters to allocate: not owned, in this table, covered by the request.
+        replaced.removeAll(keepingCapacity: true)
+        var covered = 0
+        while l2Index + replaced.count < metadata.l2Entries && covered < length {
+            let entry = try await allocator.tableWord(table, index: l2Index + replaced.count, io: io)
+            if entry & Qcow2ClusterMapping.copiedFlag != 0,
+               case .normal = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) { break }
+            replaced.append(entry)
+            covered += min(length - covered, clusterSize - (replaced.count == 1 ? inCluster : 0))
+        }
+        let count = replaced.count
+        guard count > 0 else { return 0 }
+        let hostBase = try await allocator.refcounts.allocate(count, io: io) << UInt64(metadata.clusterBits)
+        try allocator.checkOverlap(offset: hostBase, length: count * clusterSize, kind: .data)
+        let guestBase = offset - UInt64(inCluster)
+        // Bytes of the last cluster the request covers.
+        let endInLast = inCluster + covered - (count - 1) * clusterSize
+        var consumed = 0
+        var firstWhole = 0
+        if inCluster != 0 || (count == 1 && endInLast < clusterSize) {
+            let part = min(covered, clusterSize - inCluster)
+            try await writeMerged(from: source, length: part, inCluster: inCluster, oldEntry: replaced[0],
+                                  guestCluster: guestBase, host: hostBase)
+            consumed = part
+            firstWhole = 1
+        }
+        let lastWhole = endInLast == clusterSize ? count : count - 1
+        if lastWhole > firstWhole {
+            let bytes = (lastWhole - firstWhole) * clusterSize
+            try await io.write(from: source + consumed, length: bytes, at: hostBase + UInt64(firstWhole * clusterSize))
+            consumed += bytes
+        }
+        if lastWhole < count && count > firstWhole {
+            let index = count - 1
+            try await writeMerged(from: source + consumed, length: covered - consumed, inCluster: 0, oldEntry: replaced[index],
+                                  guestCluster: guestBase + UInt64(index * clusterSize), host: hostBase + UInt64(index * clusterSize))
+        }
+        // The data is written: map it, and drop the old references once the mapping is durable.
+        for index in 0..<count {
+            let host = hostBase + UInt64(index * clusterSize)
+            try await allocator.setTableWord(host | Qcow2ClusterMapping.copiedFlag, tableOffset: table, index: l2Index + index, io: io)
+            allocator.refcounts.releaseAfterFlush(allocator.referencedClusters(of: replaced[index]))
+        }
+        return covered
+    }
+
+    /// Writes one whole cluster at `host`: its old contents with `length` bytes of `source`
+    /// placed at `inCluster`.
+    private func writeMerged(from source: UnsafeRawPointer, length: Int, inCluster: Int, oldEntry: UInt64,
+                             guestCluster: UInt64, host: UInt64) async throws(Qcow2Failure) {
+        let buffer = clusterPool.take()
+        defer { clusterPool.give(buffer) }
+        try await readOldContents(into: buffer.base, entry: oldEntry, guestCluster: guestCluster)
+        (buffer.base + inCluster).copyMemory(from: source, byteCount: length)
+        try await io.write(from: buffer.base, length: metadata.clusterSize, at: host)
+    }
+
+    /// A guest cluster's contents as the L2 entry `entry` maps them, for copy-on-write.
+    private func readOldContents(into base: UnsafeMutableRawPointer, entry: UInt64, guestCluster: UInt64) async throws(Qcow2Failure) {
+        let clusterSize = metadata.clusterSize
+        let status: IOStatus
+        switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
+        case .unallocated:
+            status = await readBacking(into: base, length: clusterSize, at: guestCluster)
+        case .zero:
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: clusterSize)
+            status = .ok
+        case .normal(let host):
+            status = await readFile(into: base, length: clusterSize, at: host)
+        case .compressed(let host, let bytes):
+            status = await readCompressed(into: base, length: clusterSize, inCluster: 0, hostOffset: host, compressedBytes: bytes)
+        case .corrupt:
+            status = .ioError
+        }
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    // MARK: Write zeroes, discard, flush
+
+    /// Whole clusters become zero clusters (v3) or unallocated ones (discard, or zeroes in a v2
+    /// image without a backing file); the parts of partial clusters are written as zeros, or left
+    /// alone by a discard, which is only a hint.
+    private func zeroOrDiscard(_ request: BlockRequest) async -> IOStatus {
+        guard let allocator else { return .readOnly }
+        let clusterSize = UInt64(metadata.clusterSize)
+        let start = request.offsetBytes
+        let end = start + UInt64(request.lengthBytes)
+        // The last cluster of the image counts as whole up to the image's end.
+        let size = metadata.header.sizeBytes
+        let firstWhole = (start + clusterSize - 1) / clusterSize * clusterSize
+        let lastWhole = end == size ? (end + clusterSize - 1) / clusterSize * clusterSize : end / clusterSize * clusterSize
+        let isDiscard = request.operation == .discard
+        let hasZeroFlag = metadata.header.version >= 3
+        // Without a zero flag, zeros survive deallocation only where no backing file shows through.
+        let canDeallocate = isDiscard || hasZeroFlag || backing == nil
+        if !isDiscard {
+            let headEnd = min(firstWhole, end)
+            if headEnd > start {
+                let status = await writeZeros(length: Int(headEnd - start), at: start)
+                guard status.isOK else { return status }
+            }
+            if lastWhole >= firstWhole && end > lastWhole && firstWhole < end {
+                let status = await writeZeros(length: Int(end - lastWhole), at: lastWhole)
+                guard status.isOK else { return status }
+            }
+            if !canDeallocate && lastWhole > firstWhole {
+                return await writeZeros(length: Int(lastWhole - firstWhole), at: firstWhole)
+            }
+        }
+        guard lastWhole > firstWhole else { return .ok }
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        guard !allocator.isCorrupt else { return .ioError }
+        do {
+            var cluster = firstWhole
+            while cluster < lastWhole {
+                let (l1Index, l2Index, _) = metadata.locate(cluster)
+                let tableEntry = metadata.l1[l1Index] & Qcow2ClusterMapping.offsetMask
+                let inTable = min(UInt64(metadata.l2Entries - l2Index), (lastWhole - cluster) / clusterSize)
+                // A table that does not exist maps nothing: its clusters read as zeros already,
+                // unless a backing file shows through and the zero flag can hide it.
+                if tableEntry == 0 && (backing == nil || !hasZeroFlag) {
+                    cluster += inTable * clusterSize
+                    continue
+                }
+                let table = try await allocator.writableTable(l1Index: l1Index, io: io)
+                for index in l2Index..<l2Index + Int(inTable) {
+                    let old = try await allocator.tableWord(table, index: index, io: io)
+                    let new = replacement(for: old, discard: isDiscard, mayUnmap: request.flags.contains(.mayUnmap))
+                    guard new != old else { continue }
+                    try await allocator.setTableWord(new, tableOffset: table, index: index, io: io)
+                    if new & Qcow2ClusterMapping.offsetMask == 0 {
+                        allocator.refcounts.releaseAfterFlush(allocator.referencedClusters(of: old))
+                    }
+                }
+                cluster += inTable * clusterSize
+            }
+            if request.flags.contains(.fua) { try await allocator.flush(io: io) }
+            return .ok
+        } catch {
+            if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
+            return error.status
+        }
+    }
+
+    /// The L2 entry a zeroed or discarded cluster gets, as QEMU's zero_in_l2_slice and
+    /// discard_in_l2_slice: a v3 image marks it zero (keeping an owned host cluster when the
+    /// caller did not allow unmapping), a v2 image deallocates it. A discard of an unallocated
+    /// cluster without a backing file changes nothing.
+    private func replacement(for old: UInt64, discard: Bool, mayUnmap: Bool) -> UInt64 {
+        let hasZeroFlag = metadata.header.version >= 3
+        let mapping = Qcow2ClusterMapping(l2Entry: old, clusterBits: metadata.clusterBits)
+        if mapping == .unallocated && backing == nil { return old }
+        if discard {
+            return hasZeroFlag ? Qcow2ClusterMapping.zeroFlag : 0
+        }
+        guard hasZeroFlag else { return 0 }
+        if !mayUnmap, old & Qcow2ClusterMapping.copiedFlag != 0, old & Qcow2ClusterMapping.compressedFlag == 0,
+           old & Qcow2ClusterMapping.offsetMask != 0 {
+            return (old & (Qcow2ClusterMapping.offsetMask | Qcow2ClusterMapping.copiedFlag)) | Qcow2ClusterMapping.zeroFlag
+        }
+        return Qcow2ClusterMapping.zeroFlag
+    }
+
+    /// Zeros written as data, a cluster-sized zero buffer at a time.
+    private func writeZeros(length: Int, at offset: UInt64) async -> IOStatus {
+        let buffer = clusterPool.take()
+        defer { clusterPool.give(buffer) }
+        buffer.base.initializeMemory(as: UInt8.self, repeating: 0, count: metadata.clusterSize)
+        var done = 0
+        while done < length {
+            let chunk = min(length - done, metadata.clusterSize)
+            let status = await write(from: buffer.base, length: chunk, at: offset + UInt64(done), fua: false)
+            guard status.isOK else { return status }
+            done += chunk
+        }
+        return .ok
+    }
+
+    private func flush() async -> IOStatus {
+        if let allocator {
+            await allocator.lock.lock()
+            defer { allocator.lock.unlock() }
+            do {
+                try await allocator.flush(io: io)
+            } catch {
+                return error.status
+            }
+        } else {
+            let status = await io.file.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+            guard status.isOK else { return status }
+        }
+        guard let backing else { return .ok }
+        return await backing.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
     }
 
     // MARK: Read
@@ -102,32 +396,28 @@ actor Qcow2NodeInstance: BlockNode {
         return .ok
     }
 
-    /// Why a mapping lookup failed, as the status the request returns.
-    private struct LookupError: Error {
-        let status: IOStatus
-    }
-
     /// The L2 entry for a guest cluster: 0 (unallocated) when its L1 entry is empty, from the
     /// cache, or read from the file on a miss.
-    private func l2Entry(l1Index: Int, l2Index: Int) async -> Result<UInt64, LookupError> {
+    private func l2Entry(l1Index: Int, l2Index: Int) async -> Result<UInt64, Qcow2Failure> {
         let tableOffset = metadata.l1[l1Index] & Qcow2ClusterMapping.offsetMask
         if tableOffset == 0 { return .success(0) }
         if let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index) { return .success(entry) }
         let clusterSize = UInt64(metadata.clusterSize)
+        let fileSizeBytes = fileState.current.sizeBytes
         // An L2 table must be a whole cluster inside the file and not the header: QEMU calls
         // anything else corruption.
         guard tableOffset % clusterSize == 0, tableOffset >= clusterSize, tableOffset <= fileSizeBytes,
-              fileSizeBytes - tableOffset >= clusterSize else { return .failure(LookupError(status: .ioError)) }
-        let buffer = tablePool.take()
-        defer { tablePool.give(buffer) }
+              fileSizeBytes - tableOffset >= clusterSize else { return .failure(Qcow2Failure(status: .ioError)) }
+        let buffer = clusterPool.take()
+        defer { clusterPool.give(buffer) }
         let status = await readFile(into: buffer.base, length: metadata.clusterSize, at: tableOffset)
-        guard status.isOK else { return .failure(LookupError(status: status)) }
-        metadata.l2Cache.insert(tableOffset: tableOffset, table: buffer.base)
+        guard status.isOK else { return .failure(Qcow2Failure(status: status)) }
+        metadata.l2Cache.insert(tableOffset: tableOffset, from: buffer.base)
         return .success(UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: l2Index * 8, as: UInt64.self)))
     }
 
     private func readFile(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
-        await file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+        await io.file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                             buffer: IOBuffer(base: base, count: length)))
     }
 
@@ -151,6 +441,7 @@ actor Qcow2NodeInstance: BlockNode {
     private func readCompressed(into base: UnsafeMutableRawPointer, length: Int, inCluster: Int,
                                 hostOffset: UInt64, compressedBytes: Int) async -> IOStatus {
         let clusterSize = metadata.clusterSize
+        let fileSizeBytes = fileState.current.sizeBytes
         guard hostOffset >= UInt64(clusterSize), hostOffset < fileSizeBytes, compressedBytes <= 2 * clusterSize else { return .ioError }
         if decompressor == nil { decompressor = Qcow2Decompressor() }
         guard let decompressor else { return .ioError }

@@ -1,21 +1,30 @@
 import StrataGraph
 
-/// A qcow2 node's shared state: its metadata (header, L1 table, L2 cache) and its children.
-/// Public for what the image reports (version, flags, backing file), as QEMU's query-block does.
+/// A qcow2 node's shared state: its metadata (header, L1 table, L2 cache), the allocator through
+/// which writable nodes change it, and its children. Public for what the image reports (version,
+/// flags, backing file), as QEMU's query-block does.
 public final class Qcow2NodeState: NodeState {
     let configuration: Qcow2NodeConfiguration
     let metadata: Qcow2Metadata
+    /// Nil for a read-only node.
+    let allocator: Qcow2Allocator?
     let file: ChildStateReference
     let backing: ChildStateReference?
+    /// The file child's instance on the control executor: reads metadata at open, writes it back
+    /// at close.
+    private let controlIO: Qcow2OpenReader
 
-    init(configuration: Qcow2NodeConfiguration, metadata: Qcow2Metadata, file: any NodeState, backing: (any NodeState)?) {
+    init(configuration: Qcow2NodeConfiguration, metadata: Qcow2Metadata, allocator: Qcow2Allocator?,
+         controlIO: Qcow2OpenReader, file: any NodeState, backing: (any NodeState)?) {
         self.configuration = configuration
         self.metadata = metadata
+        self.allocator = allocator
+        self.controlIO = controlIO
         self.file = ChildStateReference(file)
         self.backing = backing.map { ChildStateReference($0) }
     }
 
-    /// The virtual size from the header; fixed while the node is read-only.
+    /// The virtual size from the header.
     public var sizeBytes: UInt64 { metadata.header.sizeBytes }
 
     /// 2 (compat=0.10) or 3 (compat=1.1).
@@ -23,26 +32,35 @@ public final class Qcow2NodeState: NodeState {
     public var clusterSize: Int { metadata.clusterSize }
     /// The image was not closed cleanly (refcounts may be stale; reads do not use them).
     public var isDirty: Bool { metadata.header.isDirty }
-    /// QEMU found the metadata inconsistent; such an image may only be read.
-    public var isCorrupt: Bool { metadata.header.isCorrupt }
+    /// QEMU found the metadata inconsistent, or a write of this node would have overwritten
+    /// metadata; such an image may only be read.
+    public var isCorrupt: Bool { metadata.header.isCorrupt || (allocator?.isCorrupt ?? false) }
     /// The backing file and format the image names (the node reads the `backing` child instead).
     public var backingFileName: String? { metadata.header.backingFileName }
     public var backingFormat: String? { metadata.header.backingFormat }
     /// L2 tables the shared cache holds at most.
     public var l2CacheTables: Int { metadata.l2Cache.capacity }
+    /// Refcount blocks the refcount cache holds at most (0 for a read-only node).
+    public var refcountCacheBlocks: Int { allocator?.refcounts.cache.capacity ?? 0 }
 
     public func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
         guard let fileNode = children.child(configuration.file.optionKey) else {
             preconditionFailure("qcow2 instance built without its 'file' child")
         }
         let backingNode = configuration.backing.flatMap { children.child($0.optionKey) }
-        // Child sizes are read once here, not per request: every relink builds new instances.
-        return Qcow2NodeInstance(metadata: metadata, file: fileNode, fileSizeBytes: file.current.sizeBytes,
+        // The backing size is read once here, not per request: every relink builds new instances.
+        return Qcow2NodeInstance(metadata: metadata, allocator: allocator, file: fileNode, fileState: file,
                                  backing: backingNode, backingSizeBytes: backing?.current.sizeBytes ?? 0, queue: queue)
     }
 
     public func relink(children: [ChildLink: any NodeState]) {
         if let state = children.child(configuration.file.optionKey) { file.replace(with: state) }
         if let link = configuration.backing, let state = children.child(link.optionKey) { backing?.replace(with: state) }
+    }
+
+    /// Writes back what the caches hold, so the image is complete and consistent on disk.
+    public func close() async {
+        guard let allocator, !allocator.isCorrupt else { return }
+        try? await controlIO.flush(allocator)
     }
 }

@@ -1,20 +1,20 @@
 import StrataGraph
 import StrataRuntime
 
-/// Reads a qcow2 image's metadata at open: an instance of the `file` child built for the control
-/// executor (not a queue), awaited from this actor so the child's ring work runs on that
-/// executor's thread. Going through the child node rather than a file descriptor keeps the
+/// Reads a qcow2 image's metadata at open, and writes it back at close: an instance of the `file`
+/// child built for the control executor (not a queue), awaited from this actor so the child's ring
+/// work runs on that executor's thread. Going through the child node rather than a file descriptor keeps the
 /// format independent of which protocol node is below it.
 actor Qcow2OpenReader {
     nonisolated let unownedExecutor: UnownedSerialExecutor
-    private let child: any BlockNode
+    private let child: NodeHandle
     private let nodeName: String
 
     /// Nil when `childState` cannot be instantiated alone (it has children of its own).
     init?(childState: any NodeState, context: OpenContext, nodeName: String) {
         guard childState is any LeafNodeState else { return nil }
         let queue = QueueContext(index: -1, executor: context.controlExecutor, clock: context.clock)
-        child = childState.makeInstance(queue: queue, children: [:])
+        child = NodeHandle(childState.makeInstance(queue: queue, children: [:]))
         unownedExecutor = context.controlExecutor.asUnownedSerialExecutor()
         self.nodeName = nodeName
     }
@@ -26,10 +26,24 @@ actor Qcow2OpenReader {
         let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
         defer { memory.deallocate() }
         let request = BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: count, buffer: IOBuffer(base: memory, count: count))
-        let status = await child.submit(request)
+        let status = await child.node.submit(request)
         guard status.isOK else {
             throw .openFailed(node: nodeName, reason: "qcow2: could not read the \(what) at offset \(offset): \(status)")
         }
         return Array(UnsafeRawBufferPointer(start: memory, count: count))
+    }
+
+    /// Writes `bytes` at `offset` and flushes: header updates at open.
+    func writeDurably(_ bytes: [UInt8], at offset: UInt64) async throws(Qcow2Failure) {
+        let io = Qcow2ChildIO(file: child)
+        try await io.write(bytes: bytes, at: offset)
+        try await io.flush()
+    }
+
+    /// Writes back the node's metadata from the control executor (at close).
+    func flush(_ allocator: Qcow2Allocator) async throws(Qcow2Failure) {
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        try await allocator.flush(io: Qcow2ChildIO(file: child))
     }
 }

@@ -43,6 +43,7 @@ import Testing
         let file = try await openFile(harness, path, name: "proto")
         var qcowOptions = options
         qcowOptions["file"] = .string("proto")
+        if qcowOptions["read-only"] == nil { qcowOptions["read-only"] = .bool(true) }
         var states: [ChildLink: any NodeState] = [Self.fileLink: file]
         var nodes: [ChildLink: any BlockNode] = [Self.fileLink: harness.instance(file)]
         if let backing {
@@ -217,9 +218,9 @@ import Testing
         await stack.close()
 
         let cases: [([String: JSONValue], String)] = [
-            (["read-only": .bool(false)], "fmt: Parameter 'read-only' must be on"),
+            (["read-only": .string("yes")], "fmt: Parameter 'read-only'"),
             (["l2-cache-size": .int(-1)], "fmt: Parameter 'l2-cache-size' must be between 0 and"),
-            (["cache-size": .int(65536), "l2-cache-size": .int(131072)], "fmt: Parameter 'l2-cache-size' (131072) may not exceed cache-size (65536)"),
+            (["cache-size": .int(65536), "l2-cache-size": .int(131072)], "fmt: Parameter 'cache-size' (65536) is smaller than l2-cache-size plus refcount-cache-size"),
             (["bogus": .int(1)], "fmt: Parameter 'bogus' is unexpected"),
         ]
         for (options, expected) in cases {
@@ -235,14 +236,19 @@ import Testing
         }
         #expect(try DriverCatalog.registry.descriptor("qcow2").name == "qcow2")
 
-        // QEMU's default permissions: metadata is always read and never written or resized by
-        // others; the backing node is only read.
-        var reader = OptionReader(nodeName: "fmt", options: ["file": .string("proto"), "backing": .string("base")])
+        // QEMU's default permissions: metadata is always read, written and resized when the node
+        // is writable, and never written or resized by others; the backing node is only read.
+        var reader = OptionReader(nodeName: "fmt", options: ["file": .string("proto"), "backing": .string("base"), "read-only": .bool(true)])
         let configuration = try Qcow2Node.descriptor.parse(&reader)
         #expect(configuration.readOnly)
         #expect(configuration.children.map(\.role) == [.file, .backing])
         let file = configuration.childPermissions(for: configuration.children[0], parentsTake: [], parentsShare: .all)
         #expect(file.take == [.consistentRead] && file.share == [.consistentRead, .writeUnchanged])
+        var writableReader = OptionReader(nodeName: "fmt", options: ["file": .string("proto")])
+        let writable = try Qcow2Node.descriptor.parse(&writableReader)
+        #expect(!writable.readOnly)
+        let writableFile = writable.childPermissions(for: writable.children[0], parentsTake: [], parentsShare: .all)
+        #expect(writableFile.take == [.consistentRead, .write, .resize] && writableFile.share == [.consistentRead, .writeUnchanged])
         let backing = configuration.childPermissions(for: configuration.children[1], parentsTake: [.consistentRead], parentsShare: [.consistentRead])
         #expect(backing.take == [.consistentRead] && backing.share == [.consistentRead, .writeUnchanged])
     }

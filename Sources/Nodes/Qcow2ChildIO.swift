@@ -1,0 +1,48 @@
+import StrataGraph
+import StrataRuntime
+
+/// Why a qcow2 operation failed, as the status its request returns.
+struct Qcow2Failure: Error {
+    let status: IOStatus
+
+    static let corrupt = Qcow2Failure(status: .ioError)
+}
+
+/// Metadata and data I/O of one qcow2 instance on its image file: requests to the instance's own
+/// `file` child, so they run on the caller's queue and ring.
+struct Qcow2ChildIO {
+    let file: NodeHandle
+
+    nonisolated(nonsending) func read(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async throws(Qcow2Failure) {
+        let status = await file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+                                                         buffer: IOBuffer(base: base, count: length)))
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    nonisolated(nonsending) func write(from base: UnsafeRawPointer, length: Int, at offset: UInt64,
+                                       flags: RequestFlags = []) async throws(Qcow2Failure) {
+        let status = await file.node.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length,
+                                                         buffer: IOBuffer(base: UnsafeMutableRawPointer(mutating: base), count: length),
+                                                         flags: flags))
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    /// Writes `bytes` (metadata built in an array) from a page-aligned copy.
+    nonisolated(nonsending) func write(bytes: [UInt8], at offset: UInt64) async throws(Qcow2Failure) {
+        guard !bytes.isEmpty else { return }
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 4096)
+        defer { memory.deallocate() }
+        bytes.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        try await write(from: memory, length: bytes.count, at: offset)
+    }
+
+    nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64) async throws(Qcow2Failure) {
+        let status = await file.node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length))
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    nonisolated(nonsending) func flush() async throws(Qcow2Failure) {
+        let status = await file.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+}

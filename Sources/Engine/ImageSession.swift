@@ -94,6 +94,10 @@ public final class ImageSession: Sendable {
     /// Serves one request on `queue`. The request's buffer must stay valid until this returns;
     /// O_DIRECT (cache none, directsync) wants it 4096-byte aligned, else it goes through a bounce.
     public func submit(_ request: BlockRequest, queue: Int = 0) async -> IOStatus {
+        // QEMU's BlockBackend check (blk_check_byte_request): nothing past the end reaches a node.
+        if request.operation != .flush {
+            guard request.lengthBytes >= 0, let end = request.endBytes, end <= sizeBytes else { return .ioError }
+        }
         let port = ports[queue]
         let executor = engine.queues[queue].executor
         // A task without the queue as preference would see every ring completion resumed on the
@@ -136,6 +140,18 @@ public final class ImageSession: Sendable {
         }
     }
 
+    /// Whether layer `depth` itself answers for the range from `offsetBytes` (qemu-io's alloc and
+    /// map: bdrv_is_allocated on one layer), and for how long.
+    public func layerBlockStatus(depth: Int = 0, offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
+        let state = formatStates[depth]
+        guard offsetBytes < state.sizeBytes, maxLengthBytes > 0 else {
+            return BlockStatusExtent(lengthBytes: 0, isData: false, isZero: true, isAllocated: false, depth: depth)
+        }
+        var extent = try await state.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
+        extent.depth = depth
+        return extent
+    }
+
     /// Changes the image's size, where its format allows it (raw over a file, no window).
     public func resize(to newSizeBytes: UInt64) async throws {
         guard format == "raw", let file = fileStates[0] as? FileNodeState else {
@@ -170,7 +186,7 @@ public final class ImageSession: Sendable {
             let resolved = format ?? probe.format.rawValue
             guard resolved == "raw" || resolved == "qcow2" else { throw ImageSessionError.unknownFormat(resolved) }
             guard seen.insert(canonical(filename)).inserted else { throw ImageSessionError.backingLoop(filename) }
-            layers.append(ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file"))
+            layers.append(ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file", probe: probe))
             guard options.openBackingChain, resolved == "qcow2", probe.format == .qcow2, let backing = probe.backingFileName else { break }
             filename = backing.hasPrefix("/") ? backing : directory(of: filename) + backing
             format = probe.backingFormat

@@ -11,19 +11,39 @@ public struct ImageProbe: Sendable, Equatable {
         case raw
     }
 
+    /// The qcow2 header fields `info` reports (qemu-io's and qemu-img's format-specific part).
+    public struct Qcow2Fields: Sendable, Equatable {
+        public let version: UInt32
+        public let clusterBits: UInt32
+        public let sizeBytes: UInt64
+        public let incompatibleFeatures: UInt64
+        public let compatibleFeatures: UInt64
+        public let refcountOrder: UInt32
+        /// 0 zlib, 1 zstd (the v3 header's compression_type byte).
+        public let compressionType: UInt8
+
+        public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
+        public var lazyRefcounts: Bool { compatibleFeatures & 1 != 0 }
+        public var isCorrupt: Bool { incompatibleFeatures & (1 << 1) != 0 }
+        public var hasExtendedL2: Bool { incompatibleFeatures & (1 << 4) != 0 }
+        public var refcountBits: UInt64 { 1 << UInt64(refcountOrder) }
+    }
+
     public let format: Format
     public let backingFileName: String?
     public let backingFormat: String?
+    public let qcow2: Qcow2Fields?
 
     static let qcow2Magic: [UInt8] = [0x51, 0x46, 0x49, 0xfb]  // "QFI\xfb"
     static let backingFormatExtension: UInt32 = 0xe279_2aca
     /// The spec's limit on the backing file name.
     static let maxBackingNameBytes: UInt32 = 1023
 
-    public init(format: Format, backingFileName: String? = nil, backingFormat: String? = nil) {
+    public init(format: Format, backingFileName: String? = nil, backingFormat: String? = nil, qcow2: Qcow2Fields? = nil) {
         self.format = format
         self.backingFileName = backingFileName
         self.backingFormat = backingFormat
+        self.qcow2 = qcow2
     }
 
     /// Reads the start of the file at `path`. Throws when it cannot be opened or read.
@@ -62,7 +82,14 @@ public struct ImageProbe: Sendable, Equatable {
             }
             position += 8 + (length + 7) / 8 * 8
         }
-        return ImageProbe(format: .qcow2, backingFileName: name, backingFormat: name == nil ? nil : format)
+        let v3 = version >= 3 && head.count >= 104
+        let headerLength = v3 ? bigEndian(head, 100, 4) : 72
+        let fields = Qcow2Fields(
+            version: UInt32(version), clusterBits: UInt32(bigEndian(head, 20, 4)), sizeBytes: bigEndian(head, 24, 8),
+            incompatibleFeatures: v3 ? bigEndian(head, 72, 8) : 0, compatibleFeatures: v3 ? bigEndian(head, 80, 8) : 0,
+            refcountOrder: v3 ? UInt32(bigEndian(head, 96, 4)) : 4,
+            compressionType: v3 && headerLength > 104 && head.count > 104 ? head[104] : 0)
+        return ImageProbe(format: .qcow2, backingFileName: name, backingFormat: name == nil ? nil : format, qcow2: fields)
     }
 
     private static func bigEndian(_ bytes: [UInt8], _ start: Int, _ count: Int) -> UInt64 {

@@ -41,7 +41,7 @@ struct IoCommand: AsyncParsableCommand {
         do {
             session = try await ImageSession.open(file, options: options)
         } catch {
-            IoInterpreter.printError("strata io: can't open device \(file): \(error)")
+            StandardError.print("strata io: can't open device \(file): \(error)")
             throw ExitCode(1)
         }
         let interpreter = IoInterpreter(session: session)
@@ -64,7 +64,7 @@ struct IoCommand: AsyncParsableCommand {
         await interpreter.drainAio()
         let closed = await session.close()
         if !closed.isOK {
-            IoInterpreter.printError("strata io: flush on close failed: \(IoInterpreter.describe(closed))")
+            StandardError.print("strata io: flush on close failed: \(IoInterpreter.describe(closed))")
             failed = true
         }
         if failed { throw ExitCode(1) }

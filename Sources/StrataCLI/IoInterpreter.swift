@@ -72,14 +72,7 @@ final class IoInterpreter {
     func out(_ text: String) { print(text) }
 
     func error(_ text: String) {
-        IoInterpreter.printError(text)
-    }
-
-    /// Writes a line to standard error after flushing standard output, so the two stay in order.
-    static func printError(_ text: String) {
-        fflush(nil)
-        let line = text + "\n"
-        _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+        StandardError.print(text)
     }
 
     func usage(_ name: String) -> Bool {

@@ -98,6 +98,8 @@ int strata_falloc_punch_hole(void) { return FALLOC_FL_PUNCH_HOLE; }
 int strata_falloc_zero_range(void) { return FALLOC_FL_ZERO_RANGE; }
 int strata_falloc_keep_size(void) { return FALLOC_FL_KEEP_SIZE; }
 int strata_rwf_dsync(void) { return RWF_DSYNC; }
+int strata_seek_data(void) { return SEEK_DATA; }
+int strata_seek_hole(void) { return SEEK_HOLE; }
 
 int strata_ofd_lock(int fd, int64_t start, int type) {
     struct flock fl = { .l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = 1, .l_pid = 0 };

@@ -64,6 +64,8 @@ int strata_falloc_punch_hole(void);
 int strata_falloc_zero_range(void);
 int strata_falloc_keep_size(void);
 int strata_rwf_dsync(void);
+int strata_seek_data(void);
+int strata_seek_hole(void);
 
 /// OFD byte-range lock on one byte; type is F_RDLCK/F_WRLCK/F_UNLCK. Returns 0 or -errno.
 int strata_ofd_lock(int fd, int64_t start, int type);

@@ -1,0 +1,129 @@
+import StrataGraph
+import StrataRuntime
+import Synchronization
+
+/// qemu-img convert's copy loop over two image sessions: the source is walked by block status
+/// (through its backing chain) in chunks of at most 2 MiB; ranges that read as zeros are skipped
+/// when the target already reads as zeros, else written as write-zeroes; data is scanned in
+/// `sparseBytes` blocks, and all-zero blocks are treated as zero ranges (-S; 0 writes everything).
+/// `workers` tasks copy chunks concurrently (-m); without `outOfOrder` (-W) they write in order.
+public struct ImageConvert: Sendable {
+    public static let chunkBytes: UInt64 = 2 << 20
+
+    public var sparseBytes: UInt64 = 4096
+    public var workers = 8
+    public var outOfOrder = false
+    /// The target reads as zeros before the copy (a fresh image, or --target-is-zero).
+    public var targetIsZero = false
+    /// Called with the fraction done after every chunk (-p).
+    public var progress: (@Sendable (Double) -> Void)?
+
+    public init() {}
+
+    /// A counter the workers share: which chunk comes next, how many are done.
+    private final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    public func run(source: ImageSession, target: ImageSession) async throws {
+        let size = source.sizeBytes
+        guard target.sizeBytes >= size else {
+            throw Failure(description: "Target image is smaller than the source (\(target.sizeBytes) < \(size) bytes)")
+        }
+        // Chunks come from block status, so their boundaries follow the source's allocation.
+        var chunks: [(offset: UInt64, length: UInt64, zero: Bool)] = []
+        var offset: UInt64 = 0
+        while offset < size {
+            let extent = try await source.blockStatus(offsetBytes: offset, maxLengthBytes: min(Self.chunkBytes, size - offset))
+            guard extent.lengthBytes > 0 else { throw Failure(description: "Unexpected end of the source at offset \(offset)") }
+            chunks.append((offset, extent.lengthBytes, extent.isZero && !extent.isData))
+            offset += extent.lengthBytes
+        }
+        let next = Counter()
+        let order = ConvertWriteOrder()
+        let done = Counter()
+        let chunkList = chunks
+        let settings = self
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(1, workers) {
+                group.addTask {
+                    let buffer = AlignedBuffer(count: Int(Self.chunkBytes))
+                    while true {
+                        let index = next.value.wrappingAdd(1, ordering: .relaxed).oldValue
+                        guard index < chunkList.count else { return }
+                        let chunk = chunkList[index]
+                        var data = false
+                        if !chunk.zero || settings.sparseBytes == 0 {
+                            try await settings.read(source, chunk.offset, chunk.length, buffer)
+                            data = true
+                        }
+                        if !settings.outOfOrder { await order.waitForTurn(index) }
+                        do {
+                            try await settings.write(target, chunk.offset, chunk.length, data ? buffer : nil)
+                        } catch {
+                            if !settings.outOfOrder { await order.finished(index) }
+                            throw error
+                        }
+                        if !settings.outOfOrder { await order.finished(index) }
+                        let count = done.value.wrappingAdd(1, ordering: .relaxed).newValue
+                        settings.progress?(Double(count) / Double(chunkList.count))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        if chunkList.isEmpty { progress?(1) }
+        let flushed = await target.flush()
+        guard flushed.isOK else { throw Failure(description: "Could not flush the target: \(flushed)") }
+    }
+
+    private func read(_ source: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer) async throws {
+        let status = await source.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
+        guard status.isOK else { throw Failure(description: "error while reading at byte \(offset): \(status)") }
+    }
+
+    /// Writes one chunk: `buffer` holds its data, nil for a zero range.
+    private func write(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer?) async throws {
+        guard let buffer else {
+            if !targetIsZero { try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: Int(length), flags: .mayUnmap)) }
+            return
+        }
+        guard sparseBytes > 0 else {
+            try await submit(target, BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
+            return
+        }
+        // Runs of equal kind (all-zero block or not) become one request each.
+        let bytes = UnsafeRawBufferPointer(buffer.bytes)
+        let block = Int(sparseBytes)
+        var start = 0
+        while start < Int(length) {
+            let zero = Self.isZero(bytes, start, min(block, Int(length) - start))
+            var end = min(start + block, Int(length))
+            while end < Int(length), Self.isZero(bytes, end, min(block, Int(length) - end)) == zero { end = min(end + block, Int(length)) }
+            if !zero {
+                try await submit(target, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: end - start, buffer: buffer.slice(from: start, count: end - start)))
+            } else if !targetIsZero {
+                try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: end - start, flags: .mayUnmap))
+            }
+            start = end
+        }
+    }
+
+    private func submit(_ target: ImageSession, _ request: BlockRequest) async throws {
+        let status = await target.submit(request)
+        guard status.isOK else { throw Failure(description: "error while writing at byte \(request.offsetBytes): \(status)") }
+    }
+
+    private static func isZero(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ count: Int) -> Bool {
+        var index = start
+        while index < start + count {
+            if bytes[index] != 0 { return false }
+            index += 1
+        }
+        return true
+    }
+}

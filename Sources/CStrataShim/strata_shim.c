@@ -7,6 +7,7 @@
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -100,6 +101,7 @@ int strata_falloc_keep_size(void) { return FALLOC_FL_KEEP_SIZE; }
 int strata_rwf_dsync(void) { return RWF_DSYNC; }
 int strata_seek_data(void) { return SEEK_DATA; }
 int strata_seek_hole(void) { return SEEK_HOLE; }
+void strata_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
 int strata_ofd_lock(int fd, int64_t start, int type) {
     struct flock fl = { .l_type = (short)type, .l_whence = SEEK_SET, .l_start = start, .l_len = 1, .l_pid = 0 };

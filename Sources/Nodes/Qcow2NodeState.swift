@@ -12,7 +12,7 @@ public final class Qcow2NodeState: NodeState {
     let backing: ChildStateReference?
     /// The file child's instance on the control executor: reads metadata at open, writes it back
     /// at close.
-    private let controlIO: Qcow2OpenReader
+    let controlIO: Qcow2OpenReader
 
     init(configuration: Qcow2NodeConfiguration, metadata: Qcow2Metadata, allocator: Qcow2Allocator?,
          controlIO: Qcow2OpenReader, file: any NodeState, backing: (any NodeState)?) {

@@ -47,3 +47,21 @@ actor Qcow2OpenReader {
         try await allocator.flush(io: Qcow2ChildIO(file: child))
     }
 }
+
+extension Qcow2OpenReader {
+    /// Entry `index` of the L2 table at `tableOffset`, from the node's cache or read through the
+    /// child (and cached) on a miss: for control-path queries such as block status.
+    func l2Entry(_ metadata: Qcow2Metadata, tableOffset: UInt64, index: Int) async throws(Qcow2Failure) -> UInt64 {
+        if let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: index) { return entry }
+        let clusterSize = UInt64(metadata.clusterSize)
+        guard tableOffset % clusterSize == 0, tableOffset >= clusterSize else { throw .corrupt }
+        let table: [UInt8]
+        do {
+            table = try await read(offset: tableOffset, count: metadata.clusterSize, what: "L2 table")
+        } catch {
+            throw Qcow2Failure(status: .ioError)
+        }
+        table.withUnsafeBytes { _ = metadata.l2Cache.insert(tableOffset: tableOffset, from: $0.baseAddress!) }
+        return table.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+    }
+}

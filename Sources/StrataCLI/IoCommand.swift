@@ -1,3 +1,4 @@
+import CStrataShim
 import ArgumentParser
 import Glibc
 import StrataEngine
@@ -35,6 +36,9 @@ struct IoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // One line per completed command even into a pipe: a caller that kills this process
+        // (the crash tests) learns from the output which commands completed.
+        strata_line_buffer_stdout()
         let options = ImageOpenOptions(format: format, readOnly: readOnly, forceShare: forceShare,
                                        cacheMode: noCache ? "none" : cache ?? "writeback")
         let session: ImageSession

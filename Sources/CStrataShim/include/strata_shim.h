@@ -66,6 +66,8 @@ int strata_falloc_keep_size(void);
 int strata_rwf_dsync(void);
 int strata_seek_data(void);
 int strata_seek_hole(void);
+/* Line-buffers standard output, so a process killed mid-run has printed every completed line. */
+void strata_line_buffer_stdout(void);
 
 /// OFD byte-range lock on one byte; type is F_RDLCK/F_WRLCK/F_UNLCK. Returns 0 or -errno.
 int strata_ofd_lock(int fd, int64_t start, int type);

@@ -31,7 +31,8 @@ struct Qcow2CreateLayout {
         let l1Clusters = UInt64((l1Entries * 8 + clusterSize - 1) / clusterSize)
         let perBlock = UInt64(clusterSize * 8 / options.refcountBits)
         let guestClusters = (sizeBytes + cluster - 1) / cluster
-        let preallocate = options.preallocation == .metadata
+        // A raw external data file must stay valid as raw: QEMU maps every cluster at creation.
+        let preallocate = options.preallocation == .metadata || options.dataFileRaw
         let dataInFile = preallocate && options.dataFile == nil
 
         // The table must hold every block: estimate from the final cluster count, grow if short.

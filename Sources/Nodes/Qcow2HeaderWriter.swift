@@ -40,10 +40,13 @@ struct Qcow2HeaderWriter {
     ]
 
     /// The header bytes (not padded to the cluster); fails when they do not fit in one cluster.
-    /// Like QEMU, the feature name table is left out when it alone would not fit.
+    /// qemu-img 7.2 writes the feature name table only with clusters of 8 KiB and more (seen
+    /// with hexdump), and leaves it out when it alone would not fit.
+    static let minClusterBitsForFeatureTable: UInt32 = 13
+
     func serialize() throws(ImageOptionError) -> [UInt8] {
         do {
-            return try serialize(featureTable: version >= 3)
+            return try serialize(featureTable: version >= 3 && clusterBits >= Self.minClusterBitsForFeatureTable)
         } catch {
             guard version >= 3 else { throw error }
             return try serialize(featureTable: false)

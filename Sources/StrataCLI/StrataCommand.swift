@@ -4,7 +4,7 @@ struct StrataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A block-device I/O engine: a graph of block nodes behind device queues, changed live.",
-        subcommands: [BenchCommand.self]
+        subcommands: [BenchCommand.self, ImgCommand.self]
     )
 
     /// Parses the command line and runs the chosen subcommand. `main.swift` calls this after
@@ -14,6 +14,8 @@ struct StrataCommand: AsyncParsableCommand {
             var command = try parseAsRoot()
             if let bench = command as? BenchCommand {
                 try await bench.run()
+            } else if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
             } else {
                 try command.run()
             }

@@ -21,14 +21,16 @@ public struct Qcow2Measure: Sendable, Equatable {
 
     /// `options` are the target's create options (size included, or the source's size).
     /// `allocatedBytes` is the source's data rounded to target clusters as QEMU counts it (nil
-    /// without a source: all of it is required). `sourceBitmaps` non-nil reports "bitmaps".
+    /// without a source: only metadata is required). `sourceBitmaps` non-nil reports "bitmaps".
     public init(options: Qcow2CreateOptions, allocatedBytes: UInt64?, sourceBitmaps: [SourceBitmap]? = nil) throws(ImageOptionError) {
         try options.validate()
         let cluster = UInt64(options.clusterSize)
         let virtual = (options.sizeBytes + cluster - 1) / cluster * cluster
         fullyAllocated = Self.preallocatedSize(virtual: virtual, clusterSize: cluster,
                                                refcountBits: UInt64(options.refcountBits), extendedL2: options.extendedL2)
-        let data = options.backingFile != nil ? virtual : min(allocatedBytes ?? virtual, virtual)
+        // Without a source nothing is written yet; with one, a backing file of the target may
+        // share nothing with it, so all of it counts (as qcow2_measure).
+        let data: UInt64 = if let allocatedBytes { options.backingFile != nil ? virtual : min(allocatedBytes, virtual) } else { 0 }
         required = fullyAllocated - virtual + data
         if let sourceBitmaps, options.version >= 3 {
             var total: UInt64 = 0

@@ -47,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
-                "CStrataShim", "StrataRuntime", "StrataGraph", "StrataDevices", "StrataEngine",
+                "CStrataShim", "StrataRuntime", "StrataGraph", "StrataNodes", "StrataDevices", "StrataEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings

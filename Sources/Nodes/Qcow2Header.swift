@@ -69,7 +69,9 @@ struct Qcow2Header: Sendable {
 
     /// Parses `bytes`, the start of the image (its first cluster, or the whole file when shorter),
     /// of a file of `fileSize` bytes. Errors are `.openFailed` naming `node` and the field at fault.
-    init(parsing bytes: [UInt8], fileSize: UInt64, node: String) throws(GraphError) {
+    /// `offline` accepts the known features the node cannot serve yet (external data files,
+    /// extended L2 entries, zstd): the offline tools (check, info, measure) handle them.
+    init(parsing bytes: [UInt8], fileSize: UInt64, node: String, offline: Bool = false) throws(GraphError) {
         func fail(_ reason: String) -> GraphError { .openFailed(node: node, reason: "qcow2: \(reason)") }
 
         guard bytes.count >= Self.version2HeaderBytes else {
@@ -127,10 +129,10 @@ struct Qcow2Header: Sendable {
             }
             throw fail("Unsupported incompatible features: \(names.joined(separator: ", "))")
         }
-        if incompatibleFeatures & Self.externalDataFileBit != 0 || extensions.contains(where: { if case .unknown(Qcow2HeaderExtension.externalDataFileType, _) = $0 { true } else { false } }) {
+        if !offline, incompatibleFeatures & Self.externalDataFileBit != 0 || extensions.contains(where: { if case .unknown(Qcow2HeaderExtension.externalDataFileType, _) = $0 { true } else { false } }) {
             throw fail("external data files are not supported yet")
         }
-        if incompatibleFeatures & Self.extendedL2Bit != 0 {
+        if !offline, incompatibleFeatures & Self.extendedL2Bit != 0 {
             throw fail("extended L2 entries (subclusters) are not supported yet")
         }
         let compressionType: UInt8 = headerLength > UInt32(Self.version3HeaderBytes) ? bytes[Self.version3HeaderBytes] : 0
@@ -138,7 +140,9 @@ struct Qcow2Header: Sendable {
             guard compressionType != 0, incompatibleFeatures & Self.compressionTypeBit != 0 else {
                 throw fail("field 'compression_type' (\(compressionType)) disagrees with the compression type feature bit")
             }
-            throw fail(compressionType == 1 ? "zstd compression is not supported (only zlib)" : "unknown compression type \(compressionType)")
+            if !(offline && compressionType == 1) {
+                throw fail(compressionType == 1 ? "zstd compression is not supported (only zlib)" : "unknown compression type \(compressionType)")
+            }
         }
 
         if backingFileOffset != 0 {

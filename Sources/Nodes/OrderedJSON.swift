@@ -1,0 +1,29 @@
+/// A JSON value whose objects keep their key order, printed as qemu-img prints JSON (4-space
+/// indent), so `strata img` output lines up with qemu-img's field for field.
+public indirect enum OrderedJSON: Sendable, Equatable {
+    case bool(Bool)
+    case int(Int64)
+    case uint(UInt64)
+    case string(String)
+    case array([OrderedJSON])
+    case object([(String, OrderedJSON)])
+
+    public static func == (lhs: OrderedJSON, rhs: OrderedJSON) -> Bool { lhs.text() == rhs.text() }
+
+    public func text(indent: Int = 0) -> String {
+        let pad = String(repeating: " ", count: indent + 4)
+        let close = String(repeating: " ", count: indent)
+        switch self {
+        case .bool(let value): return value ? "true" : "false"
+        case .int(let value): return "\(value)"
+        case .uint(let value): return "\(value)"
+        case .string(let value): return JSONText.quote(value)
+        case .array(let items):
+            guard !items.isEmpty else { return "[]" }
+            return "[\n" + items.map { pad + $0.text(indent: indent + 4) }.joined(separator: ",\n") + "\n\(close)]"
+        case .object(let fields):
+            guard !fields.isEmpty else { return "{}" }
+            return "{\n" + fields.map { "\(pad)\(JSONText.quote($0.0)): \($0.1.text(indent: indent + 4))" }.joined(separator: ",\n") + "\n\(close)}"
+        }
+    }
+}

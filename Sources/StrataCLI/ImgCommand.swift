@@ -1,0 +1,48 @@
+import ArgumentParser
+import Glibc
+
+/// `strata img`: offline image tools with qemu-img's subcommands, options and output.
+struct ImgCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "img",
+        abstract: "Create, inspect, check and measure disk images (qemu-img's subcommands).",
+        subcommands: [ImgCreateCommand.self, ImgInfoCommand.self, ImgCheckCommand.self, ImgMapCommand.self, ImgCompareCommand.self,
+                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgBenchCommand.self]
+    )
+
+    /// Prints `strata img: MESSAGE` on stderr and exits with `status`, as qemu-img's error_report.
+    static func fail(_ message: String, status: Int32 = 1) -> ExitCode {
+        printError(message)
+        return ExitCode(status)
+    }
+
+    static func printError(_ message: String) {
+        FileHandleStandardError.write("strata img: \(message)\n")
+    }
+
+    /// Runs `body`, turning any error into a clear message and exit status 1.
+    static func guarded(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            throw fail("\(error)")
+        }
+    }
+}
+
+/// Writes to stderr unbuffered, so messages interleave with stdout as they happen.
+enum FileHandleStandardError {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        bytes.withUnsafeMutableBytes { buffer in
+            var done = 0
+            while done < buffer.count {
+                let result = Glibc.write(2, buffer.baseAddress! + done, buffer.count - done)
+                if result <= 0 { return }
+                done += result
+            }
+        }
+    }
+}

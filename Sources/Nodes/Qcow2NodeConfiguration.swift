@@ -61,17 +61,21 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         guard let reader = Qcow2OpenReader(childState: fileState, context: context, nodeName: name) else {
             throw GraphError.openFailed(node: name, reason: "qcow2: the 'file' child '\(file.nodeName)' must be a protocol node (such as 'file') in this version")
         }
-        let fileSize = fileState.sizeBytes
-        // The first page holds cluster_bits; the header area is the whole first cluster.
-        var head = try await reader.read(offset: 0, count: Int(min(fileSize, 4096)), what: "header")
-        if head.count >= 24 {
-            let clusterBits = head[20..<24].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-            if (Qcow2Header.minClusterBits...Qcow2Header.maxClusterBits).contains(clusterBits) {
-                let clusterBytes = min(UInt64(1) << UInt64(clusterBits), fileSize)
-                if clusterBytes > UInt64(head.count) { head = try await reader.read(offset: 0, count: Int(clusterBytes), what: "header") }
+        var header = try await readHeader(reader: reader, fileSize: fileState.sizeBytes, name: name)
+        if header.isDirty && !readOnly && !header.isCorrupt {
+            // As QEMU: refcounts left stale by lazy refcounts are rebuilt before anything is written.
+            let report: Qcow2CheckReport
+            do {
+                report = try await Qcow2Checker.check(io: reader, filename: name, repair: .all)
+            } catch {
+                throw GraphError.openFailed(node: name, reason: "qcow2: repairing the refcounts of a dirty image failed: \(error)")
             }
+            if let failure = report.failure {
+                throw GraphError.openFailed(node: name, reason: "qcow2: repairing the refcounts of a dirty image failed: \(failure)")
+            }
+            header = try await readHeader(reader: reader, fileSize: fileState.sizeBytes, name: name)
         }
-        let header = try Qcow2Header(parsing: head, fileSize: fileSize, node: name)
+        let fileSize = fileState.sizeBytes
         if let backingName = header.backingFileName, !backingGiven {
             throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none): opening backing files by name is not supported yet")
         }
@@ -82,6 +86,20 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
                               file: fileState, backing: backingState)
     }
 
+    /// The header, from the image's first cluster (or the whole file when shorter).
+    private func readHeader(reader: Qcow2OpenReader, fileSize: UInt64, name: String) async throws(GraphError) -> Qcow2Header {
+        // The first page holds cluster_bits; the header area is the whole first cluster.
+        var head = try await reader.read(offset: 0, count: Int(min(fileSize, 4096)), what: "header")
+        if head.count >= 24 {
+            let clusterBits = head[20..<24].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            if (Qcow2Header.minClusterBits...Qcow2Header.maxClusterBits).contains(clusterBits) {
+                let clusterBytes = min(UInt64(1) << UInt64(clusterBits), fileSize)
+                if clusterBytes > UInt64(head.count) { head = try await reader.read(offset: 0, count: Int(clusterBytes), what: "header") }
+            }
+        }
+        return try Qcow2Header(parsing: head, fileSize: fileSize, node: name)
+    }
+
     /// What a writable node needs beyond a readable one: a clean image, its refcount table, and
     /// the autoclear bits this version does not know cleared (the spec's rule for writers that
     /// do not maintain what those bits vouch for).
@@ -89,9 +107,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
                                 fileSize: UInt64) async throws(GraphError) -> Qcow2Allocator {
         func fail(_ reason: String) -> GraphError { .openFailed(node: name, reason: "qcow2: \(reason)") }
         if header.isCorrupt { throw fail("the image is marked corrupt; it can only be opened read-only (repair it with 'strata img check -r all')") }
-        if header.isDirty {
-            throw fail("the image was not closed cleanly (lazy refcounts); repair it with 'strata img check -r all' before writing")
-        }
+        if header.isDirty { throw fail("the image is still dirty after its refcounts were repaired") }
         let tableBytes = try await reader.read(offset: header.refcountTableOffset,
                                                count: Int(header.refcountTableClusters) * Int(header.clusterSize), what: "refcount table")
         var table = [UInt64](repeating: 0, count: tableBytes.count / 8)

@@ -8,6 +8,7 @@ import StrataRuntime
 actor Qcow2OpenReader {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let child: NodeHandle
+    private let childState: any NodeState
     private let nodeName: String
 
     /// Nil when `childState` cannot be instantiated alone (it has children of its own).
@@ -15,6 +16,7 @@ actor Qcow2OpenReader {
         guard childState is any LeafNodeState else { return nil }
         let queue = QueueContext(index: -1, executor: context.controlExecutor, clock: context.clock)
         child = NodeHandle(childState.makeInstance(queue: queue, children: [:]))
+        self.childState = childState
         unownedExecutor = context.controlExecutor.asUnownedSerialExecutor()
         self.nodeName = nodeName
     }
@@ -63,5 +65,26 @@ extension Qcow2OpenReader {
         }
         table.withUnsafeBytes { _ = metadata.l2Cache.insert(tableOffset: tableOffset, from: $0.baseAddress!) }
         return table.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
+    }
+}
+
+/// The open-time refcount repair of a dirty image runs the offline checker through the child.
+extension Qcow2OpenReader: Qcow2ImageIO {
+    func sizeBytes() async throws -> UInt64 { childState.sizeBytes }
+
+    func read(offset: UInt64, count: Int) async throws -> [UInt8] {
+        try await read(offset: offset, count: count, what: "metadata")
+    }
+
+    func write(offset: UInt64, bytes: [UInt8]) async throws {
+        try await Qcow2ChildIO(file: child).write(bytes: bytes, at: offset)
+    }
+
+    func flush() async throws {
+        try await Qcow2ChildIO(file: child).flush()
+    }
+
+    func truncate(to sizeBytes: UInt64) async throws {
+        throw Qcow2Failure(status: .notSupported)
     }
 }

@@ -15,6 +15,8 @@ public struct ImageConvert: Sendable {
     public var outOfOrder = false
     /// The target reads as zeros before the copy (a fresh image, or --target-is-zero).
     public var targetIsZero = false
+    /// Write data clusters compressed (-c): the target's cluster size; nil writes plainly.
+    public var compressClusterBytes: Int?
     /// Called with the fraction done after every chunk (-p).
     public var progress: (@Sendable (Double) -> Void)?
 
@@ -92,6 +94,10 @@ public struct ImageConvert: Sendable {
             if !targetIsZero { try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: Int(length), flags: .mayUnmap)) }
             return
         }
+        if let cluster = compressClusterBytes {
+            try await writeCompressed(target, offset, length, buffer, cluster: cluster)
+            return
+        }
         guard sparseBytes > 0 else {
             try await submit(target, BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
             return
@@ -110,6 +116,26 @@ public struct ImageConvert: Sendable {
                 try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: end - start, flags: .mayUnmap))
             }
             start = end
+        }
+    }
+
+    /// One compressed write per cluster (chunks start on cluster boundaries: block status works
+    /// in clusters, and chunks are 2 MiB); all-zero clusters stay unwritten on a zero target.
+    private func writeCompressed(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer, cluster: Int) async throws {
+        let bytes = UnsafeRawBufferPointer(buffer.bytes)
+        var start = 0
+        while start < Int(length) {
+            let count = min(cluster - Int((offset + UInt64(start)) % UInt64(cluster)), Int(length) - start)
+            if Self.isZero(bytes, start, count) {
+                if !targetIsZero { try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: count)) }
+            } else {
+                let aligned = (offset + UInt64(start)) % UInt64(cluster) == 0
+                let whole = count == cluster || offset + UInt64(start + count) == target.sizeBytes
+                let flags: RequestFlags = aligned && whole ? .compressed : []
+                try await submit(target, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: count,
+                                                      buffer: buffer.slice(from: start, count: count), flags: flags))
+            }
+            start += count
         }
     }
 

@@ -79,6 +79,9 @@ public final class ImageSession: Sendable {
     /// The image's virtual size now.
     public var sizeBytes: UInt64 { formatStates[0].sizeBytes }
 
+    /// The top layer's cluster size, for formats that have clusters (qcow2).
+    public var clusterSizeBytes: Int? { (formatStates[0] as? Qcow2NodeState)?.clusterSize }
+
     /// The shared state of layer `depth`'s format node (qcow2 details for `info`).
     public func formatState(depth: Int = 0) -> any NodeState { formatStates[depth] }
 

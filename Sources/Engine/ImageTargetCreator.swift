@@ -28,5 +28,5 @@ public struct RawTargetCreator: ImageTargetCreator {
 
 public enum ImageTargetCreators {
     /// The formats convert can create.
-    public static let byFormat: [String: any ImageTargetCreator] = ["raw": RawTargetCreator()]
+    public static let byFormat: [String: any ImageTargetCreator] = ["raw": RawTargetCreator(), "qcow2": Qcow2TargetCreator()]
 }

@@ -21,6 +21,9 @@ public struct RequestFlags: OptionSet, Sendable {
     public static let mayUnmap = RequestFlags(rawValue: 1 << 1)
     /// Write-zeroes must fail rather than fall back to writing zero buffers.
     public static let noFallback = RequestFlags(rawValue: 1 << 2)
+    /// Store the data compressed (BDRV_REQ_WRITE_COMPRESSED): whole clusters of a format that
+    /// can; other nodes refuse it with ENOTSUP.
+    public static let compressed = RequestFlags(rawValue: 1 << 3)
 }
 
 /// The one request value every node sees (the roadmap's unified request object). A small value

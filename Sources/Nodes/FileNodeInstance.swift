@@ -78,6 +78,8 @@ actor FileNodeInstance: BlockNode {
         if request.operation == .flush { return await flush() }
         guard let end = request.validatedEnd else { return .invalid }
         if request.operation.isWrite && state.readOnly { return .readOnly }
+        // A protocol has no clusters to compress.
+        if request.flags.contains(.compressed) { return .notSupported }
         if request.lengthBytes == 0 { return .ok }
         switch request.operation {
         case .read: return await read(request)

@@ -5,6 +5,11 @@ public struct ImageCreateOptionString: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
         public let key: String
         public let value: String
+
+        public init(key: String, value: String) {
+            self.key = key
+            self.value = value
+        }
     }
 
     public let entries: [Entry]

@@ -26,6 +26,7 @@ actor Qcow2NodeInstance: BlockNode {
     /// can describe), then one of output.
     private var compressedPool: BounceBufferPool?
     private var decompressor: Qcow2Decompressor?
+    private var compressor: Qcow2Compressor?
     /// Old L2 entries of the clusters one allocating write replaces (lock held: one at a time).
     private var replaced: [UInt64]
 
@@ -59,6 +60,9 @@ actor Qcow2NodeInstance: BlockNode {
         case .write:
             guard let base = request.buffer.base else { return .invalid }
             guard allocator != nil else { return .readOnly }
+            if request.flags.contains(.compressed) {
+                return await compressedWrite(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes)
+            }
             return await write(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes,
                                fua: request.flags.contains(.fua))
         case .writeZeroes, .discard:
@@ -227,6 +231,61 @@ actor Qcow2NodeInstance: BlockNode {
             status = .ioError
         }
         guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    // MARK: Compressed write
+
+    /// Stores one whole cluster (or the image's last, partial one) deflated, packed into host
+    /// clusters shared with other compressed clusters, as QEMU's qcow2_co_pwritev_compressed.
+    /// Data that does not shrink is written as a normal cluster. Like QEMU, it only fills clusters
+    /// that hold nothing yet.
+    private func compressedWrite(from source: UnsafeRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+        guard let allocator else { return .readOnly }
+        let clusterSize = metadata.clusterSize
+        guard offset % UInt64(clusterSize) == 0,
+              length == clusterSize || (length < clusterSize && offset + UInt64(length) == metadata.header.sizeBytes) else {
+            return .invalid
+        }
+        if compressor == nil { compressor = Qcow2Compressor() }
+        guard let compressor else { return .ioError }
+        let input: BounceBufferPool.Buffer = clusterPool.take()
+        let output: BounceBufferPool.Buffer = clusterPool.take()
+        defer {
+            clusterPool.give(output)
+            clusterPool.give(input)
+        }
+        // A short last cluster is compressed as a whole cluster padded with zeros, as QEMU does.
+        input.base.copyMemory(from: source, byteCount: length)
+        if length < clusterSize { (input.base + length).initializeMemory(as: UInt8.self, repeating: 0, count: clusterSize - length) }
+        guard let compressedBytes = compressor.compress(input: input.base, inputCount: clusterSize, output: output.base,
+                                                        outputCapacity: clusterSize - 1) else {
+            return await write(from: source, length: length, at: offset, fua: false)
+        }
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        guard !allocator.isCorrupt else { return .ioError }
+        do {
+            let (l1Index, l2Index, _) = metadata.locate(offset)
+            let table = try await allocator.writableTable(l1Index: l1Index, io: io)
+            let old = try await allocator.tableWord(table, index: l2Index, io: io)
+            switch Qcow2ClusterMapping(l2Entry: old, clusterBits: metadata.clusterBits) {
+            case .unallocated: break
+            case .zero where old & Qcow2ClusterMapping.offsetMask == 0: break
+            default: return .ioError
+            }
+            let host = try await allocator.refcounts.allocateBytes(compressedBytes, io: io)
+            try allocator.checkOverlap(offset: host, length: compressedBytes, kind: .data)
+            try await io.write(from: output.base, length: compressedBytes, at: host)
+            // Additional 512-byte sectors the data touches, in the bits above the offset.
+            let sizeShift = 62 - UInt64(metadata.clusterBits - 8)
+            let extraSectors = ((host + UInt64(compressedBytes) - 1) >> 9) - (host >> 9)
+            let entry = Qcow2ClusterMapping.compressedFlag | (extraSectors << sizeShift) | host
+            try await allocator.setTableWord(entry, tableOffset: table, index: l2Index, io: io)
+            return .ok
+        } catch {
+            if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
+            return error.status
+        }
     }
 
     // MARK: Write zeroes, discard, flush

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import StrataEngine
+import StrataNodes
 
 /// `strata img convert`: qemu-img convert for any source format this tree reads and target
 /// formats with a creator in `ImageTargetCreators` (raw; qcow2 once its creator is registered).
@@ -13,6 +14,10 @@ struct ImgConvertCommand: AsyncParsableCommand {
     var targetFormat = "raw"
     @Option(name: .customShort("o"), help: "Target creation options, key=value[,key=value].")
     var creationOptions: String?
+    @Flag(name: .customShort("c"), help: "Compress the target's clusters (qcow2).")
+    var compress = false
+    @Option(name: .customShort("B"), help: "Backing file of the target.")
+    var backingFile: String?
     @Flag(name: .customShort("n"), help: "Do not create the target: it exists already.")
     var noCreate = false
     @Option(name: .customShort("S"), help: "Consecutive zero bytes needed to leave a hole (default 4k; 0 writes everything).")
@@ -62,6 +67,12 @@ struct ImgConvertCommand: AsyncParsableCommand {
         convert.workers = workers
         convert.outOfOrder = outOfOrder
         convert.targetIsZero = targetIsZero
+        if compress {
+            guard targetFormat == "qcow2" else {
+                StandardError.print("strata img: Compression not supported for this file format")
+                throw ExitCode(1)
+            }
+        }
         if progress && !quiet {
             convert.progress = { fraction in
                 print(IoFormat.format("    (%3.2f/100%%)\r", fraction * 100), terminator: "")
@@ -76,6 +87,7 @@ struct ImgConvertCommand: AsyncParsableCommand {
             }
             let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache))
             targetSession = opened
+            if compress { convert.compressClusterBytes = opened.clusterSizeBytes }
             if progress && !quiet { convert.progress?(0) }
             try await convert.run(source: sourceSession, target: opened)
             if progress && !quiet { print("") }
@@ -90,14 +102,13 @@ struct ImgConvertCommand: AsyncParsableCommand {
         }
     }
 
+    /// -o's options (qemu-img's syntax, `,,` escaping a comma), with -B as backing_file.
     private func parsedCreationOptions() throws -> [String: String] {
-        guard let creationOptions else { return [:] }
         var options: [String: String] = [:]
-        for pair in creationOptions.split(separator: ",") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("Invalid option '\(pair)': expected key=value") }
-            options[String(parts[0])] = String(parts[1])
+        if let creationOptions {
+            for entry in try ImageCreateOptionString(parsing: creationOptions).entries { options[entry.key] = entry.value }
         }
+        if let backingFile { options["backing_file"] = backingFile }
         return options
     }
 }

@@ -45,12 +45,8 @@ extension IoInterpreter {
         guard let pattern = pattern(options, default: 0xcd) else { return false }
         guard let offset = number(options.operands[0]), let count = length(options.operands[1]) else { return false }
         if options.has("b") { out("write: -b (vmstate) is not supported"); return false }
-        if options.has("c") {
-            // No node in this tree writes compressed clusters; qemu-io answers the same for raw.
-            out("write failed: \(Self.describe(.notSupported))")
-            return false
-        }
         var flags: RequestFlags = []
+        if options.has("c") { flags.insert(.compressed) }
         if options.has("f") { flags.insert(.fua) }
         if options.has("u") { flags.insert(.mayUnmap) }
         if options.has("n") { flags.insert(.noFallback) }

@@ -29,6 +29,8 @@ final class Qcow2Refcounts {
     private(set) var endCluster: UInt64
     /// Clusters found free and about to be counted: no nested allocation may take them.
     private var reserved: [Range<UInt64>] = []
+    /// New refcount blocks whose own cluster another block is about to count.
+    private var uncountedBlocks: [UInt64] = []
     /// Where compressed clusters are being packed (QEMU's free_byte_offset); 0 when none.
     private var freeByteOffset: UInt64 = 0
     /// Where the metadata lies; refcount blocks and the table are recorded in it.
@@ -92,12 +94,27 @@ final class Qcow2Refcounts {
     // MARK: Changing
 
     /// Adds `delta` to the refcount of `cluster`, creating its refcount block (and growing the
-    /// table) when needed.
+    /// table) when needed. A new block that does not cover its own cluster needs that cluster
+    /// counted too, which may need another block: a work list, not recursion.
     nonisolated(nonsending) func adjust(_ cluster: UInt64, by delta: Int64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        let blockIndex = cluster >> UInt64(blockEntryBits)
-        if blockIndex >= UInt64(table.count) { try await growTable(covering: blockIndex, io: io) }
-        if table[Int(blockIndex)] == 0 { try await createBlock(Int(blockIndex), io: io) }
-        let slot = try await loadBlock(Int(blockIndex), io: io)
+        var work = [(cluster, delta)]
+        while let (target, change) = work.popLast() {
+            let blockIndex = target >> UInt64(blockEntryBits)
+            if blockIndex >= UInt64(table.count) { try await growTable(covering: blockIndex, io: io) }
+            if table[Int(blockIndex)] == 0, let blockCluster = try await createBlock(Int(blockIndex), io: io) {
+                // Counted after `target`; reserved until then so no allocation takes it.
+                work.append((blockCluster, 1))
+                uncountedBlocks.append(blockCluster)
+            }
+            try await adjustCovered(target, by: change, io: io)
+            uncountedBlocks.removeAll { $0 == target }
+        }
+    }
+
+    /// Adds `delta` to the refcount of `cluster`, whose refcount block exists.
+    private nonisolated(nonsending) func adjustCovered(_ cluster: UInt64, by delta: Int64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
+        let blockIndex = Int(cluster >> UInt64(blockEntryBits))
+        let slot = try await loadBlock(blockIndex, io: io)
         let index = Int(cluster & ((1 << UInt64(blockEntryBits)) - 1))
         let old = cache.get(slot: slot, index: index)
         let new: UInt64
@@ -124,8 +141,13 @@ final class Qcow2Refcounts {
         let hint = freeHint
         let first = try await findFree(count, io: io)
         reserved.append(first..<first + UInt64(count))
-        defer { reserved.removeLast() }
-        for index in 0..<UInt64(count) { try await adjust(first + index, by: 1, io: io) }
+        do {
+            for index in 0..<UInt64(count) { try await adjust(first + index, by: 1, io: io) }
+        } catch {
+            reserved.removeLast()
+            throw error
+        }
+        reserved.removeLast()
         if count == 1 || first == hint { freeHint = max(freeHint, first + UInt64(count)) }
         return first
     }
@@ -154,7 +176,7 @@ final class Qcow2Refcounts {
             let cluster = candidate + run
             guard cluster < clusterLimit else { throw Qcow2Failure(status: .noSpace) }
             // Clusters at the header (0) are never free, whatever a corrupt refcount says.
-            var taken = cluster == 0 || reserved.contains { $0.contains(cluster) }
+            var taken = cluster == 0 || reserved.contains { $0.contains(cluster) } || uncountedBlocks.contains(cluster)
             if !taken && cluster < endCluster { taken = try await refcount(of: cluster, io: io) != 0 }
             if taken {
                 candidate = cluster + 1
@@ -166,11 +188,10 @@ final class Qcow2Refcounts {
         return candidate
     }
 
-    /// A new, empty refcount block for `blockIndex`, placed in a free cluster and counting itself.
-    private nonisolated(nonsending) func createBlock(_ blockIndex: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) {
+    /// A new, empty refcount block for `blockIndex`, placed in a free cluster. Counts itself when
+    /// it covers its own cluster; otherwise returns that cluster for the caller to count.
+    private nonisolated(nonsending) func createBlock(_ blockIndex: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64? {
         let cluster = try await findFree(1, io: io)
-        reserved.append(cluster..<cluster + 1)
-        defer { reserved.removeLast() }
         let offset = cluster << UInt64(clusterBits)
         try overlaps.check(offset: offset, length: clusterSize, kind: .refcountBlock)
         let slot = try await takeSlot(io: io)
@@ -180,8 +201,9 @@ final class Qcow2Refcounts {
         dirtyTableIndices.insert(blockIndex)
         overlaps.refcountBlocks.insert(offset)
         endCluster = max(endCluster, cluster + 1)
-        // The block counts itself when it covers its own cluster; otherwise another block does.
-        try await adjust(cluster, by: 1, io: io)
+        guard cluster >> UInt64(blockEntryBits) == UInt64(blockIndex) else { return cluster }
+        cache.set(slot: slot, index: Int(cluster & ((1 << UInt64(blockEntryBits)) - 1)), value: 1)
+        return nil
     }
 
     /// Replaces the refcount table with a larger one at the end of the image, with new blocks
@@ -194,7 +216,7 @@ final class Qcow2Refcounts {
         entries = (entries + entriesPerCluster - 1) / entriesPerCluster * entriesPerCluster
         guard UInt64(entries) * 8 <= Qcow2Header.maxRefcountTableBytes else { throw Qcow2Failure(status: .noSpace) }
         let newTableClusters = entries / entriesPerCluster
-        let start = max(endCluster, reserved.map(\.upperBound).max() ?? 0)
+        let start = max(endCluster, reserved.map(\.upperBound).max() ?? 0, (uncountedBlocks.max() ?? 0) + 1)
         // Blocks for the new clusters that no existing block covers; they need covering too.
         var uncovered: [UInt64] = []
         while true {
@@ -220,7 +242,7 @@ final class Qcow2Refcounts {
                 let entry = Int(cluster & ((1 << UInt64(blockEntryBits)) - 1))
                 Qcow2RefcountBlockCache.set(blockMemory + position * clusterSize, order: cache.order, index: entry, value: 1)
             } else {
-                try await adjust(cluster, by: 1, io: io)
+                try await adjustCovered(cluster, by: 1, io: io)
             }
         }
         let newTableOffset = start << UInt64(clusterBits)

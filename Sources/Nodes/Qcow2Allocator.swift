@@ -18,6 +18,12 @@ final class Qcow2Allocator: @unchecked Sendable {
     let refcounts: Qcow2Refcounts
     let overlaps: Qcow2OverlapGuard
     private var dirtyL1: Set<Int> = []
+    /// Guest clusters being allocated, with the requests waiting for them.
+    private var inFlight: [UInt64: [UnsafeContinuation<Void, Never>]] = [:]
+    /// Everything from the file's end at open up to here was zeroed by `extendFile`.
+    private(set) var zeroExtendedTo: UInt64 = 0
+    private var canExtend = true
+    static let extensionStep: UInt64 = 8 << 20
     private var incompatibleFeatures: UInt64
     /// Set once an overlap check failed: the image refuses further writes.
     var isCorrupt: Bool { overlaps.isCorrupt }
@@ -125,6 +131,53 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// Makes sure a table can be installed: when every cached table is dirty, writes them back.
     private nonisolated(nonsending) func ensureRoom(io: Qcow2ChildIO) async throws(Qcow2Failure) {
         if metadata.l2Cache.isFullOfDirtyTables { try await flush(io: io) }
+    }
+
+    // MARK: Allocations in flight
+
+    /// Marks guest clusters whose data is being written into new host clusters, unmapped yet.
+    func startAllocation(ofGuestClusters first: UInt64, count: Int) {
+        for cluster in first..<first + UInt64(count) { inFlight[cluster] = [] }
+    }
+
+    func isInFlight(guestCluster: UInt64) -> Bool { inFlight[guestCluster] != nil }
+
+    /// Ends those allocations and wakes the requests that waited for them.
+    func finishAllocation(ofGuestClusters first: UInt64, count: Int) {
+        for cluster in first..<first + UInt64(count) {
+            for waiter in inFlight.removeValue(forKey: cluster) ?? [] { waiter.resume() }
+        }
+    }
+
+    /// Called holding the lock; releases it and returns once the allocation of `guestCluster`
+    /// has finished (mapped or failed).
+    nonisolated(nonsending) func waitForAllocation(ofGuestCluster guestCluster: UInt64) async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            inFlight[guestCluster, default: []].append(continuation)
+            lock.unlock()
+        }
+    }
+
+    // MARK: File extension
+
+    /// Extends the file with zeros past `end` in steps of `extensionStep`, so that allocating
+    /// writes into never-used clusters land inside the file: on O_DIRECT files a write that
+    /// extends the file is serialised by the kernel (io_uring hands it to a worker), and writing
+    /// whole clusters of zeros to avoid that costs more than the data. Returns whether the
+    /// clusters up to `end` now read as zeros; false when the file cannot zero a range cheaply.
+    nonisolated(nonsending) func extendFile(toCover end: UInt64, fileSize: UInt64, io: Qcow2ChildIO) async -> Bool {
+        let start = max(fileSize, zeroExtendedTo)
+        if end <= start { return true }
+        guard canExtend else { return false }
+        let target = (end + Self.extensionStep - 1) / Self.extensionStep * Self.extensionStep
+        do {
+            try await io.writeZeroes(length: Int(target - start), at: start, flags: .noFallback)
+        } catch {
+            canExtend = false
+            return false
+        }
+        zeroExtendedTo = target
+        return true
     }
 
     // MARK: Write-back

@@ -36,8 +36,8 @@ struct Qcow2ChildIO {
         try await write(from: memory, length: bytes.count, at: offset)
     }
 
-    nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64) async throws(Qcow2Failure) {
-        let status = await file.node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length))
+    nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64, flags: RequestFlags = []) async throws(Qcow2Failure) {
+        let status = await file.node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 

@@ -27,8 +27,9 @@ actor Qcow2NodeInstance: BlockNode {
     private var compressedPool: BounceBufferPool?
     private var decompressor: Qcow2Decompressor?
     private var compressor: Qcow2Compressor?
-    /// Old L2 entries of the clusters one allocating write replaces (lock held: one at a time).
-    private var replaced: [UInt64]
+    /// Arrays for the old L2 entries an allocating write replaces, reused so that allocating
+    /// writes do not allocate them each time.
+    private var replacedPool: [[UInt64]] = []
 
     init(metadata: Qcow2Metadata, allocator: Qcow2Allocator?, file: any BlockNode, fileState: ChildStateReference,
          backing: (any BlockNode)?, backingSizeBytes: UInt64, queue: QueueContext) {
@@ -40,9 +41,7 @@ actor Qcow2NodeInstance: BlockNode {
         self.fileState = fileState
         self.backing = backing.map { NodeHandle($0) }
         self.backingSizeBytes = backingSizeBytes
-        clusterPool = BounceBufferPool(count: 2, bufferSize: metadata.clusterSize, alignment: 4096, numaNode: queue.executor.numaNode)
-        replaced = []
-        replaced.reserveCapacity(metadata.l2Entries)
+        clusterPool = BounceBufferPool(count: 4, bufferSize: metadata.clusterSize, alignment: 4096, numaNode: queue.executor.numaNode)
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
@@ -133,84 +132,168 @@ actor Qcow2NodeInstance: BlockNode {
     /// `offset` (within one L2 table) that this image does not own yet, allocated contiguously.
     /// Partial clusters at either end are merged with their old contents (backing data, zeros, a
     /// shared or compressed cluster) into one write each; whole clusters in between go straight
-    /// from `source`. Returns how many bytes of `source` it wrote: 0 when another queue
-    /// allocated the cluster meanwhile (the caller then overwrites it).
+    /// from `source`. Returns how many bytes of `source` it wrote: 0 when another request
+    /// allocated the cluster meanwhile (the caller then looks it up again and overwrites it).
+    ///
+    /// The allocation lock is held to plan (allocate host clusters, mark the guest clusters in
+    /// flight) and to map (L2 entries), not while the data is written, so the next cluster's
+    /// allocation overlaps this one's data write; a request for a cluster in flight waits for it.
     private func allocatingWrite(from source: UnsafeRawPointer, length: Int, at offset: UInt64,
                                  fua: Bool) async -> Result<Int, Qcow2Failure> {
         guard let allocator else { return .failure(Qcow2Failure(status: .readOnly)) }
         await allocator.lock.lock()
-        defer { allocator.lock.unlock() }
-        guard !allocator.isCorrupt else { return .failure(.corrupt) }
+        guard !allocator.isCorrupt else {
+            allocator.lock.unlock()
+            return .failure(.corrupt)
+        }
+        let plan: Qcow2AllocationPlan
         do {
-            let written = try await allocateAndWrite(allocator, from: source, length: length, at: offset)
-            if fua && written > 0 { try await allocator.flush(io: io) }
-            return .success(written)
+            switch try await planAllocation(allocator, length: length, at: offset) {
+            case .allocated(let planned):
+                plan = planned
+            case .ownedAlready:
+                allocator.lock.unlock()
+                return .success(0)
+            case .inFlight(let guestCluster):
+                await allocator.waitForAllocation(ofGuestCluster: guestCluster)
+                return .success(0)
+            }
+        } catch {
+            if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
+            allocator.lock.unlock()
+            return .failure(error)
+        }
+        allocator.lock.unlock()
+        var failure: Qcow2Failure?
+        do {
+            try await writeData(plan, from: source)
+        } catch {
+            failure = error
+        }
+        await allocator.lock.lock()
+        defer {
+            allocator.finishAllocation(ofGuestClusters: plan.firstGuestCluster, count: plan.replaced.count)
+            replacedPool.append(plan.replaced)
+            allocator.lock.unlock()
+        }
+        if let failure { return .failure(failure) }
+        do {
+            // The data is written: map it, and drop the old references once the mapping is durable.
+            for index in 0..<plan.replaced.count {
+                let host = plan.hostBase + UInt64(index * metadata.clusterSize)
+                try await allocator.setTableWord(host | Qcow2ClusterMapping.copiedFlag, tableOffset: plan.table,
+                                                 index: plan.firstIndex + index, io: io)
+                allocator.refcounts.releaseAfterFlush(allocator.referencedClusters(of: plan.replaced[index]))
+            }
+            if fua { try await allocator.flush(io: io) }
+            return .success(plan.covered)
         } catch {
             if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
             return .failure(error)
         }
     }
 
-    private func allocateAndWrite(_ allocator: Qcow2Allocator, from source: UnsafeRawPointer, length: Int,
-                                  at offset: UInt64) async throws(Qcow2Failure) -> Int {
+    private enum PlanOutcome {
+        case allocated(Qcow2AllocationPlan)
+        /// The first cluster is this image's own now: overwrite it.
+        case ownedAlready
+        /// Another request is allocating the first cluster.
+        case inFlight(guestCluster: UInt64)
+    }
+
+    /// With the lock held: the clusters to allocate (not owned, not in flight, in this table,
+    /// covered by the request), their host clusters, and the zeroed file space they need.
+    private func planAllocation(_ allocator: Qcow2Allocator, length: Int, at offset: UInt64) async throws(Qcow2Failure) -> PlanOutcome {
         let clusterSize = metadata.clusterSize
         let (l1Index, l2Index, inCluster) = metadata.locate(offset)
+        let firstGuestCluster = offset >> UInt64(metadata.clusterBits)
+        if allocator.isInFlight(guestCluster: firstGuestCluster) { return .inFlight(guestCluster: firstGuestCluster) }
         let table = try await allocator.writableTable(l1Index: l1Index, io: io)
-        // The clusters to allocate: not owned, in this table, covered by the request.
+        var replaced = replacedPool.popLast() ?? []
         replaced.removeAll(keepingCapacity: true)
         var covered = 0
         while l2Index + replaced.count < metadata.l2Entries && covered < length {
+            if !replaced.isEmpty && allocator.isInFlight(guestCluster: firstGuestCluster + UInt64(replaced.count)) { break }
             let entry = try await allocator.tableWord(table, index: l2Index + replaced.count, io: io)
             if entry & Qcow2ClusterMapping.copiedFlag != 0,
                case .normal = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) { break }
             replaced.append(entry)
             covered += min(length - covered, clusterSize - (replaced.count == 1 ? inCluster : 0))
         }
-        let count = replaced.count
-        guard count > 0 else { return 0 }
-        let hostBase = try await allocator.refcounts.allocate(count, io: io) << UInt64(metadata.clusterBits)
-        try allocator.checkOverlap(offset: hostBase, length: count * clusterSize, kind: .data)
-        let guestBase = offset - UInt64(inCluster)
+        guard !replaced.isEmpty else {
+            replacedPool.append(replaced)
+            return .ownedAlready
+        }
+        let neverUsedFrom = allocator.refcounts.endCluster
+        let hostCluster = try await allocator.refcounts.allocate(replaced.count, io: io)
+        let hostBase = hostCluster << UInt64(metadata.clusterBits)
+        try allocator.checkOverlap(offset: hostBase, length: replaced.count * clusterSize, kind: .data)
+        // Clusters never used before read as zeros once the file reaches past them, so their
+        // copy-on-write of zeros can be skipped (`writeMerged`).
+        let fresh = hostCluster >= neverUsedFrom
+            ? await allocator.extendFile(toCover: hostBase + UInt64(replaced.count * clusterSize), fileSize: fileState.current.sizeBytes, io: io)
+            : false
+        allocator.startAllocation(ofGuestClusters: firstGuestCluster, count: replaced.count)
+        return .allocated(Qcow2AllocationPlan(table: table, firstIndex: l2Index, firstGuestCluster: firstGuestCluster,
+                                              inCluster: inCluster, covered: covered, hostBase: hostBase, fresh: fresh,
+                                              replaced: replaced))
+    }
+
+    /// Writes a plan's data: merged partial clusters at either end, whole ones in between.
+    private func writeData(_ plan: Qcow2AllocationPlan, from source: UnsafeRawPointer) async throws(Qcow2Failure) {
+        let clusterSize = metadata.clusterSize
+        let count = plan.replaced.count
+        let inCluster = plan.inCluster
+        let covered = plan.covered
+        let guestBase = plan.firstGuestCluster << UInt64(metadata.clusterBits)
         // Bytes of the last cluster the request covers.
         let endInLast = inCluster + covered - (count - 1) * clusterSize
         var consumed = 0
         var firstWhole = 0
         if inCluster != 0 || (count == 1 && endInLast < clusterSize) {
             let part = min(covered, clusterSize - inCluster)
-            try await writeMerged(from: source, length: part, inCluster: inCluster, oldEntry: replaced[0],
-                                  guestCluster: guestBase, host: hostBase)
+            try await writeMerged(from: source, length: part, inCluster: inCluster, oldEntry: plan.replaced[0],
+                                  guestCluster: guestBase, host: plan.hostBase, fresh: plan.fresh)
             consumed = part
             firstWhole = 1
         }
         let lastWhole = endInLast == clusterSize ? count : count - 1
         if lastWhole > firstWhole {
             let bytes = (lastWhole - firstWhole) * clusterSize
-            try await io.write(from: source + consumed, length: bytes, at: hostBase + UInt64(firstWhole * clusterSize))
+            try await io.write(from: source + consumed, length: bytes, at: plan.hostBase + UInt64(firstWhole * clusterSize))
             consumed += bytes
         }
         if lastWhole < count && count > firstWhole {
             let index = count - 1
-            try await writeMerged(from: source + consumed, length: covered - consumed, inCluster: 0, oldEntry: replaced[index],
-                                  guestCluster: guestBase + UInt64(index * clusterSize), host: hostBase + UInt64(index * clusterSize))
+            try await writeMerged(from: source + consumed, length: covered - consumed, inCluster: 0, oldEntry: plan.replaced[index],
+                                  guestCluster: guestBase + UInt64(index * clusterSize), host: plan.hostBase + UInt64(index * clusterSize),
+                                  fresh: plan.fresh)
         }
-        // The data is written: map it, and drop the old references once the mapping is durable.
-        for index in 0..<count {
-            let host = hostBase + UInt64(index * clusterSize)
-            try await allocator.setTableWord(host | Qcow2ClusterMapping.copiedFlag, tableOffset: table, index: l2Index + index, io: io)
-            allocator.refcounts.releaseAfterFlush(allocator.referencedClusters(of: replaced[index]))
-        }
-        return covered
     }
 
     /// Writes one whole cluster at `host`: its old contents with `length` bytes of `source`
-    /// placed at `inCluster`.
+    /// placed at `inCluster`. When the old contents are zeros and the cluster is `fresh` (never
+    /// used, inside a zeroed extension of the file), only the new bytes are written.
     private func writeMerged(from source: UnsafeRawPointer, length: Int, inCluster: Int, oldEntry: UInt64,
-                             guestCluster: UInt64, host: UInt64) async throws(Qcow2Failure) {
+                             guestCluster: UInt64, host: UInt64, fresh: Bool) async throws(Qcow2Failure) {
+        if fresh, readsAsZeros(oldEntry) {
+            try await io.write(from: source, length: length, at: host + UInt64(inCluster))
+            return
+        }
         let buffer = clusterPool.take()
         defer { clusterPool.give(buffer) }
         try await readOldContents(into: buffer.base, entry: oldEntry, guestCluster: guestCluster)
         (buffer.base + inCluster).copyMemory(from: source, byteCount: length)
         try await io.write(from: buffer.base, length: metadata.clusterSize, at: host)
+    }
+
+    /// Whether a cluster mapped by `entry` reads as zeros without reading anything.
+    private func readsAsZeros(_ entry: UInt64) -> Bool {
+        switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
+        case .zero: true
+        case .unallocated: backing == nil
+        case .normal, .compressed, .corrupt: false
+        }
     }
 
     /// A guest cluster's contents as the L2 entry `entry` maps them, for copy-on-write.
@@ -262,6 +345,10 @@ actor Qcow2NodeInstance: BlockNode {
             return await write(from: source, length: length, at: offset, fua: false)
         }
         await allocator.lock.lock()
+        while allocator.isInFlight(guestCluster: offset / UInt64(clusterSize)) {
+            await allocator.waitForAllocation(ofGuestCluster: offset / UInt64(clusterSize))
+            await allocator.lock.lock()
+        }
         defer { allocator.lock.unlock() }
         guard !allocator.isCorrupt else { return .ioError }
         do {
@@ -334,6 +421,14 @@ actor Qcow2NodeInstance: BlockNode {
                 // unless a backing file shows through and the zero flag can hide it.
                 if tableEntry == 0 && (backing == nil || !hasZeroFlag) {
                     cluster += inTable * clusterSize
+                    continue
+                }
+                // An allocation in flight in this stretch maps its cluster when its data is
+                // written: wait for it, then look again.
+                let firstGuest = cluster / clusterSize
+                if let busy = (firstGuest..<firstGuest + inTable).first(where: { allocator.isInFlight(guestCluster: $0) }) {
+                    await allocator.waitForAllocation(ofGuestCluster: busy)
+                    await allocator.lock.lock()
                     continue
                 }
                 let table = try await allocator.writableTable(l1Index: l1Index, io: io)

@@ -58,9 +58,18 @@ public final class Qcow2NodeState: NodeState {
         if let link = configuration.backing, let state = children.child(link.optionKey) { backing?.replace(with: state) }
     }
 
-    /// Writes back what the caches hold, so the image is complete and consistent on disk.
+    /// Writes back what the caches hold, so the image is complete and consistent on disk, and
+    /// gives back the zeroed space the allocator extended the file by beyond the last cluster.
     public func close() async {
         guard let allocator, !allocator.isCorrupt else { return }
-        try? await controlIO.flush(allocator)
+        do {
+            try await controlIO.flush(allocator)
+        } catch {
+            return
+        }
+        let end = allocator.refcounts.endCluster << UInt64(metadata.clusterBits)
+        if allocator.zeroExtendedTo > end, let fileState = file.current as? FileNodeState, fileState.sizeBytes > end {
+            try? await fileState.resize(to: end)
+        }
     }
 }

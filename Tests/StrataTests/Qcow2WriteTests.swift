@@ -218,9 +218,18 @@ import Testing
                                 writers.addTask {
                                     var block = queue + 2 * writer
                                     while block < blocks {
+                                        // A write, then for some blocks zeros and a second write, all
+                                        // racing with the neighbours' allocations of the same cluster.
+                                        let offset = UInt64(block * 4096)
                                         let buffer = TestBuffer(count: 4096, filledWith: UInt8(1 + block % 250))
-                                        let status = await node.submit(BlockRequest(operation: .write, offsetBytes: UInt64(block * 4096),
-                                                                                    lengthBytes: 4096, buffer: buffer.io))
+                                        var status = await node.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: 4096, buffer: buffer.io))
+                                        if status == .ok && block % 3 == 0 {
+                                            status = await node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: 4096))
+                                        }
+                                        if status == .ok && block % 5 == 0 {
+                                            buffer.fill(0xee)
+                                            status = await node.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: 4096, buffer: buffer.io))
+                                        }
                                         if status != .ok { Issue.record("block \(block): \(status)") }
                                         block += 16
                                     }
@@ -234,7 +243,10 @@ import Testing
         #expect(await harness.flush(nodes[0]) == .ok)
         await stack.close()
         var model = [UInt8](repeating: 0, count: size)
-        for block in 0..<blocks { for index in block * 4096..<(block + 1) * 4096 { model[index] = UInt8(1 + block % 250) } }
+        for block in 0..<blocks {
+            let byte: UInt8 = block % 5 == 0 ? 0xee : block % 3 == 0 ? 0 : UInt8(1 + block % 250)
+            for index in block * 4096..<(block + 1) * 4096 { model[index] = byte }
+        }
         try await verify(harness, image, model, "two queues")
         let check = try await tool("qemu-img", ["check", "--output=json", image])
         // 16 MiB of data in 64 KiB clusters: exactly 256 clusters allocated, none twice.

@@ -51,7 +51,10 @@ public struct ImageConvert: Sendable {
         let chunkList = chunks
         let settings = self
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<max(1, workers) {
+            for worker in 0..<max(1, workers) {
+                // Workers spread over the sessions' queues, so copies run on every queue's thread.
+                let sourceQueue = worker % source.queueCount
+                let targetQueue = worker % target.queueCount
                 group.addTask {
                     let buffer = AlignedBuffer(count: Int(Self.chunkBytes))
                     while true {
@@ -60,12 +63,12 @@ public struct ImageConvert: Sendable {
                         let chunk = chunkList[index]
                         var data = false
                         if !chunk.zero || settings.sparseBytes == 0 {
-                            try await settings.read(source, chunk.offset, chunk.length, buffer)
+                            try await settings.read(source, chunk.offset, chunk.length, buffer, queue: sourceQueue)
                             data = true
                         }
                         if !settings.outOfOrder { await order.waitForTurn(index) }
                         do {
-                            try await settings.write(target, chunk.offset, chunk.length, data ? buffer : nil)
+                            try await settings.write(target, chunk.offset, chunk.length, data ? buffer : nil, queue: targetQueue)
                         } catch {
                             if !settings.outOfOrder { await order.finished(index) }
                             throw error
@@ -83,23 +86,23 @@ public struct ImageConvert: Sendable {
         guard flushed.isOK else { throw Failure(description: "Could not flush the target: \(flushed)") }
     }
 
-    private func read(_ source: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer) async throws {
-        let status = await source.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
+    private func read(_ source: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer, queue: Int) async throws {
+        let status = await source.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))), queue: queue)
         guard status.isOK else { throw Failure(description: "error while reading at byte \(offset): \(status)") }
     }
 
     /// Writes one chunk: `buffer` holds its data, nil for a zero range.
-    private func write(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer?) async throws {
+    private func write(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer?, queue: Int) async throws {
         guard let buffer else {
-            if !targetIsZero { try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: Int(length), flags: .mayUnmap)) }
+            if !targetIsZero { try await submit(target, queue: queue, BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: Int(length), flags: .mayUnmap)) }
             return
         }
         if let cluster = compressClusterBytes {
-            try await writeCompressed(target, offset, length, buffer, cluster: cluster)
+            try await writeCompressed(target, offset, length, buffer, cluster: cluster, queue: queue)
             return
         }
         guard sparseBytes > 0 else {
-            try await submit(target, BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
+            try await submit(target, queue: queue, BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: Int(length), buffer: buffer.slice(from: 0, count: Int(length))))
             return
         }
         // Runs of equal kind (all-zero block or not) become one request each.
@@ -111,9 +114,9 @@ public struct ImageConvert: Sendable {
             var end = min(start + block, Int(length))
             while end < Int(length), Self.isZero(bytes, end, min(block, Int(length) - end)) == zero { end = min(end + block, Int(length)) }
             if !zero {
-                try await submit(target, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: end - start, buffer: buffer.slice(from: start, count: end - start)))
+                try await submit(target, queue: queue, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: end - start, buffer: buffer.slice(from: start, count: end - start)))
             } else if !targetIsZero {
-                try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: end - start, flags: .mayUnmap))
+                try await submit(target, queue: queue, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: end - start, flags: .mayUnmap))
             }
             start = end
         }
@@ -121,35 +124,44 @@ public struct ImageConvert: Sendable {
 
     /// One compressed write per cluster (chunks start on cluster boundaries: block status works
     /// in clusters, and chunks are 2 MiB); all-zero clusters stay unwritten on a zero target.
-    private func writeCompressed(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer, cluster: Int) async throws {
+    private func writeCompressed(_ target: ImageSession, _ offset: UInt64, _ length: UInt64, _ buffer: AlignedBuffer, cluster: Int, queue: Int) async throws {
         let bytes = UnsafeRawBufferPointer(buffer.bytes)
         var start = 0
         while start < Int(length) {
             let count = min(cluster - Int((offset + UInt64(start)) % UInt64(cluster)), Int(length) - start)
             if Self.isZero(bytes, start, count) {
-                if !targetIsZero { try await submit(target, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: count)) }
+                if !targetIsZero { try await submit(target, queue: queue, BlockRequest(operation: .writeZeroes, offsetBytes: offset + UInt64(start), lengthBytes: count)) }
             } else {
                 let aligned = (offset + UInt64(start)) % UInt64(cluster) == 0
                 let whole = count == cluster || offset + UInt64(start + count) == target.sizeBytes
                 let flags: RequestFlags = aligned && whole ? .compressed : []
-                try await submit(target, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: count,
+                try await submit(target, queue: queue, BlockRequest(operation: .write, offsetBytes: offset + UInt64(start), lengthBytes: count,
                                                       buffer: buffer.slice(from: start, count: count), flags: flags))
             }
             start += count
         }
     }
 
-    private func submit(_ target: ImageSession, _ request: BlockRequest) async throws {
-        let status = await target.submit(request)
+    private func submit(_ target: ImageSession, queue: Int, _ request: BlockRequest) async throws {
+        let status = await target.submit(request, queue: queue)
         guard status.isOK else { throw Failure(description: "error while writing at byte \(request.offsetBytes): \(status)") }
     }
 
+    /// Whether `count` bytes from `start` are all zero: eight bytes at a time, since convert
+    /// scans every byte it copies.
     private static func isZero(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ count: Int) -> Bool {
-        var index = start
-        while index < start + count {
-            if bytes[index] != 0 { return false }
+        guard let base = bytes.baseAddress else { return true }
+        let pointer = base + start
+        var index = 0
+        while index + 8 <= count {
+            if pointer.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+            index += 8
+        }
+        while index < count {
+            if pointer.load(fromByteOffset: index, as: UInt8.self) != 0 { return false }
             index += 1
         }
         return true
     }
+
 }

@@ -73,6 +73,9 @@ public final class ImageSession: Sendable {
         }
     }
 
+    /// Queues (executors) requests can be sent to.
+    public var queueCount: Int { engine.queues.count }
+
     /// The image's format, as probed or given.
     public var format: String { layers[0].format }
 

@@ -43,6 +43,9 @@ struct ImgConvertCommand: AsyncParsableCommand {
     @Argument(help: "The target image.")
     var target: String
 
+    /// One queue per online CPU (at most 4): the copy is memory-bound, so it spreads over threads.
+    static var queueCount: Int { max(1, min(4, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))) }
+
     func validate() throws {
         guard (1...16).contains(workers) else { throw ValidationError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16") }
         if targetIsZero && !noCreate { throw ValidationError("--target-is-zero requires use of -n flag") }
@@ -57,7 +60,7 @@ struct ImgConvertCommand: AsyncParsableCommand {
     func run() async throws {
         let sourceSession: ImageSession
         do {
-            sourceSession = try await ImageSession.open(source, options: ImageOpenOptions(format: sourceFormat, readOnly: true, forceShare: forceShare, cacheMode: sourceCache))
+            sourceSession = try await ImageSession.open(source, options: ImageOpenOptions(format: sourceFormat, readOnly: true, forceShare: forceShare, cacheMode: sourceCache, queueCount: Self.queueCount))
         } catch {
             StandardError.print("strata img: Could not open '\(source)': \(error)")
             throw ExitCode(1)
@@ -85,7 +88,7 @@ struct ImgConvertCommand: AsyncParsableCommand {
                 let creator = ImageTargetCreators.byFormat[targetFormat]!
                 convert.targetIsZero = try await creator.create(path: target, sizeBytes: sourceSession.sizeBytes, options: try parsedCreationOptions())
             }
-            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache))
+            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache, queueCount: Self.queueCount))
             targetSession = opened
             if compress { convert.compressClusterBytes = opened.clusterSizeBytes }
             if progress && !quiet { convert.progress?(0) }

@@ -107,12 +107,7 @@ public struct ImageInfo: Sendable {
             text += "backing file: \(backing)\(full != backing ? " (actual path: \(full))" : "")\n"
         }
         if let format = image.backingFormat { text += "backing file format: \(format)\n" }
-        if !image.snapshots.isEmpty {
-            text += "Snapshot list:\nID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
-            for snapshot in image.snapshots {
-                text += Self.snapshotLine(snapshot) + "\n"
-            }
-        }
+        if !image.snapshots.isEmpty { text += Self.snapshotList(image.snapshots) }
         text += "Format specific information:\n"
         text += "    compat: \(image.version >= 3 ? "1.1" : "0.10")\n"
         text += "    compression type: \(image.compressionType == 1 ? "zstd" : "zlib")\n"
@@ -135,6 +130,13 @@ public struct ImageInfo: Sendable {
         return text
     }
 
+    /// qemu-img's snapshot table ("Snapshot list:", a heading and a line per snapshot).
+    public static func snapshotList(_ snapshots: [Qcow2Snapshot]) -> String {
+        var text = "Snapshot list:\nID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
+        for snapshot in snapshots { text += snapshotLine(snapshot) + "\n" }
+        return text
+    }
+
     private static func snapshotLine(_ snapshot: Qcow2Snapshot) -> String {
         func padded(_ text: String, _ width: Int, left: Bool = true) -> String {
             let fill = String(repeating: " ", count: max(0, width - text.count))
@@ -149,7 +151,7 @@ public struct ImageInfo: Sendable {
         let seconds = clock / 1_000_000_000
         let clockText = "\(seconds / 3600 < 10 ? "0" : "")\(seconds / 3600):\(two(Int32(seconds / 60 % 60))):\(two(Int32(seconds % 60))).\(String(repeating: "0", count: 3 - String(clock / 1_000_000 % 1000).count))\(clock / 1_000_000 % 1000)"
         return padded(snapshot.id, 10) + padded(snapshot.name, 18) + padded(sizeText(snapshot.vmStateSize), 7, left: false)
-            + " " + date + " " + clockText + padded("\(snapshot.icount ?? 0)", 11, left: false)
+            + " " + date + " " + clockText + padded(snapshot.icount.map { $0 == .max ? "" : "\($0)" } ?? "", 11, left: false)
     }
 
     /// qemu's size_to_str: the largest binary unit keeping the value below 1024, "%0.3g".

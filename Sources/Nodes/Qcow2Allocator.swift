@@ -17,7 +17,11 @@ final class Qcow2Allocator: @unchecked Sendable {
     let metadata: Qcow2Metadata
     let refcounts: Qcow2Refcounts
     let overlaps: Qcow2OverlapGuard
-    private var dirtyL1: Set<Int> = []
+    var dirtyL1: Set<Int> = []
+    /// The internal snapshot table: its entries and where it lies.
+    var snapshots: [Qcow2Snapshot] = []
+    var snapshotTableOffset: UInt64 = 0
+    var snapshotTableBytes: UInt64 = 0
     /// Guest clusters being allocated, with the requests waiting for them.
     private var inFlight: [UInt64: [UnsafeContinuation<Void, Never>]] = [:]
     /// Everything from the file's end at open up to here was zeroed by `extendFile`.
@@ -63,7 +67,7 @@ final class Qcow2Allocator: @unchecked Sendable {
         try await io.flush()
     }
 
-    private nonisolated(nonsending) func writeHeader(_ bytes: [UInt8], at offset: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
+    nonisolated(nonsending) func writeHeader(_ bytes: [UInt8], at offset: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         try await io.write(bytes: bytes, at: offset)
     }
 

@@ -122,6 +122,19 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         } catch {
             throw fail("a refcount table entry is not aligned to a cluster")
         }
+        if header.snapshotCount > 0 {
+            do {
+                let (snapshots, bytes) = try await Qcow2Snapshot.readTable(io: reader, offset: header.snapshotsOffset,
+                                                                           count: header.snapshotCount, fileSize: fileSize)
+                allocator.snapshots = snapshots
+                allocator.snapshotTableOffset = header.snapshotsOffset
+                allocator.snapshotTableBytes = bytes
+                let cluster = header.clusterSize
+                allocator.overlaps.snapshotRange = header.snapshotsOffset..<header.snapshotsOffset + (bytes + cluster - 1) / cluster * cluster
+            } catch {
+                throw fail("the snapshot table is unreadable: \(error)")
+            }
+        }
         let unknownAutoclear = header.autoclearFeatures & ~Qcow2Header.knownAutoclearBits
         if header.version == 3 && unknownAutoclear != 0 {
             var bytes = [UInt8](repeating: 0, count: 8)

@@ -42,6 +42,23 @@ actor Qcow2OpenReader {
         try await io.flush()
     }
 
+    /// Runs a snapshot operation of the node's allocator from the control executor.
+    func snapshotOperation(_ allocator: Qcow2Allocator, _ operation: Qcow2SnapshotOperation) async throws(Qcow2Failure) -> Qcow2Snapshot {
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        let io = Qcow2ChildIO(file: child)
+        switch operation {
+        case .create(let name): return try await allocator.createSnapshot(name: name, io: io)
+        case .apply(let key): return try await allocator.applySnapshot(key, io: io)
+        case .delete(let key): return try await allocator.deleteSnapshot(key, io: io)
+        }
+    }
+
+    /// Sets the corrupt bit after an operation found overlapping metadata.
+    func markCorrupt(_ allocator: Qcow2Allocator) async {
+        await allocator.markCorrupt(io: Qcow2ChildIO(file: child))
+    }
+
     /// Writes back the node's metadata from the control executor (at close).
     func flush(_ allocator: Qcow2Allocator) async throws(Qcow2Failure) {
         await allocator.lock.lock()

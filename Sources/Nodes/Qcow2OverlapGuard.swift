@@ -18,7 +18,7 @@ final class Qcow2OverlapGuard: @unchecked Sendable {
     // Only touched under the allocation lock, except the atomic `corrupt`.
     private let clusterSize: UInt64
     private let l1Range: Range<UInt64>
-    private let snapshotRange: Range<UInt64>
+    var snapshotRange: Range<UInt64>
     var refcountTableRange: Range<UInt64>
     var l2Tables: Set<UInt64> = []
     var refcountBlocks: Set<UInt64> = []

@@ -54,3 +54,35 @@ public struct Qcow2Snapshot: Sendable, Equatable {
         return (snapshots, position - offset)
     }
 }
+
+extension Qcow2Snapshot {
+    /// A new snapshot entry as QEMU 7.2 writes one: 24 bytes of extra data (large VM state size,
+    /// disk size, icount -1 for "not recorded").
+    init(l1TableOffset: UInt64, l1Size: UInt32, id: String, name: String, dateSeconds: UInt32, dateNanoseconds: UInt32, diskSize: UInt64) {
+        self.init(l1TableOffset: l1TableOffset, l1Size: l1Size, id: id, name: name, dateSeconds: dateSeconds,
+                  dateNanoseconds: dateNanoseconds, vmClockNanoseconds: 0, vmStateSize: 0, diskSize: diskSize, icount: .max)
+    }
+
+    /// The entry as stored in the table, padded to a multiple of 8 bytes.
+    func serialized() -> [UInt8] {
+        var extra: [UInt8] = []
+        func append64(_ value: UInt64, to bytes: inout [UInt8]) { for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) } }
+        append64(vmStateSize, to: &extra)
+        if let diskSize { append64(diskSize, to: &extra) }
+        if let icount { append64(icount, to: &extra) }
+        var bytes: [UInt8] = []
+        func append(_ value: UInt64, _ width: Int) { for index in (0..<width).reversed() { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(8 * index))) } }
+        append(l1TableOffset, 8)
+        append(UInt64(l1Size), 4)
+        append(UInt64(id.utf8.count), 2)
+        append(UInt64(name.utf8.count), 2)
+        append(UInt64(dateSeconds), 4)
+        append(UInt64(dateNanoseconds), 4)
+        append(vmClockNanoseconds, 8)
+        append(vmStateSize > UInt64(UInt32.max) ? 0 : vmStateSize, 4)
+        append(UInt64(extra.count), 4)
+        bytes += extra + Array(id.utf8) + Array(name.utf8)
+        while bytes.count % 8 != 0 { bytes.append(0) }
+        return bytes
+    }
+}

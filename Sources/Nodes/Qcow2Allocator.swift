@@ -18,6 +18,8 @@ final class Qcow2Allocator: @unchecked Sendable {
     let refcounts: Qcow2Refcounts
     let overlaps: Qcow2OverlapGuard
     var dirtyL1: Set<Int> = []
+    /// The persistent bitmap directory as it was before open marked the bitmaps in use.
+    var bitmapDirectory: (offset: UInt64, bytes: [UInt8])?
     /// The internal snapshot table: its entries and where it lies.
     var snapshots: [Qcow2Snapshot] = []
     var snapshotTableOffset: UInt64 = 0

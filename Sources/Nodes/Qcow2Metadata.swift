@@ -1,4 +1,5 @@
 import StrataGraph
+import Synchronization
 
 /// A qcow2 node's mapping metadata, shared by its instances on every queue: the validated header,
 /// the active L1 table and the L2 cache. Writers change them through the node's `Qcow2Allocator`.
@@ -20,6 +21,9 @@ final class Qcow2Metadata: Sendable {
     let l2Entries: Int
     /// L1 entries in host byte order, only as many as the virtual size needs.
     let l1: Qcow2L1Table
+    /// A guest write, write-zeroes or discard reached the node since it was opened (persistent
+    /// bitmaps stay marked in use then, since Strata does not update them).
+    let guestChanged = Atomic<Bool>(false)
     let l2Cache: Qcow2L2Cache
 
     /// Loads the L1 table through `reader`; `l2CacheBytes` bounds the L2 cache (at least two

@@ -86,6 +86,41 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
                               file: fileState, backing: backingState)
     }
 
+    /// Sets the in-use flag of every persistent bitmap, durably, before anything is written: this
+    /// version keeps bitmaps but does not update them, and in-use tells QEMU a bitmap may be stale.
+    /// Returns the directory as it was, for `close` to put back when nothing was written.
+    private func markBitmapsInUse(header: Qcow2Header, reader: Qcow2OpenReader, fileSize: UInt64,
+                                  fail: (String) -> GraphError) async throws(GraphError) -> (offset: UInt64, bytes: [UInt8])? {
+        guard let data = header.extensions.lazy.compactMap({ extensionValue -> [UInt8]? in
+            if case .bitmaps(let data) = extensionValue { return data }
+            return nil
+        }).first, data.count >= 24 else { return nil }
+        let count = data[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        let size = data[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let offset = data[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard count > 0 else { return nil }
+        guard size <= Qcow2Bitmap.maxDirectoryBytes, offset % header.clusterSize == 0, offset >= header.clusterSize,
+              offset <= fileSize, fileSize - offset >= size else {
+            throw fail("the bitmap directory (offset \(offset), \(size) bytes) lies outside the file")
+        }
+        let original = try await reader.read(offset: offset, count: Int(size), what: "bitmap directory")
+        var marked = original
+        var position = 0
+        for _ in 0..<count {
+            guard position + 24 <= marked.count else { throw fail("the bitmap directory is truncated") }
+            marked[position + 15] |= 1
+            let nameSize = Int(marked[position + 18]) << 8 | Int(marked[position + 19])
+            let extraSize = marked[(position + 20)..<(position + 24)].reduce(0) { $0 << 8 | Int($1) }
+            position += (24 + extraSize + nameSize + 7) & ~7
+        }
+        do {
+            try await reader.writeDurably(marked, at: offset)
+        } catch {
+            throw fail("could not mark the persistent bitmaps in use: \(error.status)")
+        }
+        return (offset, original)
+    }
+
     /// The header, from the image's first cluster (or the whole file when shorter).
     private func readHeader(reader: Qcow2OpenReader, fileSize: UInt64, name: String) async throws(GraphError) -> Qcow2Header {
         // The first page holds cluster_bits; the header area is the whole first cluster.
@@ -134,6 +169,9 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             } catch {
                 throw fail("the snapshot table is unreadable: \(error)")
             }
+        }
+        if header.autoclearFeatures & Qcow2Header.bitmapsAutoclearBit != 0 {
+            allocator.bitmapDirectory = try await markBitmapsInUse(header: header, reader: reader, fileSize: fileSize, fail: fail)
         }
         let unknownAutoclear = header.autoclearFeatures & ~Qcow2Header.knownAutoclearBits
         if header.version == 3 && unknownAutoclear != 0 {

@@ -52,6 +52,9 @@ actor Qcow2NodeInstance: BlockNode {
         if request.operation == .flush { return await flush() }
         let status = request.rangeStatus(sizeBytes: metadata.header.sizeBytes)
         guard status.isOK, request.lengthBytes > 0 else { return status }
+        if request.operation.isWrite && !metadata.guestChanged.load(ordering: .relaxed) {
+            metadata.guestChanged.store(true, ordering: .relaxed)
+        }
         switch request.operation {
         case .read:
             guard let base = request.buffer.base else { return .invalid }

@@ -1,4 +1,5 @@
 import StrataGraph
+import Synchronization
 
 /// A qcow2 node's shared state: its metadata (header, L1 table, L2 cache), the allocator through
 /// which writable nodes change it, and its children. Public for what the image reports (version,
@@ -66,6 +67,10 @@ public final class Qcow2NodeState: NodeState {
             try await controlIO.flush(allocator)
         } catch {
             return
+        }
+        // Untouched bitmaps are still right: give them back their flags.
+        if let directory = allocator.bitmapDirectory, !metadata.guestChanged.load(ordering: .relaxed) {
+            try? await controlIO.writeDurably(directory.bytes, at: directory.offset)
         }
         let end = allocator.refcounts.endCluster << UInt64(metadata.clusterBits)
         if allocator.zeroExtendedTo > end, let fileState = file.current as? FileNodeState, fileState.sizeBytes > end {

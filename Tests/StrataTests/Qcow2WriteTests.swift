@@ -313,4 +313,40 @@ import Testing
         for index in (2 << 20)..<((2 << 20) + 65536) { model[index] = 0x21 }
         try await verify(harness, image, model, "repaired dirty image")
     }
+
+    /// Persistent bitmaps survive: a session that wrote nothing leaves their flags as they were;
+    /// one that wrote leaves them marked in use (Strata does not update them), which tells QEMU
+    /// they may be stale. The image stays clean either way.
+    @Test func persistentBitmapsAreKeptAndMarkedInUse() async throws {
+        let harness = try NodeTestHarness("qcow2bitmaps")
+        defer { harness.shutdown() }
+        let image = harness.path("bm.qcow2")
+        try await require("qemu-img", ["create", "-q", "-f", "qcow2", image, "8M"])
+        try await require("qemu-img", ["bitmap", "--add", image, "b0"])
+        try await require("qemu-img", ["bitmap", "--add", "-g", "128k", image, "b1"])
+        func flags() async throws -> [String] {
+            let info = try await tool("qemu-img", ["info", "--output=json", image])
+            let json = try JSONSerialization.jsonObject(with: Data(info.output.utf8)) as? [String: Any]
+            let data = (json?["format-specific"] as? [String: Any])?["data"] as? [String: Any]
+            let bitmaps = data?["bitmaps"] as? [[String: Any]] ?? []
+            return bitmaps.map { "\($0["name"] ?? ""):\(($0["flags"] as? [String] ?? []).joined(separator: ","))" }
+        }
+        #expect(try await flags() == ["b0:auto", "b1:auto"])
+        var stack = try await open(harness, image)
+        var node = instance(harness, stack, queue: harness.queue)
+        #expect(await read(harness, node, count: 4096) == .ok)
+        await stack.close()
+        #expect(try await flags() == ["b0:auto", "b1:auto"], "nothing written: flags restored")
+        stack = try await open(harness, image)
+        node = instance(harness, stack, queue: harness.queue)
+        #expect(await harness.write(node, TestBuffer(count: 4096, filledWith: 9), at: 0) == .ok)
+        await stack.close()
+        #expect(try await flags() == ["b0:in-use,auto", "b1:in-use,auto"])
+        let check = try await tool("qemu-img", ["check", image])
+        #expect(check.status == 0, "\(check.output)")
+    }
+
+    private func read(_ harness: NodeTestHarness, _ node: any BlockNode, count: Int) async -> IOStatus {
+        await harness.read(node, TestBuffer(count: count), at: 0)
+    }
 }

@@ -106,9 +106,9 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Word `index` of the table at `tableOffset` as it stands now (lock held: authoritative).
     nonisolated(nonsending) func tableWord(_ tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
-        if let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index) { return word }
+        if let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index)?.word { return word }
         try await ensureCached(tableOffset, io: io)
-        guard let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index) else { throw .corrupt }
+        guard let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index)?.word else { throw .corrupt }
         return word
     }
 

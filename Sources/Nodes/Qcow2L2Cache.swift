@@ -6,50 +6,35 @@ import Synchronization
 /// (big-endian entries) so a dirty table is written back from its slot. Its memory is allocated
 /// once at open, so a hit or a miss allocates nothing.
 ///
-/// Readers insert tables they missed on; the allocation path (under the node's allocation lock)
-/// changes entries and marks tables dirty. A dirty table is never evicted: it is the only copy of
-/// acknowledged mappings until the metadata flush writes it, and readers would otherwise read a
-/// stale table from disk. A lookup holds the Mutex for a dictionary probe and one load.
+/// Lookups are lock-free when the caller knows the slot (`Qcow2SlotMemo`): each slot has a
+/// sequence counter, odd while the slot is being refilled (a seqlock), so a reader loads the
+/// slot's table offset and the word and checks the counter did not move. Filling, evicting and
+/// the dirty bookkeeping happen under a Mutex; single-word updates of an entry are atomic stores
+/// and need no counter bump (a reader sees the old or the new mapping, both valid).
+///
+/// A dirty table is never evicted: it is the only copy of acknowledged mappings until the
+/// metadata flush writes it, and readers would otherwise read a stale table from disk.
 final class Qcow2L2Cache: Sendable {
     private struct Slots {
         let tableBytes: Int
         let capacity: Int
         var slotOfOffset: [UInt64: Int]
-        var offsetOfSlot: [UInt64]
-        var lastUse: [UInt64]
         var dirty: [Bool]
         var dirtyCount = 0
         var used = 0
-        var clock: UInt64 = 0
-
-        mutating func touch(_ slot: Int) {
-            clock &+= 1
-            lastUse[slot] = clock
-        }
-
-        /// A slot to fill: an unused one, or the least recently used clean one; nil when every
-        /// slot is dirty.
-        mutating func freeSlot() -> Int? {
-            if used < capacity {
-                used += 1
-                return used - 1
-            }
-            var oldest: Int?
-            for candidate in 0..<capacity where !dirty[candidate] {
-                if oldest.map({ lastUse[candidate] < lastUse[$0] }) ?? true { oldest = candidate }
-            }
-            guard let oldest else { return nil }
-            slotOfOffset.removeValue(forKey: offsetOfSlot[oldest])
-            return oldest
-        }
     }
 
     let capacity: Int
     let tableBytes: Int
-    /// Slot memory, page-aligned so a table is written back without a bounce. Slots are only
-    /// filled under the Mutex and changed under the allocation lock.
+    /// Slot memory, page-aligned so a table is written back without a bounce.
     private nonisolated(unsafe) let storage: UnsafeMutableRawPointer
-    // Immutable pointer; what it points to is guarded as described above.
+    /// Per slot: the table offset it holds (0: none), its sequence counter, its last use.
+    private nonisolated(unsafe) let slotTable: UnsafeMutablePointer<Atomic<UInt64>>
+    private nonisolated(unsafe) let sequence: UnsafeMutablePointer<Atomic<UInt64>>
+    private nonisolated(unsafe) let lastUse: UnsafeMutablePointer<Atomic<UInt64>>
+    // The four pointers above are immutable and freed in deinit; what they point to is atomics
+    // or slot memory guarded as described above, hence nonisolated(unsafe).
+    private let clock = Atomic<UInt64>(0)
     private let slots: Mutex<Slots>
 
     /// A cache of `capacity` tables of `tableBytes` bytes each.
@@ -61,31 +46,98 @@ final class Qcow2L2Cache: Sendable {
             fatalError("out of memory allocating a \(capacity)-table L2 cache")
         }
         storage = memory
+        slotTable = .allocate(capacity: capacity)
+        sequence = .allocate(capacity: capacity)
+        lastUse = .allocate(capacity: capacity)
+        for slot in 0..<capacity {
+            (slotTable + slot).initialize(to: Atomic(0))
+            (sequence + slot).initialize(to: Atomic(0))
+            (lastUse + slot).initialize(to: Atomic(0))
+        }
         var slotOfOffset: [UInt64: Int] = [:]
         // Reserved up front: insertions after eviction stay within it, so they never allocate.
         slotOfOffset.reserveCapacity(capacity)
         slots = Mutex(Slots(tableBytes: tableBytes, capacity: capacity, slotOfOffset: slotOfOffset,
-                            offsetOfSlot: Array(repeating: 0, count: capacity), lastUse: Array(repeating: 0, count: capacity),
                             dirty: Array(repeating: false, count: capacity)))
     }
 
     deinit {
         strata_free_aligned(storage, capacity * tableBytes, -1)
+        slotTable.deinitialize(count: capacity)
+        slotTable.deallocate()
+        sequence.deinitialize(count: capacity)
+        sequence.deallocate()
+        lastUse.deinitialize(count: capacity)
+        lastUse.deallocate()
     }
 
     private func table(_ slot: Int) -> UnsafeMutableRawPointer { storage + slot * tableBytes }
 
-    /// The 64-bit word `index` of the table at `tableOffset` (host order), or nil when not cached.
-    func entry(tableOffset: UInt64, index: Int) -> UInt64? {
+    private func touch(_ slot: Int) {
+        lastUse[slot].store(clock.wrappingAdd(1, ordering: .relaxed).newValue, ordering: .relaxed)
+    }
+
+    // MARK: Lookups
+
+    /// Word `index` of the table at `tableOffset` if `slot` still holds it, without a lock; nil
+    /// when the slot changed or is being refilled (the caller then takes `entry`).
+    @inline(__always)
+    func entry(tableOffset: UInt64, index: Int, slot: Int) -> UInt64? {
+        let before = sequence[slot].load(ordering: .acquiring)
+        guard before & 1 == 0, slotTable[slot].load(ordering: .relaxed) == tableOffset else { return nil }
+        let word = strata_load_relaxed_u64(table(slot) + index * 8)
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence[slot].load(ordering: .relaxed) == before else { return nil }
+        return UInt64(bigEndian: word)
+    }
+
+    /// Word `index` of the table at `tableOffset` (host order) and the slot holding it, or nil
+    /// when the table is not cached.
+    func entry(tableOffset: UInt64, index: Int) -> (word: UInt64, slot: Int)? {
         slots.withLock { slots in
             guard let slot = slots.slotOfOffset[tableOffset] else { return nil }
-            slots.touch(slot)
-            return UInt64(bigEndian: table(slot).load(fromByteOffset: index * 8, as: UInt64.self))
+            touch(slot)
+            return (UInt64(bigEndian: strata_load_relaxed_u64(table(slot) + index * 8)), slot)
         }
     }
 
     func contains(tableOffset: UInt64) -> Bool {
         slots.withLock { $0.slotOfOffset[tableOffset] != nil }
+    }
+
+    // MARK: Filling
+
+    /// A slot to fill: an unused one, or the least recently used clean one; nil when every slot
+    /// is dirty. Mutex held.
+    private func freeSlot(_ slots: inout Slots) -> Int? {
+        if slots.used < slots.capacity {
+            slots.used += 1
+            return slots.used - 1
+        }
+        var oldest: Int?
+        var oldestUse = UInt64.max
+        for candidate in 0..<slots.capacity where !slots.dirty[candidate] {
+            let use = lastUse[candidate].load(ordering: .relaxed)
+            if use < oldestUse { (oldest, oldestUse) = (candidate, use) }
+        }
+        guard let oldest else { return nil }
+        slots.slotOfOffset.removeValue(forKey: slotTable[oldest].load(ordering: .relaxed))
+        return oldest
+    }
+
+    /// Refills `slot` with the table at `tableOffset` (Mutex held): the counter is odd meanwhile,
+    /// so lock-free readers of the slot's old table fall back.
+    private func fill(_ slot: Int, tableOffset: UInt64, from source: UnsafeRawPointer?, _ slots: inout Slots) {
+        sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+        slotTable[slot].store(tableOffset, ordering: .relaxed)
+        if let source {
+            table(slot).copyMemory(from: source, byteCount: slots.tableBytes)
+        } else {
+            table(slot).initializeMemory(as: UInt8.self, repeating: 0, count: slots.tableBytes)
+        }
+        sequence[slot].wrappingAdd(1, ordering: .releasing)
+        slots.slotOfOffset[tableOffset] = slot
+        touch(slot)
     }
 
     /// Caches the table at `tableOffset` read from disk into `source`. A table already cached
@@ -95,14 +147,11 @@ final class Qcow2L2Cache: Sendable {
     func insert(tableOffset: UInt64, from source: UnsafeRawPointer) -> Bool {
         slots.withLock { slots in
             if let existing = slots.slotOfOffset[tableOffset] {
-                slots.touch(existing)
+                touch(existing)
                 return true
             }
-            guard let slot = slots.freeSlot() else { return false }
-            slots.slotOfOffset[tableOffset] = slot
-            slots.offsetOfSlot[slot] = tableOffset
-            slots.touch(slot)
-            table(slot).copyMemory(from: source, byteCount: slots.tableBytes)
+            guard let slot = freeSlot(&slots) else { return false }
+            fill(slot, tableOffset: tableOffset, from: source, &slots)
             return true
         }
     }
@@ -112,28 +161,23 @@ final class Qcow2L2Cache: Sendable {
     func install(tableOffset: UInt64, from source: UnsafeRawPointer?) -> Bool {
         slots.withLock { slots in
             precondition(slots.slotOfOffset[tableOffset] == nil, "L2 table installed twice")
-            guard let slot = slots.freeSlot() else { return false }
-            slots.slotOfOffset[tableOffset] = slot
-            slots.offsetOfSlot[slot] = tableOffset
-            slots.touch(slot)
-            if let source {
-                table(slot).copyMemory(from: source, byteCount: slots.tableBytes)
-            } else {
-                table(slot).initializeMemory(as: UInt8.self, repeating: 0, count: slots.tableBytes)
-            }
+            guard let slot = freeSlot(&slots) else { return false }
+            fill(slot, tableOffset: tableOffset, from: source, &slots)
             slots.dirty[slot] = true
             slots.dirtyCount += 1
             return true
         }
     }
 
-    /// Stores word `index` of a cached table (allocation lock held) and marks it dirty. Returns
-    /// false when the table is not cached.
+    // MARK: Changing (allocation lock held)
+
+    /// Stores word `index` of a cached table and marks it dirty. Returns false when the table is
+    /// not cached.
     func store(_ value: UInt64, tableOffset: UInt64, index: Int) -> Bool {
         slots.withLock { slots in
             guard let slot = slots.slotOfOffset[tableOffset] else { return false }
-            slots.touch(slot)
-            table(slot).storeBytes(of: value.bigEndian, toByteOffset: index * 8, as: UInt64.self)
+            touch(slot)
+            strata_store_relaxed_u64(table(slot) + index * 8, value.bigEndian)
             if !slots.dirty[slot] {
                 slots.dirty[slot] = true
                 slots.dirtyCount += 1
@@ -154,11 +198,11 @@ final class Qcow2L2Cache: Sendable {
     var isFullOfDirtyTables: Bool { slots.withLock { $0.dirtyCount == $0.capacity } }
     var hasDirtyTables: Bool { slots.withLock { $0.dirtyCount > 0 } }
 
-    /// The dirty tables' offsets and slot memory (allocation lock held: the memory stays put and
-    /// unchanged until `markClean`, since only the lock holder changes or evicts dirty tables).
+    /// The dirty tables' offsets and slot memory: it stays put and unchanged until `markClean`,
+    /// since only the allocation lock holder changes or evicts dirty tables.
     func dirtyTables() -> [(offset: UInt64, table: UnsafeRawPointer)] {
         slots.withLock { slots in
-            (0..<slots.used).filter { slots.dirty[$0] }.map { (slots.offsetOfSlot[$0], UnsafeRawPointer(table($0))) }
+            (0..<slots.used).filter { slots.dirty[$0] }.map { (slotTable[$0].load(ordering: .relaxed), UnsafeRawPointer(table($0))) }
         }
     }
 
@@ -167,20 +211,6 @@ final class Qcow2L2Cache: Sendable {
             guard let slot = slots.slotOfOffset[tableOffset], slots.dirty[slot] else { return }
             slots.dirty[slot] = false
             slots.dirtyCount -= 1
-        }
-    }
-
-    /// Drops a table that is no longer part of the image (allocation lock held).
-    func remove(tableOffset: UInt64) {
-        slots.withLock { slots in
-            guard let slot = slots.slotOfOffset.removeValue(forKey: tableOffset) else { return }
-            if slots.dirty[slot] {
-                slots.dirty[slot] = false
-                slots.dirtyCount -= 1
-            }
-            // Least recently used: reused first.
-            slots.lastUse[slot] = 0
-            slots.offsetOfSlot[slot] = UInt64.max
         }
     }
 }

@@ -27,6 +27,10 @@ actor Qcow2NodeInstance: BlockNode {
     private var compressedPool: BounceBufferPool?
     private var decompressor: Qcow2Decompressor?
     private var compressor: Qcow2Compressor?
+    /// Where this instance last found L2 tables in the shared cache, by table (direct-mapped),
+    /// so that lookups of hot tables take no lock.
+    private var slotMemo = [Int](repeating: -1, count: slotMemoSize)
+    private static let slotMemoSize = 64
     /// Arrays for the old L2 entries an allocating write replaces, reused so that allocating
     /// writes do not allocate them each time.
     private var replacedPool: [[UInt64]] = []
@@ -558,7 +562,14 @@ actor Qcow2NodeInstance: BlockNode {
     private func l2Entry(l1Index: Int, l2Index: Int) async -> Result<UInt64, Qcow2Failure> {
         let tableOffset = metadata.l1[l1Index] & Qcow2ClusterMapping.offsetMask
         if tableOffset == 0 { return .success(0) }
-        if let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index) { return .success(entry) }
+        // The slot this instance last found the table in: checked without a lock.
+        let memo = Int(truncatingIfNeeded: tableOffset >> UInt64(metadata.clusterBits)) & (Self.slotMemoSize - 1)
+        let slot = slotMemo[memo]
+        if slot >= 0, let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index, slot: slot) { return .success(entry) }
+        if let (entry, slot) = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index) {
+            slotMemo[memo] = slot
+            return .success(entry)
+        }
         let clusterSize = UInt64(metadata.clusterSize)
         let fileSizeBytes = fileState.current.sizeBytes
         // An L2 table must be a whole cluster inside the file and not the header: QEMU calls

@@ -346,6 +346,53 @@ import Testing
         #expect(check.status == 0, "\(check.output)")
     }
 
+    /// Reads on two queues through a two-table L2 cache over sixteen tables: slots are refilled
+    /// all the time under the lock-free lookups, which must fall back, never return a word of
+    /// another table.
+    @Test func lockFreeLookupsSurviveConstantEviction() async throws {
+        let harness = try NodeTestHarness("qcow2seq")
+        defer { harness.shutdown() }
+        let second = try QueueExecutor(name: "qcow2seq-q1")
+        defer { second.shutdown() }
+        let image = harness.path("seq.qcow2")
+        try await require("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", image, "32M"])
+        // Each 2 MiB (one L2 table's reach) holds its own byte.
+        try await require("qemu-io", ["-f", "qcow2"] + (0..<16).flatMap { ["-c", "write -P \($0 + 1) \($0 * 2)M 2M"] } + [image])
+        let stack = try await open(harness, image, options: ["l2-cache-size": .int(8192)])
+        #expect(stack.qcow2.l2CacheTables == 2)
+        let nodes = [instance(harness, stack, queue: harness.queue), instance(harness, stack, queue: second)]
+        let executors = [harness.queue, second]
+        let mismatches = await withTaskGroup(of: Int.self) { group in
+            for queue in 0..<2 {
+                let node = nodes[queue]
+                group.addTask {
+                    await Task(executorPreference: executors[queue]) {
+                        await withTaskGroup(of: Int.self) { readers in
+                            for reader in 0..<4 {
+                                readers.addTask {
+                                    var random = Random(state: UInt64(queue * 10 + reader))
+                                    var bad = 0
+                                    let buffer = TestBuffer(count: 4096)
+                                    for _ in 0..<400 {
+                                        let block = random.below(32 << 20 / 4096)
+                                        let status = await node.submit(BlockRequest(operation: .read, offsetBytes: UInt64(block * 4096),
+                                                                                    lengthBytes: 4096, buffer: buffer.io))
+                                        if status != .ok || !buffer.allEqual(UInt8(block * 4096 / (2 << 20) + 1)) { bad += 1 }
+                                    }
+                                    return bad
+                                }
+                            }
+                            return await readers.reduce(0, +)
+                        }
+                    }.value
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(mismatches == 0)
+        await stack.close()
+    }
+
     private func read(_ harness: NodeTestHarness, _ node: any BlockNode, count: Int) async -> IOStatus {
         await harness.read(node, TestBuffer(count: count), at: 0)
     }

@@ -92,4 +92,13 @@ static inline void strata_store_release_u16(void *address, uint16_t value) {
     __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
 }
 
+// Relaxed 64-bit access to words of cached metadata tables that readers on other threads load
+// without a lock (qcow2's L2 cache, guarded by per-slot sequence counters).
+static inline uint64_t strata_load_relaxed_u64(const void *address) {
+    return __atomic_load_n((const uint64_t *)address, __ATOMIC_RELAXED);
+}
+static inline void strata_store_relaxed_u64(void *address, uint64_t value) {
+    __atomic_store_n((uint64_t *)address, value, __ATOMIC_RELAXED);
+}
+
 #endif

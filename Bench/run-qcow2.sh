@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 set -euo pipefail; cd "$(dirname "$0")/.."; scripts/install-deps
-[[ " $* " == *" --no-build "* ]] || swift build -c release --static-swift-stdlib --product strata >&2
+[[ " $* " == *" --no-build "* ]] || { swift build -c release --static-swift-stdlib --product strata >&2 && swift build -c release --static-swift-stdlib --product strata-alloc-count >&2; }
 args=(); for a in "$@"; do [[ "$a" == --no-build ]] || args+=("$a"); done
 exec python3 Bench/run_qcow2.py "${args[@]+"${args[@]}"}"

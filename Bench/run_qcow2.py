@@ -9,6 +9,8 @@ the MEDIAN of --runs runs of each, and the ratio of the medians:
      CPU time per I/O, qcow2 / raw.                                   Target: <= 1.15x.
   2. Sequential 4 KiB allocating writes on 64 KiB clusters, a fresh 1 GiB image each run:
      `strata img bench -w` vs `qemu-img bench -w`, same flags, IOPS.  Target: >= 1.5x.
+  4. Heap allocations per request, qcow2 random reads (strata-alloc-count under the malloc
+     interposer, runs of N and 2N requests).                         Target: 0.
   3. Converting a 1 GiB qcow2 with half of its clusters allocated (random data) to qcow2:
      `strata img convert -O qcow2` vs `qemu-img convert -O qcow2`, throughput (virtual bytes /
      wall time).                                                     Target: >= 1.2x.
@@ -179,6 +181,17 @@ def main(argv: list[str]) -> int:
                  f"source `{source}`: every other MiB of the random file, made by `qemu-img convert -O qcow2` of a sparse raw copy. "
                  "The first run of each is checked with `qemu-img compare` and `qemu-img check`.")
     commands += [f"qemu-img convert -O qcow2 {source} {target}", f"{STRATA} img convert -O qcow2 {source} {target}"]
+
+    # Row 4: allocations per request on the qcow2 read path.
+    alloc_argv = [".build/release/strata-alloc-count", "--image", str(qcow2), "--format", "qcow2", "--ops", "20000"]
+    proc = run(alloc_argv, timeout=300, env={"LD_PRELOAD": ".build/release/libMallocInterposerSwift.so"})
+    allocs = parse_json_object(proc.stdout, "strata-alloc-count")
+    per_request = allocs["mallocs_per_request"]
+    rows.append(("4", "Heap allocations per request, qcow2 4 KiB random reads", f"{per_request:g}", "-", "-", "0",
+                 "PASS" if per_request == 0 and allocs["failed"] == 0 else "FAIL"))
+    notes.append(f"- Row 4: {allocs['mallocs_n']} mallocs over {allocs['ops_n']} requests, {allocs['mallocs_2n']} over {allocs['ops_2n']} "
+                 "(the difference divided by the extra requests).")
+    commands.append("LD_PRELOAD=.build/release/libMallocInterposerSwift.so " + shlex.join(alloc_argv))
 
     facts = machine_facts()
     lines = ["# qcow2: Strata next to qemu-img", "",

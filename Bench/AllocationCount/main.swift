@@ -1,7 +1,7 @@
 // Counts heap allocations per request in steady state: runs the load generator for N and then 2N
 // requests per queue with malloc counting on, and reports (count(2N) - count(N)) / N, which
 // cancels everything a run allocates once (queues, buffers, tasks). Run it with the interposer
-// preloaded: LD_PRELOAD=.build/release/libMallocInterposerSwift.so strata-alloc-count [--image F] [--ops N]
+// preloaded: LD_PRELOAD=.build/release/libMallocInterposerSwift.so strata-alloc-count [--image F] [--format raw|qcow2] [--ops N]
 import FoundationEssentials
 import Glibc
 import MallocInterposerSwift
@@ -14,6 +14,7 @@ ThreadAffineExecutors.install()
 
 var arguments = CommandLine.arguments.dropFirst()
 var image: String?
+var format = "raw"
 var opsPerRun = 200_000
 var queues = 1
 while let argument = arguments.popFirst() {
@@ -21,8 +22,9 @@ while let argument = arguments.popFirst() {
     case "--image": image = arguments.popFirst()
     case "--ops": opsPerRun = Int(arguments.popFirst() ?? "") ?? opsPerRun
     case "--queues": queues = Int(arguments.popFirst() ?? "") ?? queues
+    case "--format": format = arguments.popFirst() ?? format
     default:
-        print("usage: strata-alloc-count [--image FILE] [--ops N] [--queues N]")
+        print("usage: strata-alloc-count [--image FILE] [--format raw|qcow2] [--ops N] [--queues N]")
         exit(2)
     }
 }
@@ -32,7 +34,9 @@ let bottom: JSONValue = image.map { .object(["driver": "file", "node-name": "bot
     ?? .object(["driver": "null-co", "node-name": "bottom", "size": "1G"])
 try await engine.controller.apply([
     .addNode(bottom),
-    .addNode(.object(["driver": "raw", "node-name": "raw0", "file": "bottom"])),
+    // The format node: raw by default, qcow2 (no backing file) for a qcow2 image.
+    .addNode(format == "qcow2" ? .object(["driver": "qcow2", "node-name": "raw0", "file": "bottom", "backing": .null])
+                               : .object(["driver": "raw", "node-name": "raw0", "file": "bottom"])),
     .addNode(.object(["driver": "throttle", "node-name": "throttle0", "file": "raw0"])),
     .addBackend(BackendEntry(name: "disk0", nodeName: "throttle0", writable: false)),
 ])

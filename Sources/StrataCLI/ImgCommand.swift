@@ -7,7 +7,7 @@ struct ImgCommand: AsyncParsableCommand {
         commandName: "img",
         abstract: "Create, inspect, check and measure disk images (qemu-img's subcommands).",
         subcommands: [ImgCreateCommand.self, ImgInfoCommand.self, ImgCheckCommand.self, ImgMapCommand.self, ImgCompareCommand.self,
-                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgBenchCommand.self]
+                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgBenchCommand.self, ImgAmendCommand.self]
     )
 
     /// Prints `strata img: MESSAGE` on stderr and exits with `status`, as qemu-img's error_report.

@@ -77,6 +77,24 @@ final class Qcow2OfflineRefcounts {
         }
     }
 
+    /// Drops `count` references to `cluster`; the caller commits only once whatever stopped
+    /// referring to it is durable, so a crash between the two only leaks.
+    func release(_ cluster: UInt64, by count: UInt64) async throws {
+        let index = Int(clamping: cluster >> UInt64(blockBits))
+        guard index < table.count, let blockOffset = try blockOffset(index) else {
+            throw Qcow2ImageError("Cluster 0x\(String(cluster, radix: 16)) to release has no refcount block")
+        }
+        var bytes = try await block(blockOffset)
+        let value = codec.get(block: bytes, index: entry(cluster))
+        guard value >= count else {
+            throw Qcow2ImageError("Cluster 0x\(String(cluster, radix: 16)) has refcount \(value), cannot drop \(count) references")
+        }
+        codec.set(block: &bytes, index: entry(cluster), value: value - count)
+        blocks[blockOffset] = bytes
+        dirtyBlocks.insert(blockOffset)
+        if value == count { firstCandidate = min(firstCandidate, max(1, cluster)) }
+    }
+
     /// Makes the planned allocations durable: blocks first (an increment alone only leaks),
     /// then the table entries that name new blocks.
     func commit() async throws {

@@ -2,7 +2,9 @@
 /// in the active L1 table and then each snapshot's, a zero cluster with a preallocated host
 /// cluster gets zeros written there and loses the flag; one without becomes unallocated when
 /// the image has no backing file, and otherwise gets a newly allocated zeroed cluster (with the
-/// L2 table's refcount, since a shared table references it once per user).
+/// L2 table's refcount, since a shared table references it once per user). Unlike QEMU 7.2, a
+/// preallocated zero cluster that a snapshot's table maps as data is not zeroed in place but
+/// replaced, so the snapshot keeps its data.
 ///
 /// One L2 table at a time, in crash-safe order: new clusters counted (refcounts durable), zeros
 /// written and flushed, then the L2 table written and flushed. A crash leaves every entry either
@@ -39,6 +41,7 @@ struct Qcow2ZeroClusterExpansion {
         var l2 = try await io.read(offset: l2Offset, count: Int(image.clusterSize))
         let l2Refcount = try await refcounts.refcount(l2Offset >> UInt64(image.clusterBits))
         var zeroed: [UInt64] = []
+        var released: [UInt64] = []
         var changed = false
         for slot in 0..<image.l2Entries {
             let entry = l2.loadBE64(at: slot * 8)
@@ -57,13 +60,16 @@ struct Qcow2ZeroClusterExpansion {
                 guard host % image.clusterSize == 0 else {
                     throw Qcow2ImageError("Cluster allocation offset 0x\(String(host, radix: 16)) unaligned (L2 offset: 0x\(String(l2Offset, radix: 16)), L2 index: 0x\(String(slot, radix: 16)))")
                 }
-                // Zeros may only go where every reference comes through this table; a cluster
-                // another table maps as data would change under it.
                 let dataRefcount = try await refcounts.refcount(host >> UInt64(image.clusterBits))
-                guard dataRefcount <= l2Refcount else {
-                    throw Qcow2ImageError("Zero cluster at host offset 0x\(String(host, radix: 16)) is shared with another L2 table (refcount \(dataRefcount)); expanding it in place is not supported")
+                if dataRefcount > l2Refcount {
+                    // Another table (a snapshot's) maps this cluster as data: zeros written there
+                    // would change it (QEMU 7.2 does so). A fresh cluster takes this table's
+                    // references, dropped from the old one once the table is durable.
+                    released.append(host >> UInt64(image.clusterBits))
+                    host = try await refcounts.allocate(refcount: l2Refcount)
+                } else {
+                    copied = dataRefcount == 1
                 }
-                copied = dataRefcount == 1
             }
             zeroed.append(host)
             l2.storeBE64(host | (copied ? Qcow2ClusterMapping.copiedFlag : 0), at: slot * 8)
@@ -75,5 +81,7 @@ struct Qcow2ZeroClusterExpansion {
         if !zeroed.isEmpty { try await io.flush() }
         try await io.write(offset: l2Offset, bytes: l2)
         try await io.flush()
+        for cluster in released { try await refcounts.release(cluster, by: l2Refcount) }
+        try await refcounts.commit()
     }
 }

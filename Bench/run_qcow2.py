@@ -9,11 +9,12 @@ the MEDIAN of --runs runs of each, and the ratio of the medians:
      CPU time per I/O, qcow2 / raw.                                   Target: <= 1.15x.
   2. Sequential 4 KiB allocating writes on 64 KiB clusters, a fresh 1 GiB image each run:
      `strata img bench -w` vs `qemu-img bench -w`, same flags, IOPS.  Target: >= 1.5x.
-  4. Heap allocations per request, qcow2 random reads (strata-alloc-count under the malloc
-     interposer, runs of N and 2N requests).                         Target: 0.
   3. Converting a 1 GiB qcow2 with half of its clusters allocated (random data) to qcow2:
      `strata img convert -O qcow2` vs `qemu-img convert -O qcow2`, throughput (virtual bytes /
      wall time).                                                     Target: >= 1.2x.
+
+  4. Heap allocations per request, qcow2 random reads (strata-alloc-count under the malloc
+     interposer, runs of N and 2N requests).                         Target: 0.
 
 Usage: python3 Bench/run_qcow2.py [--runs N] [--seconds S] [--quick] [--out PATH]
 Bench/run-qcow2.sh builds the release binary first. Exit status 0 when every run completed

@@ -20,6 +20,9 @@ struct Qcow2HeaderWriter {
     var autoclearFeatures: UInt64 = 0
     var refcountOrder: UInt32 = 4
     var compressionType: UInt8 = 0
+    /// Extensions an amend keeps from the image (the bitmap directory, then unknown ones in
+    /// their order), written after the feature name table as qcow2_update_header does.
+    var keptExtensions: [(type: UInt32, data: [UInt8])] = []
 
     /// The compatible feature bit for lazy refcounts and the autoclear bits.
     static let lazyRefcountsBit: UInt64 = 1 << 0
@@ -94,6 +97,7 @@ struct Qcow2HeaderWriter {
             }
             appendExtension(Qcow2HeaderExtension.featureNameTableType, table)
         }
+        for kept in keptExtensions { appendExtension(kept.type, kept.data) }
         bytes += [UInt8](repeating: 0, count: 8)
 
         if let backingFile {

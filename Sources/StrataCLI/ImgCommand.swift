@@ -5,9 +5,9 @@ import Glibc
 struct ImgCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "img",
-        abstract: "Create, inspect, check and measure disk images (qemu-img's subcommands).",
+        abstract: "Create, inspect, check, convert and change disk images (qemu-img's subcommands).",
         subcommands: [ImgCreateCommand.self, ImgInfoCommand.self, ImgCheckCommand.self, ImgMapCommand.self, ImgCompareCommand.self,
-                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgSnapshotCommand.self, ImgBenchCommand.self]
+                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgSnapshotCommand.self, ImgAmendCommand.self, ImgBenchCommand.self]
     )
 
     /// Prints `strata img: MESSAGE` on stderr and exits with `status`, as qemu-img's error_report.

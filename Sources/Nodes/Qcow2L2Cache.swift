@@ -84,6 +84,18 @@ final class Qcow2L2Cache: Sendable {
         }
     }
 
+    /// Words `index` and `index + 1` of the table at `tableOffset` (host order): an extended L2
+    /// entry and its subcluster bitmap, read under one lock so they agree; nil when not cached.
+    func entryPair(tableOffset: UInt64, index: Int) -> (UInt64, UInt64)? {
+        slots.withLock { slots in
+            guard let slot = slots.slotOfOffset[tableOffset] else { return nil }
+            slots.touch(slot)
+            let base = table(slot)
+            return (UInt64(bigEndian: base.load(fromByteOffset: index * 8, as: UInt64.self)),
+                    UInt64(bigEndian: base.load(fromByteOffset: index * 8 + 8, as: UInt64.self)))
+        }
+    }
+
     func contains(tableOffset: UInt64) -> Bool {
         slots.withLock { $0.slotOfOffset[tableOffset] != nil }
     }
@@ -134,6 +146,22 @@ final class Qcow2L2Cache: Sendable {
             guard let slot = slots.slotOfOffset[tableOffset] else { return false }
             slots.touch(slot)
             table(slot).storeBytes(of: value.bigEndian, toByteOffset: index * 8, as: UInt64.self)
+            if !slots.dirty[slot] {
+                slots.dirty[slot] = true
+                slots.dirtyCount += 1
+            }
+            return true
+        }
+    }
+
+    /// Stores words `index` and `index + 1` (an extended entry and its bitmap) under one lock, so
+    /// readers never see one without the other.
+    func storePair(_ entry: UInt64, _ bitmap: UInt64, tableOffset: UInt64, index: Int) -> Bool {
+        slots.withLock { slots in
+            guard let slot = slots.slotOfOffset[tableOffset] else { return false }
+            slots.touch(slot)
+            table(slot).storeBytes(of: entry.bigEndian, toByteOffset: index * 8, as: UInt64.self)
+            table(slot).storeBytes(of: bitmap.bigEndian, toByteOffset: index * 8 + 8, as: UInt64.self)
             if !slots.dirty[slot] {
                 slots.dirty[slot] = true
                 slots.dirtyCount += 1

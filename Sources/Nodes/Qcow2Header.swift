@@ -84,10 +84,7 @@ struct Qcow2Header: Sendable {
 
     /// Parses `bytes`, the start of the image (its first cluster, or the whole file when shorter),
     /// of a file of `fileSize` bytes. Errors are `.openFailed` naming `node` and the field at fault.
-    /// `offline` is for the offline tools (check, info, measure); the node now serves every
-    /// feature they accept (external data files, extended L2 entries, zstd), so it changes
-    /// nothing today and stays for features the node may lag behind on again.
-    init(parsing bytes: [UInt8], fileSize: UInt64, node: String, offline: Bool = false) throws(GraphError) {
+    init(parsing bytes: [UInt8], fileSize: UInt64, node: String) throws(GraphError) {
         func fail(_ reason: String) -> GraphError { .openFailed(node: node, reason: "qcow2: \(reason)") }
 
         guard bytes.count >= Self.version2HeaderBytes else {

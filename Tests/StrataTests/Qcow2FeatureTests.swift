@@ -18,12 +18,12 @@ import Testing
     private struct Stack {
         let qcow2: Qcow2NodeState
         let node: any BlockNode
-        let children: [any NodeState]
+        let children: [ChildLink: any NodeState]
 
         /// The format first: it writes its metadata back through the file.
         func close() async {
             await qcow2.close()
-            for state in children { await state.close() }
+            for state in children.values { await state.close() }
         }
     }
 
@@ -61,7 +61,7 @@ import Testing
         let qcow2 = try #require(state as? Qcow2NodeState)
         var nodes: [ChildLink: any BlockNode] = [:]
         for (link, child) in states { nodes[link] = harness.instance(child) }
-        return Stack(qcow2: qcow2, node: harness.instance(qcow2, children: nodes), children: Array(states.values))
+        return Stack(qcow2: qcow2, node: harness.instance(qcow2, children: nodes), children: states)
     }
 
     /// The guest view as qemu-img reads it.
@@ -241,6 +241,55 @@ import Testing
         try await verify(image, model, "after writes")
         try await require("qemu-img", ["snapshot", "-a", "before", image])
         try await verify(image, before, "snapshot applied")
+    }
+
+    /// Two queues write interleaved subclusters of the same clusters at once: each write either
+    /// fills its subcluster under the allocation lock or overwrites it in place, and none is lost.
+    @Test func extendedL2TwoQueuesFillingTheSameClustersAgree() async throws {
+        let harness = try NodeTestHarness("qcow2xl2mq")
+        defer { harness.shutdown() }
+        let second = try QueueExecutor(name: "qcow2xl2mq-q1")
+        defer { second.shutdown() }
+        let image = harness.path("mq.qcow2")
+        let size = 4 << 20
+        let block = 2048
+        try await require("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", image, "\(size)"])
+        let stack = try await open(harness, image)
+        let context = QueueContext(index: 1, executor: second, clock: MonotonicClock())
+        let secondChildren = stack.children.mapValues { $0.makeInstance(queue: context, children: [:]) }
+        let nodes = [stack.node, stack.qcow2.makeInstance(queue: context, children: secondChildren)]
+        let executors = [harness.queue, second]
+        let blocks = size / block
+        await withTaskGroup(of: Void.self) { group in
+            for queue in 0..<2 {
+                let node = nodes[queue]
+                group.addTask {
+                    await Task(executorPreference: executors[queue]) {
+                        await withTaskGroup(of: Void.self) { writers in
+                            for writer in 0..<8 {
+                                writers.addTask {
+                                    var index = queue + 2 * writer
+                                    while index < blocks {
+                                        let buffer = TestBuffer(count: block, filledWith: UInt8(1 + index % 250))
+                                        let status = await node.submit(BlockRequest(operation: .write, offsetBytes: UInt64(index * block),
+                                                                                    lengthBytes: block, buffer: buffer.io))
+                                        if status != .ok { Issue.record("block \(index): \(status)") }
+                                        index += 16
+                                    }
+                                }
+                            }
+                        }
+                    }.value
+                }
+            }
+        }
+        #expect(await harness.flush(nodes[0]) == .ok)
+        await stack.close()
+        var model = [UInt8](repeating: 0, count: size)
+        for index in 0..<blocks { for byte in index * block..<(index + 1) * block { model[byte] = UInt8(1 + index % 250) } }
+        try await verify(image, model, "two queues")
+        let check = try await tool("qemu-img", ["check", "--output=json", image])
+        #expect(check.output.contains("\"allocated-clusters\": 64"), "\(check.output)")
     }
 
     // MARK: External data files

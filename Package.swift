@@ -32,7 +32,9 @@ let package = Package(
         .target(name: "StrataGraph", dependencies: ["StrataRuntime"], path: "Sources/Graph", swiftSettings: swiftSettings),
         // zlib inflates qcow2's compressed clusters.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "StrataNodes", dependencies: ["CZlib", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
+        // zstd decompresses (and compresses) qcow2 clusters of images with compression_type=zstd.
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", providers: [.apt(["libzstd-dev"])]),
+        .target(name: "StrataNodes", dependencies: ["CZlib", "CZstd", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",

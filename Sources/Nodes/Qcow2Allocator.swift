@@ -112,6 +112,22 @@ final class Qcow2Allocator: @unchecked Sendable {
         return word
     }
 
+    /// Extended entry `index` of the table at `tableOffset` and its subcluster bitmap (lock held).
+    nonisolated(nonsending) func tableEntryPair(_ tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> (UInt64, UInt64) {
+        if let (entry, bitmap, _) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * index) { return (entry, bitmap) }
+        try await ensureCached(tableOffset, io: io)
+        guard let (entry, bitmap, _) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * index) else { throw .corrupt }
+        return (entry, bitmap)
+    }
+
+    /// Stores extended entry `index` and its bitmap in the writable table at `tableOffset`.
+    nonisolated(nonsending) func setTableEntryPair(_ entry: UInt64, _ bitmap: UInt64, tableOffset: UInt64, index: Int,
+                                                   io: Qcow2ChildIO) async throws(Qcow2Failure) {
+        if metadata.l2Cache.storePair(entry, bitmap, tableOffset: tableOffset, index: 2 * index) { return }
+        try await ensureCached(tableOffset, io: io)
+        guard metadata.l2Cache.storePair(entry, bitmap, tableOffset: tableOffset, index: 2 * index) else { throw .corrupt }
+    }
+
     /// Stores word `index` of the writable table at `tableOffset`.
     nonisolated(nonsending) func setTableWord(_ value: UInt64, tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         if metadata.l2Cache.store(value, tableOffset: tableOffset, index: index) { return }
@@ -190,6 +206,8 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Makes everything written so far durable: data, then metadata in dependency order.
     nonisolated(nonsending) func flush(io: Qcow2ChildIO) async throws(Qcow2Failure) {
+        // Data in an external data file must be durable before any mapping of it is.
+        try await io.flushData()
         let flushed = try await refcounts.writeback(io: io)
         let tables = metadata.l2Cache.dirtyTables()
         guard !tables.isEmpty || !dirtyL1.isEmpty else {
@@ -232,7 +250,9 @@ final class Qcow2Allocator: @unchecked Sendable {
     }
 
     /// Host clusters an L2 entry holds a reference to (none for unallocated and plain zero).
+    /// Clusters of an external data file have no refcounts (QEMU keeps none for them).
     func referencedClusters(of entry: UInt64) -> [UInt64] {
+        if metadata.hasDataFile { return [] }
         let bits = UInt64(metadata.clusterBits)
         switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
         case .normal(let host): return [host >> bits]

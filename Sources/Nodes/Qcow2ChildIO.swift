@@ -12,6 +12,8 @@ struct Qcow2Failure: Error {
 /// `file` child, so they run on the caller's queue and ring.
 struct Qcow2ChildIO {
     let file: NodeHandle
+    /// The external data file, when the image has one: metadata write-back flushes it first.
+    var dataFile: NodeHandle? = nil
 
     nonisolated(nonsending) func read(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async throws(Qcow2Failure) {
         let status = await file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
@@ -38,6 +40,13 @@ struct Qcow2ChildIO {
 
     nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64, flags: RequestFlags = []) async throws(Qcow2Failure) {
         let status = await file.node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags))
+        guard status.isOK else { throw Qcow2Failure(status: status) }
+    }
+
+    /// Makes data written to the external data file durable (nothing without one).
+    nonisolated(nonsending) func flushData() async throws(Qcow2Failure) {
+        guard let dataFile else { return }
+        let status = await dataFile.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 

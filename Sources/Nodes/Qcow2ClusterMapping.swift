@@ -18,7 +18,9 @@ enum Qcow2ClusterMapping: Equatable {
     static let copiedFlag: UInt64 = 1 << 63
     static let zeroFlag: UInt64 = 1 << 0
 
-    init(l2Entry entry: UInt64, clusterBits: UInt32) {
+    /// `dataFile`: the image keeps its data in an external data file, where host offset 0 is a
+    /// real cluster when the entry says COPIED (QEMU's qcow2_get_cluster_type).
+    init(l2Entry entry: UInt64, clusterBits: UInt32, dataFile: Bool = false) {
         if entry & Self.compressedFlag != 0 {
             // x = 62 - (cluster_bits - 8): the offset takes bits 0..x-1, the count of additional
             // 512-byte sectors bits x..61.
@@ -32,7 +34,7 @@ enum Qcow2ClusterMapping: Equatable {
         } else {
             let offset = entry & Self.offsetMask
             if offset == 0 {
-                self = .unallocated
+                self = dataFile && entry & Self.copiedFlag != 0 ? .normal(hostOffset: 0) : .unallocated
             } else if offset & ((UInt64(1) << UInt64(clusterBits)) - 1) != 0 {
                 self = .corrupt
             } else {

@@ -46,11 +46,26 @@ struct Qcow2Header: Sendable {
     let autoclearFeatures: UInt64
     let refcountOrder: UInt32
     let headerLength: UInt32
+    /// Header byte 104 (v3 headers longer than 104 bytes): 0 zlib, 1 zstd.
+    let compressionType: UInt8
     let extensions: [Qcow2HeaderExtension]
 
     var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
-    /// Entries per L2 table (8 bytes each, one cluster per table).
-    var l2Bits: UInt32 { clusterBits - 3 }
+    /// Extended L2 entries: 16 bytes each, a 64-bit entry and a bitmap of 32 subclusters.
+    var hasExtendedL2: Bool { incompatibleFeatures & Self.extendedL2Bit != 0 }
+    /// Data clusters live in an external data file at the host offsets the L2 entries name.
+    var hasDataFile: Bool { incompatibleFeatures & Self.externalDataFileBit != 0 }
+    /// The external data file holds the guest contents as a raw image (host offset == guest offset).
+    var hasRawDataFile: Bool { autoclearFeatures & Self.dataFileRawBit != 0 }
+    /// log2 of the entries per L2 table (one cluster per table, 8 or 16 bytes an entry).
+    var l2Bits: UInt32 { clusterBits - (hasExtendedL2 ? 4 : 3) }
+    /// The data file name from the header extension, when there is one.
+    var dataFileName: String? {
+        for case .unknown(Qcow2HeaderExtension.externalDataFileType, let data) in extensions {
+            return String(decoding: data.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return nil
+    }
     /// The image was not closed cleanly: refcounts may be stale (reads do not use them).
     var isDirty: Bool { incompatibleFeatures & Self.dirtyBit != 0 }
     /// QEMU found an inconsistency in the metadata: the image may only be opened read-only.
@@ -69,9 +84,7 @@ struct Qcow2Header: Sendable {
 
     /// Parses `bytes`, the start of the image (its first cluster, or the whole file when shorter),
     /// of a file of `fileSize` bytes. Errors are `.openFailed` naming `node` and the field at fault.
-    /// `offline` accepts the known features the node cannot serve yet (external data files,
-    /// extended L2 entries, zstd): the offline tools (check, info, measure) handle them.
-    init(parsing bytes: [UInt8], fileSize: UInt64, node: String, offline: Bool = false) throws(GraphError) {
+    init(parsing bytes: [UInt8], fileSize: UInt64, node: String) throws(GraphError) {
         func fail(_ reason: String) -> GraphError { .openFailed(node: node, reason: "qcow2: \(reason)") }
 
         guard bytes.count >= Self.version2HeaderBytes else {
@@ -129,20 +142,23 @@ struct Qcow2Header: Sendable {
             }
             throw fail("Unsupported incompatible features: \(names.joined(separator: ", "))")
         }
-        if !offline, incompatibleFeatures & Self.externalDataFileBit != 0 || extensions.contains(where: { if case .unknown(Qcow2HeaderExtension.externalDataFileType, _) = $0 { true } else { false } }) {
-            throw fail("external data files are not supported yet")
+        if extensions.contains(where: { if case .unknown(Qcow2HeaderExtension.externalDataFileType, _) = $0 { true } else { false } }),
+           incompatibleFeatures & Self.externalDataFileBit == 0 {
+            throw fail("the image names an external data file but does not set the external data file feature bit")
         }
-        if !offline, incompatibleFeatures & Self.extendedL2Bit != 0 {
-            throw fail("extended L2 entries (subclusters) are not supported yet")
+        if autoclearFeatures & Self.dataFileRawBit != 0, incompatibleFeatures & Self.externalDataFileBit == 0 {
+            throw fail("data-file-raw requires a data file")
         }
-        let compressionType: UInt8 = headerLength > UInt32(Self.version3HeaderBytes) ? bytes[Self.version3HeaderBytes] : 0
+        // QEMU refuses subclusters smaller than 512 bytes (clusters under 16 KiB).
+        if incompatibleFeatures & Self.extendedL2Bit != 0, clusterBits < Self.minClusterBits + 5 {
+            throw fail("the cluster size (\(clusterSize)) is too small for subclusters (extended L2 entries need at least 16 KiB)")
+        }
+        compressionType = headerLength > UInt32(Self.version3HeaderBytes) ? bytes[Self.version3HeaderBytes] : 0
         if compressionType != 0 || incompatibleFeatures & Self.compressionTypeBit != 0 {
             guard compressionType != 0, incompatibleFeatures & Self.compressionTypeBit != 0 else {
                 throw fail("field 'compression_type' (\(compressionType)) disagrees with the compression type feature bit")
             }
-            if !(offline && compressionType == 1) {
-                throw fail(compressionType == 1 ? "zstd compression is not supported (only zlib)" : "unknown compression type \(compressionType)")
-            }
+            guard compressionType == 1 else { throw fail("unknown compression type \(compressionType)") }
         }
 
         if backingFileOffset != 0 {

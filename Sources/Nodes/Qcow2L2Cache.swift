@@ -101,6 +101,31 @@ final class Qcow2L2Cache: Sendable {
         }
     }
 
+    /// Words `index` and `index + 1` (an extended L2 entry and its subcluster bitmap) if `slot`
+    /// still holds the table, without a lock; the sequence check also covers `storePair`, so the
+    /// two always agree.
+    @inline(__always)
+    func entryPair(tableOffset: UInt64, index: Int, slot: Int) -> (UInt64, UInt64)? {
+        let before = sequence[slot].load(ordering: .acquiring)
+        guard before & 1 == 0, slotTable[slot].load(ordering: .relaxed) == tableOffset else { return nil }
+        let entry = strata_load_relaxed_u64(table(slot) + index * 8)
+        let bitmap = strata_load_relaxed_u64(table(slot) + index * 8 + 8)
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence[slot].load(ordering: .relaxed) == before else { return nil }
+        return (UInt64(bigEndian: entry), UInt64(bigEndian: bitmap))
+    }
+
+    /// The same under the Mutex, with the slot for the caller's memo; nil when not cached.
+    func entryPair(tableOffset: UInt64, index: Int) -> (UInt64, UInt64, slot: Int)? {
+        slots.withLock { slots in
+            guard let slot = slots.slotOfOffset[tableOffset] else { return nil }
+            touch(slot)
+            let base = table(slot)
+            return (UInt64(bigEndian: strata_load_relaxed_u64(base + index * 8)),
+                    UInt64(bigEndian: strata_load_relaxed_u64(base + index * 8 + 8)), slot)
+        }
+    }
+
     func contains(tableOffset: UInt64) -> Bool {
         slots.withLock { $0.slotOfOffset[tableOffset] != nil }
     }
@@ -178,6 +203,24 @@ final class Qcow2L2Cache: Sendable {
             guard let slot = slots.slotOfOffset[tableOffset] else { return false }
             touch(slot)
             strata_store_relaxed_u64(table(slot) + index * 8, value.bigEndian)
+            if !slots.dirty[slot] {
+                slots.dirty[slot] = true
+                slots.dirtyCount += 1
+            }
+            return true
+        }
+    }
+
+    /// Stores words `index` and `index + 1` (an extended entry and its bitmap) with the slot's
+    /// sequence counter odd meanwhile, so lock-free readers never see one without the other.
+    func storePair(_ entry: UInt64, _ bitmap: UInt64, tableOffset: UInt64, index: Int) -> Bool {
+        slots.withLock { slots in
+            guard let slot = slots.slotOfOffset[tableOffset] else { return false }
+            touch(slot)
+            sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+            strata_store_relaxed_u64(table(slot) + index * 8, entry.bigEndian)
+            strata_store_relaxed_u64(table(slot) + index * 8 + 8, bitmap.bigEndian)
+            sequence[slot].wrappingAdd(1, ordering: .releasing)
             if !slots.dirty[slot] {
                 slots.dirty[slot] = true
                 slots.dirtyCount += 1

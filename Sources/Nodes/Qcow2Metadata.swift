@@ -19,6 +19,17 @@ final class Qcow2Metadata: Sendable {
     let clusterBits: UInt32
     let clusterSize: Int
     let l2Entries: Int
+    /// log2 of `l2Entries`.
+    private let l2Bits: UInt64
+    /// Extended L2 entries: two 64-bit words an entry (the entry, then its subcluster bitmap).
+    let extendedL2: Bool
+    /// 64-bit words per L2 entry: 1, or 2 with extended L2 entries.
+    let l2EntryWords: Int
+    /// log2 of the subcluster size (clusters have 32 subclusters with extended L2 entries).
+    let subclusterBits: UInt32
+    let subclusterSize: Int
+    /// Data clusters live in the `data-file` child: no refcounts, host offset == guest offset.
+    let hasDataFile: Bool
     /// L1 entries in host byte order, only as many as the virtual size needs.
     let l1: Qcow2L1Table
     /// A guest write, write-zeroes or discard reached the node since it was opened (persistent
@@ -32,7 +43,13 @@ final class Qcow2Metadata: Sendable {
         self.header = header
         clusterBits = header.clusterBits
         clusterSize = Int(header.clusterSize)
-        l2Entries = clusterSize / 8
+        extendedL2 = header.hasExtendedL2
+        l2EntryWords = extendedL2 ? 2 : 1
+        l2Entries = clusterSize / (8 * l2EntryWords)
+        l2Bits = UInt64(header.l2Bits)
+        subclusterBits = extendedL2 ? clusterBits - 5 : clusterBits
+        subclusterSize = 1 << Int(subclusterBits)
+        hasDataFile = header.hasDataFile
         // Bounded: the header checked l1_size against 32 MiB, and the size needs no more than l1_size.
         let needed = Int(header.l1EntriesNeeded)
         let bytes = try await reader.read(offset: header.l1TableOffset, count: needed * 8, what: "L1 table")
@@ -48,7 +65,7 @@ final class Qcow2Metadata: Sendable {
     /// The L1 index, L2 index and offset inside the cluster of a guest offset.
     func locate(_ guestOffset: UInt64) -> (l1Index: Int, l2Index: Int, inCluster: Int) {
         let cluster = guestOffset >> UInt64(clusterBits)
-        return (Int(cluster >> UInt64(clusterBits - 3)), Int(cluster & UInt64(l2Entries - 1)),
+        return (Int(cluster >> l2Bits), Int(cluster & UInt64(l2Entries - 1)),
                 Int(guestOffset & UInt64(clusterSize - 1)))
     }
 }

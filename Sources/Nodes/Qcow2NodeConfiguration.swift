@@ -8,16 +8,20 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
     /// Whether `backing` appeared at all: null means "no backing" as in QEMU, while absence with
     /// a backing file named in the image is refused until backing files can be opened by name.
     let backingGiven: Bool
+    /// The external data file (QEMU's `data-file`): required by images that keep their data in
+    /// one, refused by images that do not.
+    let dataFile: ChildLink?
     let l2CacheBytes: Int
     let refcountCacheBytes: Int
     let readOnly: Bool
 
-    var children: [ChildLink] { [file] + (backing.map { [$0] } ?? []) }
+    var children: [ChildLink] { [file] + (dataFile.map { [$0] } ?? []) + (backing.map { [$0] } ?? []) }
 
     init(parsing reader: inout OptionReader) throws(GraphError) {
         file = try reader.child("file", role: .file)
         backingGiven = reader.raw("backing") != nil
         backing = try reader.optionalChild("backing", role: .backing)
+        dataFile = try reader.optionalChild("data-file", role: .data)
         readOnly = try reader.bool("read-only", default: false)
         let limit = Int64(Qcow2Metadata.maxL2CacheBytes)
         let cacheSize = try reader.optionalInteger("cache-size", range: 0...limit)
@@ -42,7 +46,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
     /// QEMU's bdrv_default_perms: the file holds metadata, so it is always read consistently,
     /// written and resized whenever the node is writable (metadata updates), and nobody else may
     /// write or resize it; the backing node is only read, and may change under this node only if
-    /// this node's parents accept changing data.
+    /// this node's parents accept changing data. The data file is written like `file`.
     func childPermissions(for link: ChildLink, parentsTake: Permissions, parentsShare: Permissions) -> (take: Permissions, share: Permissions) {
         if link.role == .backing {
             let share: Permissions = parentsShare.contains(.write) ? [.write, .resize] : []
@@ -76,14 +80,39 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             header = try await readHeader(reader: reader, fileSize: fileState.sizeBytes, name: name)
         }
         let fileSize = fileState.sizeBytes
+        let dataState = try dataFileState(header: header, children: children, name: name)
         if let backingName = header.backingFileName, !backingGiven {
             throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none): opening backing files by name is not supported yet")
         }
         let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes)
         let allocator = readOnly ? nil : try await openForWriting(name: name, header: header, metadata: metadata,
                                                                   reader: reader, fileSize: fileSize)
+        let dataControl = try dataState.map { (state: any NodeState) throws(GraphError) -> Qcow2OpenReader in
+            guard let control = Qcow2OpenReader(childState: state, context: context, nodeName: name) else {
+                throw GraphError.openFailed(node: name, reason: "qcow2: the 'data-file' child must be a protocol node (such as 'file') in this version")
+            }
+            return control
+        }
         return Qcow2NodeState(configuration: self, metadata: metadata, allocator: allocator, controlIO: reader,
-                              file: fileState, backing: backingState)
+                              dataControl: dataControl, file: fileState, dataFile: dataState, backing: backingState)
+    }
+
+    /// The `data-file` child's state: given exactly when the image has an external data file.
+    private func dataFileState(header: Qcow2Header, children: [ChildLink: any NodeState], name: String) throws(GraphError) -> (any NodeState)? {
+        func fail(_ reason: String) -> GraphError { .openFailed(node: name, reason: "qcow2: \(reason)") }
+        guard header.hasDataFile else {
+            if dataFile != nil { throw fail("'data-file' can only be given for images with an external data file") }
+            return nil
+        }
+        guard let dataFile else {
+            let named = header.dataFileName.map { " '\($0)'" } ?? ""
+            throw fail("the image keeps its data in the external data file\(named); give 'data-file' as a node name")
+        }
+        guard let state = children[dataFile] else { throw GraphError.missingChild(node: name, role: .data, child: dataFile.nodeName) }
+        if header.hasRawDataFile && header.backingFileName != nil {
+            throw fail("an image with a raw external data file cannot have a backing file")
+        }
+        return state
     }
 
     /// Sets the in-use flag of every persistent bitmap, durably, before anything is written: this

@@ -9,19 +9,31 @@ import StrataRuntime
 /// lock and go through `Qcow2Allocator`, merging the copy-on-write of partial clusters into the
 /// data write. The buffers for a table miss, a copy-on-write and compressed data belong to the
 /// instance, so reads and overwrites of allocated clusters allocate nothing.
+///
+/// Images with extended L2 entries map each cluster's 32 subclusters separately (see
+/// Qcow2NodeInstance+Subclusters.swift); images with an external data file keep data clusters in
+/// the `data-file` child at the host offsets the L2 entries name, metadata in `file`.
 actor Qcow2NodeInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private let executor: QueueExecutor
-    private let metadata: Qcow2Metadata
+    let metadata: Qcow2Metadata
     /// Nil when the node is read-only.
-    private let allocator: Qcow2Allocator?
-    private let io: Qcow2ChildIO
+    let allocator: Qcow2Allocator?
+    /// Metadata I/O on the `file` child (it flushes the data file before metadata write-back).
+    let io: Qcow2ChildIO
+    /// Data cluster I/O: the `data-file` child, or `file` without one.
+    let dataIO: Qcow2ChildIO
     private let fileState: ChildStateReference
-    private let backing: NodeHandle?
+    let backing: NodeHandle?
     private let backingSizeBytes: UInt64
+    /// Copied from the metadata so the per-request checks are plain loads.
+    let extendedL2: Bool
+    let hasDataFile: Bool
+    /// The data file must stay a raw image of the guest: zeroes and discards reach it too.
+    private let rawDataFile: Bool
     /// Cluster-sized buffers for L2 tables read on a miss and for copy-on-write. Requests
     /// interleave on this actor while one waits for the file, so each borrows its own buffer.
-    private let clusterPool: BounceBufferPool
+    let clusterPool: BounceBufferPool
     /// Made on the first compressed cluster: 2 clusters of compressed input (the most an L2 entry
     /// can describe), then one of output.
     private var compressedPool: BounceBufferPool?
@@ -34,14 +46,21 @@ actor Qcow2NodeInstance: BlockNode {
     /// Arrays for the old L2 entries an allocating write replaces, reused so that allocating
     /// writes do not allocate them each time.
     private var replacedPool: [[UInt64]] = []
+    private var zstdDecompressor: Qcow2ZstdDecompressor?
+    private var zstdCompressor: Qcow2ZstdCompressor?
 
     init(metadata: Qcow2Metadata, allocator: Qcow2Allocator?, file: any BlockNode, fileState: ChildStateReference,
-         backing: (any BlockNode)?, backingSizeBytes: UInt64, queue: QueueContext) {
+         dataFile: (any BlockNode)?, backing: (any BlockNode)?, backingSizeBytes: UInt64, queue: QueueContext) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.executor = queue.executor
         self.metadata = metadata
         self.allocator = allocator
-        self.io = Qcow2ChildIO(file: NodeHandle(file))
+        let dataHandle = dataFile.map { NodeHandle($0) }
+        self.io = Qcow2ChildIO(file: NodeHandle(file), dataFile: dataHandle)
+        self.dataIO = Qcow2ChildIO(file: dataHandle ?? NodeHandle(file))
+        extendedL2 = metadata.extendedL2
+        hasDataFile = metadata.hasDataFile
+        rawDataFile = metadata.header.hasRawDataFile
         self.fileState = fileState
         self.backing = backing.map { NodeHandle($0) }
         self.backingSizeBytes = backingSizeBytes
@@ -93,12 +112,15 @@ actor Qcow2NodeInstance: BlockNode {
             let (l1Index, l2Index, inCluster) = metadata.locate(guestOffset)
             let chunk = min(length - done, metadata.clusterSize - inCluster)
             let entry: UInt64
+            let bitmap: UInt64
             switch await l2Entry(l1Index: l1Index, l2Index: l2Index) {
-            case .success(let value): entry = value
+            case .success(let value): (entry, bitmap) = value
             case .failure(let error): return error.status
             }
+            // With subclusters, only writes whose every subcluster is allocated overwrite in place.
             if entry & Qcow2ClusterMapping.copiedFlag != 0,
-               case .normal(let hostCluster) = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
+               case .normal(let hostCluster) = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile),
+               !extendedL2 || Qcow2SubclusterBitmap(bitmap).allowsOverwrite(inCluster: inCluster, length: chunk, subclusterBits: metadata.subclusterBits) {
                 let host = hostCluster + UInt64(inCluster)
                 if runLength > 0 && runStart + runLength == done && runHost + UInt64(runLength) == host {
                     runLength += chunk
@@ -128,7 +150,7 @@ actor Qcow2NodeInstance: BlockNode {
 
     private func writeFile(from source: UnsafeRawPointer, length: Int, at offset: UInt64, flags: RequestFlags) async -> IOStatus {
         do {
-            try await io.write(from: source, length: length, at: offset, flags: flags)
+            try await dataIO.write(from: source, length: length, at: offset, flags: flags)
             return .ok
         } catch {
             return error.status
@@ -152,6 +174,18 @@ actor Qcow2NodeInstance: BlockNode {
         guard !allocator.isCorrupt else {
             allocator.lock.unlock()
             return .failure(.corrupt)
+        }
+        if extendedL2 {
+            // Subcluster allocation works a cluster at a time with the lock held throughout.
+            defer { allocator.lock.unlock() }
+            do {
+                let written = try await allocateSubclustersAndWrite(allocator, from: source, length: length, at: offset)
+                if fua && written > 0 { try await allocator.flush(io: io) }
+                return .success(written)
+            } catch {
+                if allocator.isCorrupt { await allocator.markCorrupt(io: io) }
+                return .failure(error)
+            }
         }
         let plan: Qcow2AllocationPlan
         do {
@@ -223,7 +257,7 @@ actor Qcow2NodeInstance: BlockNode {
             if !replaced.isEmpty && allocator.isInFlight(guestCluster: firstGuestCluster + UInt64(replaced.count)) { break }
             let entry = try await allocator.tableWord(table, index: l2Index + replaced.count, io: io)
             if entry & Qcow2ClusterMapping.copiedFlag != 0,
-               case .normal = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) { break }
+               case .normal = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile) { break }
             replaced.append(entry)
             covered += min(length - covered, clusterSize - (replaced.count == 1 ? inCluster : 0))
         }
@@ -232,12 +266,11 @@ actor Qcow2NodeInstance: BlockNode {
             return .ownedAlready
         }
         let neverUsedFrom = allocator.refcounts.endCluster
-        let hostCluster = try await allocator.refcounts.allocate(replaced.count, io: io)
-        let hostBase = hostCluster << UInt64(metadata.clusterBits)
-        try allocator.checkOverlap(offset: hostBase, length: replaced.count * clusterSize, kind: .data)
+        let hostBase = try await allocateHostClusters(allocator, count: replaced.count, guestCluster: firstGuestCluster << UInt64(metadata.clusterBits))
         // Clusters never used before read as zeros once the file reaches past them, so their
-        // copy-on-write of zeros can be skipped (`writeMerged`).
-        let fresh = hostCluster >= neverUsedFrom
+        // copy-on-write of zeros can be skipped (`writeMerged`). Not so in a data file, whose
+        // clusters sit at their guest offsets and may hold old data.
+        let fresh = !hasDataFile && hostBase >> UInt64(metadata.clusterBits) >= neverUsedFrom
             ? await allocator.extendFile(toCover: hostBase + UInt64(replaced.count * clusterSize), fileSize: fileState.current.sizeBytes, io: io)
             : false
         allocator.startAllocation(ofGuestClusters: firstGuestCluster, count: replaced.count)
@@ -267,7 +300,7 @@ actor Qcow2NodeInstance: BlockNode {
         let lastWhole = endInLast == clusterSize ? count : count - 1
         if lastWhole > firstWhole {
             let bytes = (lastWhole - firstWhole) * clusterSize
-            try await io.write(from: source + consumed, length: bytes, at: plan.hostBase + UInt64(firstWhole * clusterSize))
+            try await dataIO.write(from: source + consumed, length: bytes, at: plan.hostBase + UInt64(firstWhole * clusterSize))
             consumed += bytes
         }
         if lastWhole < count && count > firstWhole {
@@ -284,14 +317,24 @@ actor Qcow2NodeInstance: BlockNode {
     private func writeMerged(from source: UnsafeRawPointer, length: Int, inCluster: Int, oldEntry: UInt64,
                              guestCluster: UInt64, host: UInt64, fresh: Bool) async throws(Qcow2Failure) {
         if fresh, readsAsZeros(oldEntry) {
-            try await io.write(from: source, length: length, at: host + UInt64(inCluster))
+            try await dataIO.write(from: source, length: length, at: host + UInt64(inCluster))
             return
         }
         let buffer = clusterPool.take()
         defer { clusterPool.give(buffer) }
         try await readOldContents(into: buffer.base, entry: oldEntry, guestCluster: guestCluster)
         (buffer.base + inCluster).copyMemory(from: source, byteCount: length)
-        try await io.write(from: buffer.base, length: metadata.clusterSize, at: host)
+        try await dataIO.write(from: buffer.base, length: metadata.clusterSize, at: host)
+    }
+
+    /// Host clusters for `count` guest clusters from `guestCluster`: with an external data file
+    /// the guest offset itself (QEMU's do_alloc_cluster_offset; no refcounts there, and a raw
+    /// data file stays a raw image), otherwise newly counted clusters of the image file.
+    func allocateHostClusters(_ allocator: Qcow2Allocator, count: Int, guestCluster: UInt64) async throws(Qcow2Failure) -> UInt64 {
+        if hasDataFile { return guestCluster }
+        let host = try await allocator.refcounts.allocate(count, io: io) << UInt64(metadata.clusterBits)
+        try allocator.checkOverlap(offset: host, length: count * metadata.clusterSize, kind: .data)
+        return host
     }
 
     /// Whether a cluster mapped by `entry` reads as zeros without reading anything.
@@ -307,14 +350,14 @@ actor Qcow2NodeInstance: BlockNode {
     private func readOldContents(into base: UnsafeMutableRawPointer, entry: UInt64, guestCluster: UInt64) async throws(Qcow2Failure) {
         let clusterSize = metadata.clusterSize
         let status: IOStatus
-        switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits) {
+        switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile) {
         case .unallocated:
             status = await readBacking(into: base, length: clusterSize, at: guestCluster)
         case .zero:
             base.initializeMemory(as: UInt8.self, repeating: 0, count: clusterSize)
             status = .ok
         case .normal(let host):
-            status = await readFile(into: base, length: clusterSize, at: host)
+            status = await readData(into: base, length: clusterSize, at: host)
         case .compressed(let host, let bytes):
             status = await readCompressed(into: base, length: clusterSize, inCluster: 0, hostOffset: host, compressedBytes: bytes)
         case .corrupt:
@@ -336,8 +379,8 @@ actor Qcow2NodeInstance: BlockNode {
               length == clusterSize || (length < clusterSize && offset + UInt64(length) == metadata.header.sizeBytes) else {
             return .invalid
         }
-        if compressor == nil { compressor = Qcow2Compressor() }
-        guard let compressor else { return .ioError }
+        // Data files hold no compressed clusters (QEMU refuses them too).
+        guard !hasDataFile else { return .notSupported }
         let input: BounceBufferPool.Buffer = clusterPool.take()
         let output: BounceBufferPool.Buffer = clusterPool.take()
         defer {
@@ -347,8 +390,7 @@ actor Qcow2NodeInstance: BlockNode {
         // A short last cluster is compressed as a whole cluster padded with zeros, as QEMU does.
         input.base.copyMemory(from: source, byteCount: length)
         if length < clusterSize { (input.base + length).initializeMemory(as: UInt8.self, repeating: 0, count: clusterSize - length) }
-        guard let compressedBytes = compressor.compress(input: input.base, inputCount: clusterSize, output: output.base,
-                                                        outputCapacity: clusterSize - 1) else {
+        guard let compressedBytes = compress(input.base, clusterSize, into: output.base, capacity: clusterSize - 1) else {
             return await write(from: source, length: length, at: offset, fua: false)
         }
         await allocator.lock.lock()
@@ -382,6 +424,16 @@ actor Qcow2NodeInstance: BlockNode {
         }
     }
 
+    /// Compresses with the image's compression type (header byte 104): zlib or zstd.
+    private func compress(_ input: UnsafeRawPointer, _ count: Int, into output: UnsafeMutableRawPointer, capacity: Int) -> Int? {
+        if metadata.header.compressionType == 1 {
+            if zstdCompressor == nil { zstdCompressor = Qcow2ZstdCompressor() }
+            return zstdCompressor?.compress(input: input, inputCount: count, output: output, outputCapacity: capacity)
+        }
+        if compressor == nil { compressor = Qcow2Compressor() }
+        return compressor?.compress(input: input, inputCount: count, output: output, outputCapacity: capacity)
+    }
+
     // MARK: Write zeroes, discard, flush
 
     /// Whole clusters become zero clusters (v3) or unallocated ones (discard, or zeroes in a v2
@@ -400,14 +452,27 @@ actor Qcow2NodeInstance: BlockNode {
         let hasZeroFlag = metadata.header.version >= 3
         // Without a zero flag, zeros survive deallocation only where no backing file shows through.
         let canDeallocate = isDiscard || hasZeroFlag || backing == nil
+        if rawDataFile {
+            // The raw data file must read as the guest does: zero it first, as QEMU's
+            // qcow2_subcluster_zeroize (a discard only changes whole clusters).
+            let zeroStart = isDiscard ? firstWhole : start
+            let zeroEnd = min(isDiscard ? lastWhole : end, size)
+            if zeroEnd > zeroStart {
+                do {
+                    try await dataIO.writeZeroes(length: Int(zeroEnd - zeroStart), at: zeroStart)
+                } catch {
+                    return error.status
+                }
+            }
+        }
         if !isDiscard {
             let headEnd = min(firstWhole, end)
             if headEnd > start {
-                let status = await writeZeros(length: Int(headEnd - start), at: start)
+                let status = await zeroPart(from: start, to: headEnd)
                 guard status.isOK else { return status }
             }
             if lastWhole >= firstWhole && end > lastWhole && firstWhole < end {
-                let status = await writeZeros(length: Int(end - lastWhole), at: lastWhole)
+                let status = await zeroPart(from: lastWhole, to: end)
                 guard status.isOK else { return status }
             }
             if !canDeallocate && lastWhole > firstWhole {
@@ -439,6 +504,12 @@ actor Qcow2NodeInstance: BlockNode {
                     continue
                 }
                 let table = try await allocator.writableTable(l1Index: l1Index, io: io)
+                if extendedL2 {
+                    try await replaceExtendedEntries(allocator, table: table, indices: l2Index..<l2Index + Int(inTable),
+                                                     discard: isDiscard, mayUnmap: request.flags.contains(.mayUnmap))
+                    cluster += inTable * clusterSize
+                    continue
+                }
                 for index in l2Index..<l2Index + Int(inTable) {
                     let old = try await allocator.tableWord(table, index: index, io: io)
                     let new = replacement(for: old, discard: isDiscard, mayUnmap: request.flags.contains(.mayUnmap))
@@ -464,7 +535,7 @@ actor Qcow2NodeInstance: BlockNode {
     /// cluster without a backing file changes nothing.
     private func replacement(for old: UInt64, discard: Bool, mayUnmap: Bool) -> UInt64 {
         let hasZeroFlag = metadata.header.version >= 3
-        let mapping = Qcow2ClusterMapping(l2Entry: old, clusterBits: metadata.clusterBits)
+        let mapping = Qcow2ClusterMapping(l2Entry: old, clusterBits: metadata.clusterBits, dataFile: hasDataFile)
         if mapping == .unallocated && backing == nil { return old }
         if discard {
             return hasZeroFlag ? Qcow2ClusterMapping.zeroFlag : 0
@@ -477,8 +548,15 @@ actor Qcow2NodeInstance: BlockNode {
         return Qcow2ClusterMapping.zeroFlag
     }
 
+    /// Zeros for part of one cluster: whole subclusters become zero subclusters with extended
+    /// L2 entries, the rest is written as data.
+    private func zeroPart(from start: UInt64, to end: UInt64) async -> IOStatus {
+        if extendedL2 { return await zeroSubclusters(from: start, to: end) }
+        return await writeZeros(length: Int(end - start), at: start)
+    }
+
     /// Zeros written as data, a cluster-sized zero buffer at a time.
-    private func writeZeros(length: Int, at offset: UInt64) async -> IOStatus {
+    func writeZeros(length: Int, at offset: UInt64) async -> IOStatus {
         let buffer = clusterPool.take()
         defer { clusterPool.give(buffer) }
         buffer.base.initializeMemory(as: UInt8.self, repeating: 0, count: metadata.clusterSize)
@@ -520,11 +598,20 @@ actor Qcow2NodeInstance: BlockNode {
         while done < length {
             let guestOffset = offset + UInt64(done)
             let (l1Index, l2Index, inCluster) = metadata.locate(guestOffset)
-            let chunk = min(length - done, metadata.clusterSize - inCluster)
-            let mapping: Qcow2ClusterMapping
+            var chunk = min(length - done, metadata.clusterSize - inCluster)
+            var mapping: Qcow2ClusterMapping
+            let bitmap: UInt64
             switch await l2Entry(l1Index: l1Index, l2Index: l2Index) {
-            case .success(let entry): mapping = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits)
+            case .success(let (entry, bits)):
+                mapping = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile)
+                bitmap = bits
             case .failure(let error): return error.status
+            }
+            if extendedL2 {
+                // The run of subclusters from here that read alike.
+                guard let run = Qcow2SubclusterBitmap(bitmap).mapping(of: mapping, inCluster: inCluster, length: chunk,
+                                                                      subclusterBits: metadata.subclusterBits) else { return .ioError }
+                (mapping, chunk) = run
             }
             switch mapping {
             case .normal(let hostCluster):
@@ -534,7 +621,7 @@ actor Qcow2NodeInstance: BlockNode {
                     runLength += chunk
                 } else {
                     if runLength > 0 {
-                        let status = await readFile(into: base + runStart, length: runLength, at: runHost)
+                        let status = await readData(into: base + runStart, length: runLength, at: runHost)
                         guard status.isOK else { return status }
                     }
                     (runHost, runStart, runLength) = (host, done, chunk)
@@ -553,22 +640,34 @@ actor Qcow2NodeInstance: BlockNode {
             }
             done += chunk
         }
-        if runLength > 0 { return await readFile(into: base + runStart, length: runLength, at: runHost) }
+        if runLength > 0 { return await readData(into: base + runStart, length: runLength, at: runHost) }
         return .ok
     }
 
-    /// The L2 entry for a guest cluster: 0 (unallocated) when its L1 entry is empty, from the
-    /// cache, or read from the file on a miss.
-    private func l2Entry(l1Index: Int, l2Index: Int) async -> Result<UInt64, Qcow2Failure> {
+    /// The L2 entry for a guest cluster and its subcluster bitmap (0 without extended L2
+    /// entries): (0, 0) (unallocated) when its L1 entry is empty, from the cache, or read from the
+    /// file on a miss. With subclusters, bit 0 of the entry is reserved (no zero flag): dropped.
+    func l2Entry(l1Index: Int, l2Index: Int) async -> Result<(UInt64, UInt64), Qcow2Failure> {
         let tableOffset = metadata.l1[l1Index] & Qcow2ClusterMapping.offsetMask
-        if tableOffset == 0 { return .success(0) }
+        if tableOffset == 0 { return .success((0, 0)) }
         // The slot this instance last found the table in: checked without a lock.
         let memo = Int(truncatingIfNeeded: tableOffset >> UInt64(metadata.clusterBits)) & (Self.slotMemoSize - 1)
         let slot = slotMemo[memo]
-        if slot >= 0, let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index, slot: slot) { return .success(entry) }
-        if let (entry, slot) = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index) {
-            slotMemo[memo] = slot
-            return .success(entry)
+        if extendedL2 {
+            // With subclusters, bit 0 of the entry is reserved (no zero flag): dropped.
+            if slot >= 0, let (entry, bitmap) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * l2Index, slot: slot) {
+                return .success((entry & ~Qcow2ClusterMapping.zeroFlag, bitmap))
+            }
+            if let (entry, bitmap, slot) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * l2Index) {
+                slotMemo[memo] = slot
+                return .success((entry & ~Qcow2ClusterMapping.zeroFlag, bitmap))
+            }
+        } else {
+            if slot >= 0, let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index, slot: slot) { return .success((entry, 0)) }
+            if let (entry, slot) = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index) {
+                slotMemo[memo] = slot
+                return .success((entry, 0))
+            }
         }
         let clusterSize = UInt64(metadata.clusterSize)
         let fileSizeBytes = fileState.current.sizeBytes
@@ -581,16 +680,27 @@ actor Qcow2NodeInstance: BlockNode {
         let status = await readFile(into: buffer.base, length: metadata.clusterSize, at: tableOffset)
         guard status.isOK else { return .failure(Qcow2Failure(status: status)) }
         metadata.l2Cache.insert(tableOffset: tableOffset, from: buffer.base)
-        return .success(UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: l2Index * 8, as: UInt64.self)))
+        let word = metadata.l2EntryWords * l2Index
+        let entry = UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: word * 8, as: UInt64.self))
+        guard extendedL2 else { return .success((entry, 0)) }
+        return .success((entry & ~Qcow2ClusterMapping.zeroFlag,
+                         UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: word * 8 + 8, as: UInt64.self))))
     }
 
+    /// Metadata (L2 tables, compressed clusters) from the `file` child.
     private func readFile(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
         await io.file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                             buffer: IOBuffer(base: base, count: length)))
     }
 
+    /// Data clusters, from the data file when the image has one.
+    func readData(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+        await dataIO.file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+                                                buffer: IOBuffer(base: base, count: length)))
+    }
+
     /// Guest bytes no cluster of this image holds: the backing node's up to its end, zeros past it.
-    private func readBacking(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+    func readBacking(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
         let available = offset < backingSizeBytes ? Int(min(UInt64(length), backingSizeBytes - offset)) : 0
         if let backing, available > 0 {
             let status = await backing.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: available,
@@ -606,13 +716,13 @@ actor Qcow2NodeInstance: BlockNode {
 
     /// Reads a compressed cluster's deflate data (clipped at the end of the file, the rest zero,
     /// as QEMU reads it) and inflates the whole cluster, then copies out the requested part.
-    private func readCompressed(into base: UnsafeMutableRawPointer, length: Int, inCluster: Int,
-                                hostOffset: UInt64, compressedBytes: Int) async -> IOStatus {
+    func readCompressed(into base: UnsafeMutableRawPointer, length: Int, inCluster: Int,
+                        hostOffset: UInt64, compressedBytes: Int) async -> IOStatus {
         let clusterSize = metadata.clusterSize
         let fileSizeBytes = fileState.current.sizeBytes
-        guard hostOffset >= UInt64(clusterSize), hostOffset < fileSizeBytes, compressedBytes <= 2 * clusterSize else { return .ioError }
-        if decompressor == nil { decompressor = Qcow2Decompressor() }
-        guard let decompressor else { return .ioError }
+        // QEMU calls a compressed cluster in an image with a data file corruption.
+        guard !hasDataFile, hostOffset >= UInt64(clusterSize), hostOffset < fileSizeBytes,
+              compressedBytes <= 2 * clusterSize else { return .ioError }
         let pool: BounceBufferPool
         if let compressedPool {
             pool = compressedPool
@@ -626,10 +736,22 @@ actor Qcow2NodeInstance: BlockNode {
         let status = await readFile(into: buffer.base, length: inputCount, at: hostOffset)
         guard status.isOK else { return status }
         let output = buffer.base + 2 * clusterSize
-        guard decompressor.inflate(input: buffer.base, inputCount: inputCount, output: output, outputCount: clusterSize) else {
+        guard decompress(input: buffer.base, inputCount: inputCount, output: output, outputCount: clusterSize) else {
             return .ioError
         }
         base.copyMemory(from: output + inCluster, byteCount: length)
         return .ok
+    }
+
+    /// One cluster from its compressed data, with the image's compression type (header byte 104).
+    private func decompress(input: UnsafeMutableRawPointer, inputCount: Int, output: UnsafeMutableRawPointer, outputCount: Int) -> Bool {
+        if metadata.header.compressionType == 1 {
+            if zstdDecompressor == nil { zstdDecompressor = Qcow2ZstdDecompressor() }
+            guard let zstdDecompressor else { return false }
+            return zstdDecompressor.decompress(input: input, inputCount: inputCount, output: output, outputCount: outputCount)
+        }
+        if decompressor == nil { decompressor = Qcow2Decompressor() }
+        guard let decompressor else { return false }
+        return decompressor.inflate(input: input, inputCount: inputCount, output: output, outputCount: outputCount)
     }
 }

@@ -3,6 +3,7 @@ import StrataGraph
 /// What qemu-img map and convert ask of a qcow2 layer: per cluster, from the L2 entries. Runs of
 /// clusters with the same status (and, for data, contiguous in the file) form one extent, at most
 /// one L2 table long. Unallocated clusters are left to the caller, who asks the backing chain.
+/// With extended L2 entries the status is per run of like subclusters.
 extension Qcow2NodeState: BlockStatusQuerying {
     public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
         let size = metadata.header.sizeBytes
@@ -19,16 +20,31 @@ extension Qcow2NodeState: BlockStatusQuerying {
         }
         var first: BlockStatusExtent?
         var cursor = offsetBytes
-        var index = firstIndex
+        let firstCluster = offsetBytes - UInt64(inCluster)
         while cursor < limit {
-            let entry: UInt64
+            let index = firstIndex + Int((cursor - firstCluster) / clusterSize)
+            var entry: UInt64
+            var bitmap: UInt64 = 0
             do {
-                entry = try await controlIO.l2Entry(metadata, tableOffset: tableOffset, index: index)
+                entry = try await controlIO.l2Entry(metadata, tableOffset: tableOffset, index: index * metadata.l2EntryWords)
+                if metadata.extendedL2 {
+                    bitmap = try await controlIO.l2Entry(metadata, tableOffset: tableOffset, index: index * 2 + 1)
+                    entry &= ~Qcow2ClusterMapping.zeroFlag
+                }
             } catch {
                 throw GraphError.openFailed(node: configuration.file.nodeName, reason: "qcow2: could not read the L2 table at \(tableOffset): \(error.status)")
             }
-            let chunk = min(limit - cursor, clusterSize - cursor % clusterSize)
-            let status = Self.status(of: entry, clusterBits: metadata.clusterBits, inCluster: cursor % clusterSize, length: chunk)
+            var chunk = min(limit - cursor, clusterSize - cursor % clusterSize)
+            var mapping = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: metadata.hasDataFile)
+            if metadata.extendedL2 {
+                guard let run = Qcow2SubclusterBitmap(bitmap).mapping(of: mapping, inCluster: Int(cursor % clusterSize), length: Int(chunk),
+                                                                      subclusterBits: metadata.subclusterBits) else {
+                    throw GraphError.openFailed(node: configuration.file.nodeName, reason: "qcow2: L2 entry \(index) of the table at \(tableOffset) has a corrupt subcluster bitmap")
+                }
+                mapping = run.mapping
+                chunk = UInt64(run.bytes)
+            }
+            let status = Self.status(of: mapping, entry: entry, inCluster: cursor % clusterSize, length: chunk)
             if var extent = first {
                 let contiguous = extent.hostOffset.map { status.hostOffset == $0 + extent.lengthBytes } ?? (status.hostOffset == nil)
                 guard status.isData == extent.isData, status.isZero == extent.isZero,
@@ -39,13 +55,12 @@ extension Qcow2NodeState: BlockStatusQuerying {
                 first = status
             }
             cursor += chunk
-            index += 1
         }
         return first ?? .opaqueData(lengthBytes: 0)
     }
 
-    private static func status(of entry: UInt64, clusterBits: UInt32, inCluster: UInt64, length: UInt64) -> BlockStatusExtent {
-        switch Qcow2ClusterMapping(l2Entry: entry, clusterBits: clusterBits) {
+    private static func status(of mapping: Qcow2ClusterMapping, entry: UInt64, inCluster: UInt64, length: UInt64) -> BlockStatusExtent {
+        switch mapping {
         case .unallocated:
             return BlockStatusExtent(lengthBytes: length, isData: false, isZero: false, isAllocated: false)
         case .zero:

@@ -23,6 +23,10 @@ extension Qcow2NodeState {
         guard let allocator, !allocator.isCorrupt else {
             throw Qcow2SnapshotError(description: "Could not \(verb) snapshot '\(key)': \(IOStatus.readOnly)")
         }
+        // As QEMU: a snapshot's data would have to live in the data file, which has one copy.
+        guard !metadata.hasDataFile else {
+            throw Qcow2SnapshotError(description: "Could not \(verb) snapshot '\(key)': internal snapshots are not supported with an external data file")
+        }
         do {
             return try await controlIO.snapshotOperation(allocator, operation)
         } catch {

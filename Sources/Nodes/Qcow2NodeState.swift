@@ -10,18 +10,24 @@ public final class Qcow2NodeState: NodeState {
     /// Nil for a read-only node.
     let allocator: Qcow2Allocator?
     let file: ChildStateReference
+    let dataFile: ChildStateReference?
     let backing: ChildStateReference?
     /// The file child's instance on the control executor: reads metadata at open, writes it back
     /// at close.
     let controlIO: Qcow2OpenReader
+    /// The data file child's instance on the control executor: flushed before the metadata at close.
+    let dataControl: Qcow2OpenReader?
 
     init(configuration: Qcow2NodeConfiguration, metadata: Qcow2Metadata, allocator: Qcow2Allocator?,
-         controlIO: Qcow2OpenReader, file: any NodeState, backing: (any NodeState)?) {
+         controlIO: Qcow2OpenReader, dataControl: Qcow2OpenReader?, file: any NodeState, dataFile: (any NodeState)?,
+         backing: (any NodeState)?) {
         self.configuration = configuration
         self.metadata = metadata
         self.allocator = allocator
         self.controlIO = controlIO
+        self.dataControl = dataControl
         self.file = ChildStateReference(file)
+        self.dataFile = dataFile.map { ChildStateReference($0) }
         self.backing = backing.map { ChildStateReference($0) }
     }
 
@@ -49,20 +55,24 @@ public final class Qcow2NodeState: NodeState {
             preconditionFailure("qcow2 instance built without its 'file' child")
         }
         let backingNode = configuration.backing.flatMap { children.child($0.optionKey) }
+        let dataNode = configuration.dataFile.flatMap { children.child($0.optionKey) }
         // The backing size is read once here, not per request: every relink builds new instances.
         return Qcow2NodeInstance(metadata: metadata, allocator: allocator, file: fileNode, fileState: file,
-                                 backing: backingNode, backingSizeBytes: backing?.current.sizeBytes ?? 0, queue: queue)
+                                 dataFile: dataNode, backing: backingNode, backingSizeBytes: backing?.current.sizeBytes ?? 0, queue: queue)
     }
 
     public func relink(children: [ChildLink: any NodeState]) {
         if let state = children.child(configuration.file.optionKey) { file.replace(with: state) }
         if let link = configuration.backing, let state = children.child(link.optionKey) { backing?.replace(with: state) }
+        if let link = configuration.dataFile, let state = children.child(link.optionKey) { dataFile?.replace(with: state) }
     }
 
     /// Writes back what the caches hold, so the image is complete and consistent on disk, and
     /// gives back the zeroed space the allocator extended the file by beyond the last cluster.
     public func close() async {
         guard let allocator, !allocator.isCorrupt else { return }
+        // Data before the metadata that maps it.
+        if let dataControl, (try? await dataControl.flush()) == nil { return }
         do {
             try await controlIO.flush(allocator)
         } catch {

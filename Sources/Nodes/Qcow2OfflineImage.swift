@@ -1,8 +1,8 @@
 import StrataGraph
 
-/// A qcow2 image as the offline tools see it: the validated header (every known feature
-/// accepted), plus what the node does not parse yet: compression type, external data file,
-/// snapshot table and bitmap directory location.
+/// A qcow2 image as the offline tools see it: the validated header, plus what the node does not
+/// need at open: compression type and data file name as plain fields, the snapshot table and the
+/// bitmap directory location.
 public struct Qcow2OfflineImage: Sendable {
     let header: Qcow2Header
     public let fileSize: UInt64
@@ -39,7 +39,7 @@ public struct Qcow2OfflineImage: Sendable {
             // Only the first cluster holds the header; a short file is parsed as far as it goes.
             let clusterBits = first.count >= 24 ? first.loadBE32(at: 20) : 0
             let clusterBytes = (9...21).contains(clusterBits) ? min(first.count, 1 << Int(clusterBits)) : first.count
-            header = try Qcow2Header(parsing: Array(first[0..<clusterBytes]), fileSize: fileSize, node: name, offline: true)
+            header = try Qcow2Header(parsing: Array(first[0..<clusterBytes]), fileSize: fileSize, node: name)
         } catch {
             if case .openFailed(_, let reason) = error { throw Qcow2ImageError("Could not open '\(name)': \(reason)") }
             throw Qcow2ImageError("Could not open '\(name)': \(error)")

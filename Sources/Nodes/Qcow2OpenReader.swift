@@ -68,7 +68,7 @@ actor Qcow2OpenReader {
 }
 
 extension Qcow2OpenReader {
-    /// Entry `index` of the L2 table at `tableOffset`, from the node's cache or read through the
+    /// Word `index` of the L2 table at `tableOffset` (an entry, or an extended entry's bitmap), from the node's cache or read through the
     /// child (and cached) on a miss: for control-path queries such as block status.
     func l2Entry(_ metadata: Qcow2Metadata, tableOffset: UInt64, index: Int) async throws(Qcow2Failure) -> UInt64 {
         if let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: index)?.word { return entry }

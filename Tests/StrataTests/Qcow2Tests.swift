@@ -305,12 +305,12 @@ import Testing
                 try self.patch($0, at: featureTable + 8 + 1, 21, bytes: 1)
                 try self.patch($0, at: 72, 1 << 21, bytes: 8)
             }, "Unsupported incompatible features: bit 21 (dirty bit)"),
-            ("external data file", { try self.patch($0, at: 72, 1 << 2, bytes: 8) }, "external data files are not supported"),
-            ("extended L2", { try self.patch($0, at: 72, 1 << 4, bytes: 8) }, "extended L2 entries (subclusters) are not supported"),
-            ("zstd", {
+            ("external data file not given", { try self.patch($0, at: 72, 1 << 2, bytes: 8) }, "give 'data-file'"),
+            ("data-file-raw without a data file", { try self.patch($0, at: 88, 1 << 1, bytes: 8) }, "data-file-raw requires a data file"),
+            ("unknown compression type", {
                 try self.patch($0, at: 72, 1 << 3, bytes: 8)
-                try self.patch($0, at: 104, 1, bytes: 1)
-            }, "zstd compression is not supported"),
+                try self.patch($0, at: 104, 2, bytes: 1)
+            }, "unknown compression type 2"),
             ("refcount_order 7", { try self.patch($0, at: 96, 7, bytes: 4) }, "field 'refcount_order' is 7"),
             ("header_length", { try self.patch($0, at: 100, 1 << 20, bytes: 4) }, "field 'header_length' (1048576) exceeds"),
             ("extension length past the end", { try self.patch($0, at: featureTable + 4, 0x00ff_fff0, bytes: 4) }, "has length 16777200, past the end of the header area"),

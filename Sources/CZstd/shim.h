@@ -1,0 +1,2 @@
+// The system libzstd, for qcow2's zstd-compressed clusters (compression type 1).
+#include <zstd.h>

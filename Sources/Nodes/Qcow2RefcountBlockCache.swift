@@ -1,13 +1,12 @@
 import CStrataShim
 
 /// Refcount blocks of one qcow2 node, cached as stored on disk and touched only under the node's
-/// allocation lock (so no lock of its own). Entries are `1 << order` bits wide: sub-byte widths
-/// packed from the least significant bit, wider ones big-endian (QEMU's get_refcount_ro*).
+/// allocation lock (so no lock of its own). Entries are read and written by `Qcow2RefcountCodec`.
 final class Qcow2RefcountBlockCache {
     let capacity: Int
     let blockBytes: Int
-    let order: UInt32
-    var maxRefcount: UInt64 { order == 6 ? .max : (UInt64(1) << (UInt64(1) << UInt64(order))) - 1 }
+    let codec: Qcow2RefcountCodec
+    var maxRefcount: UInt64 { codec.maxRefcount }
 
     private let storage: UnsafeMutableRawPointer
     private var slotOfOffset: [UInt64: Int] = [:]
@@ -20,7 +19,7 @@ final class Qcow2RefcountBlockCache {
     init(capacity: Int, blockBytes: Int, order: UInt32) {
         self.capacity = max(1, capacity)
         self.blockBytes = blockBytes
-        self.order = order
+        codec = Qcow2RefcountCodec(order: order)
         guard let memory = strata_alloc_aligned(self.capacity * blockBytes, 4096, -1) else {
             fatalError("out of memory allocating a refcount block cache")
         }
@@ -70,43 +69,12 @@ final class Qcow2RefcountBlockCache {
     }
 
     func get(slot: Int, index: Int) -> UInt64 {
-        Self.get(block(slot), order: order, index: index)
+        codec.get(block: UnsafeRawBufferPointer(start: block(slot), count: blockBytes), index: index)
     }
 
     func set(slot: Int, index: Int, value: UInt64) {
-        Self.set(block(slot), order: order, index: index, value: value)
+        codec.set(block: UnsafeMutableRawBufferPointer(start: block(slot), count: blockBytes), index: index, value: value)
         dirty[slot] = true
-    }
-
-    /// Entry `index` of the refcount block at `memory` with `1 << order`-bit entries.
-    static func get(_ memory: UnsafeRawPointer, order: UInt32, index: Int) -> UInt64 {
-        switch order {
-        case 0, 1, 2:
-            let width = 1 << Int(order)
-            let bit = index * width
-            let byte = memory.load(fromByteOffset: bit / 8, as: UInt8.self)
-            return UInt64(byte >> UInt8(bit % 8)) & ((1 << UInt64(width)) - 1)
-        case 3: return UInt64(memory.load(fromByteOffset: index, as: UInt8.self))
-        case 4: return UInt64(UInt16(bigEndian: memory.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self)))
-        case 5: return UInt64(UInt32(bigEndian: memory.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)))
-        default: return UInt64(bigEndian: memory.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
-        }
-    }
-
-    static func set(_ memory: UnsafeMutableRawPointer, order: UInt32, index: Int, value: UInt64) {
-        switch order {
-        case 0, 1, 2:
-            let width = 1 << Int(order)
-            let bit = index * width
-            let mask = UInt8(truncatingIfNeeded: ((1 << width) - 1) << (bit % 8))
-            let old = memory.load(fromByteOffset: bit / 8, as: UInt8.self)
-            let new = (old & ~mask) | (UInt8(truncatingIfNeeded: value << UInt64(bit % 8)) & mask)
-            memory.storeBytes(of: new, toByteOffset: bit / 8, as: UInt8.self)
-        case 3: memory.storeBytes(of: UInt8(truncatingIfNeeded: value), toByteOffset: index, as: UInt8.self)
-        case 4: memory.storeBytes(of: UInt16(truncatingIfNeeded: value).bigEndian, toByteOffset: index * 2, as: UInt16.self)
-        case 5: memory.storeBytes(of: UInt32(truncatingIfNeeded: value).bigEndian, toByteOffset: index * 4, as: UInt32.self)
-        default: memory.storeBytes(of: value.bigEndian, toByteOffset: index * 8, as: UInt64.self)
-        }
     }
 
     /// Dirty blocks as (offset, memory); the memory stays valid until the cache changes.

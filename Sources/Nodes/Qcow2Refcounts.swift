@@ -240,7 +240,8 @@ final class Qcow2Refcounts {
             let index = cluster >> UInt64(blockEntryBits)
             if let position = uncovered.firstIndex(of: index) {
                 let entry = Int(cluster & ((1 << UInt64(blockEntryBits)) - 1))
-                Qcow2RefcountBlockCache.set(blockMemory + position * clusterSize, order: cache.order, index: entry, value: 1)
+                cache.codec.set(block: UnsafeMutableRawBufferPointer(start: blockMemory + position * clusterSize, count: clusterSize),
+                                index: entry, value: 1)
             } else {
                 try await adjustCovered(cluster, by: 1, io: io)
             }

@@ -90,34 +90,11 @@ import Testing
         }
     }
 
-    /// `qemu-img check` finds nothing and the image holds `expected`.
-    private func verify(_ image: String, _ expected: [UInt8], _ label: String) async throws {
-        let check = try await tool("qemu-img", ["check", "-f", "qcow2", image])
-        #expect(check.status == 0 && check.output.contains("No errors were found"), "\(label): qemu-img check: \(check.output)")
-        let raw = image + ".expected"
-        try Data(expected).write(to: URL(fileURLWithPath: raw))
-        let compare = try await tool("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", raw, image])
-        #expect(compare.status == 0, "\(label): qemu-img compare: \(compare.output)")
-    }
-
-    /// A seeded generator (SplitMix64), so a failing workload can be replayed.
-    private struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     /// Random writes (half of them around a subcluster or two), write-zeroes, discards and flushes
     /// on `node`, applied to `model` as qcow2 v3 defines them: a discard zeroes whole clusters.
     private func randomWorkload(_ harness: NodeTestHarness, node: any BlockNode, model: inout [UInt8], clusterSize: Int,
                                 seed: UInt64, operations: Int) async throws {
-        var random = Random(state: seed)
+        var random = SeededRandom(state: seed)
         let size = model.count
         let subcluster = clusterSize / 32
         for step in 0..<operations {
@@ -216,7 +193,7 @@ import Testing
         try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: clusterSize,
                                  seed: UInt64(clusterSize) ^ (withBacking ? 0xb4c : 0x5eed), operations: 300)
         await stack.close()
-        try await verify(image, model, "extended L2, cluster \(clusterSize), backing \(withBacking)")
+        try await QemuJudge.expectCleanAndEqual(image, model, "extended L2, cluster \(clusterSize), backing \(withBacking)")
         // Strata reads back what it wrote, through a fresh node.
         let reopened = try await open(harness, image, backing: withBacking ? base : nil, readOnly: true)
         try await expectSameAsQemu(harness, reopened, image: image, "reopened")
@@ -238,9 +215,9 @@ import Testing
         let stack = try await open(harness, image)
         try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: 65536, seed: 4243, operations: 150)
         await stack.close()
-        try await verify(image, model, "after writes")
+        try await QemuJudge.expectCleanAndEqual(image, model, "after writes")
         try await require("qemu-img", ["snapshot", "-a", "before", image])
-        try await verify(image, before, "snapshot applied")
+        try await QemuJudge.expectCleanAndEqual(image, before, "snapshot applied")
     }
 
     /// Two queues write interleaved subclusters of the same clusters at once: each write either
@@ -287,7 +264,7 @@ import Testing
         await stack.close()
         var model = [UInt8](repeating: 0, count: size)
         for index in 0..<blocks { for byte in index * block..<(index + 1) * block { model[byte] = UInt8(1 + index % 250) } }
-        try await verify(image, model, "two queues")
+        try await QemuJudge.expectCleanAndEqual(image, model, "two queues")
         let check = try await tool("qemu-img", ["check", "--output=json", image])
         #expect(check.output.contains("\"allocated-clusters\": 64"), "\(check.output)")
     }
@@ -333,7 +310,7 @@ import Testing
                                  seed: (raw ? 0xd47a : 0xd47b) ^ (extendedL2 ? 0x100 : 0), operations: 250)
         await stack.close()
         let label = "data file raw \(raw) extended L2 \(extendedL2)"
-        try await verify(image, model, label)
+        try await QemuJudge.expectCleanAndEqual(image, model, label)
         if raw {
             // The data file alone is the guest's disk.
             var contents = Array(try Data(contentsOf: URL(fileURLWithPath: data)))
@@ -355,7 +332,7 @@ import Testing
         let size = 2 << 20
         var model = [UInt8](repeating: 0, count: size)
         // Compressible text-like data, incompressible noise, and zeros.
-        var random = Random(state: 0x2571)
+        var random = SeededRandom(state: 0x2571)
         for index in 0..<size {
             switch (index / 8192) % 4 {
             case 0: model[index] = UInt8(truncatingIfNeeded: index % 97 + 32)
@@ -378,7 +355,7 @@ import Testing
         let stack = try await open(harness, image)
         try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: clusterSize, seed: 0x25d, operations: 120)
         await stack.close()
-        try await verify(image, model, "zstd cluster \(clusterSize) after writes")
+        try await QemuJudge.expectCleanAndEqual(image, model, "zstd cluster \(clusterSize) after writes")
     }
 
     /// The compressor's frames are standard zstd (the zstd tool decodes them) and decompress back
@@ -411,7 +388,7 @@ import Testing
         #expect(decoded.elementsEqual(UnsafeRawBufferPointer(start: input, count: clusterSize)))
 
         // Noise does not compress into less than the cluster.
-        var random = Random(state: 9)
+        var random = SeededRandom(state: 9)
         for index in stride(from: 0, to: clusterSize, by: 8) { input.storeBytes(of: random.next(), toByteOffset: index, as: UInt64.self) }
         #expect(compressor.compress(input: input, inputCount: clusterSize, output: output, outputCapacity: clusterSize - 512) == nil)
     }

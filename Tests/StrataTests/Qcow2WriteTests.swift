@@ -61,33 +61,10 @@ import Testing
         return stack.qcow2.makeInstance(queue: context, children: nodes)
     }
 
-    /// `qemu-img check` finds nothing and the image holds `expected`.
-    private func verify(_ harness: NodeTestHarness, _ image: String, _ expected: [UInt8], _ label: String) async throws {
-        let check = try await tool("qemu-img", ["check", "-f", "qcow2", image])
-        #expect(check.status == 0 && check.output.contains("No errors were found"), "\(label): qemu-img check: \(check.output)")
-        let raw = image + ".expected"
-        try Data(expected).write(to: URL(fileURLWithPath: raw))
-        let compare = try await tool("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", raw, image])
-        #expect(compare.status == 0, "\(label): qemu-img compare: \(compare.output)")
-    }
-
-    /// A seeded generator (SplitMix64), so a failing workload can be replayed.
-    private struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     /// Runs `operations` random requests on `node` and applies each to `model` as qcow2 defines it.
     private func randomWorkload(_ harness: NodeTestHarness, node: any BlockNode, model: inout [UInt8], backingBytes: [UInt8]?,
                                 clusterSize: Int, version: Int, seed: UInt64, operations: Int) async throws {
-        var random = Random(state: seed)
+        var random = SeededRandom(state: seed)
         let size = model.count
         for step in 0..<operations {
             let kind = random.below(10)
@@ -143,7 +120,7 @@ import Testing
         try await randomWorkload(harness, node: node, model: &model, backingBytes: nil, clusterSize: clusterSize,
                                  version: compat == "1.1" ? 3 : 2, seed: UInt64(clusterSize) ^ 0x5eed, operations: 300)
         await stack.close()
-        try await verify(harness, image, model, "compat \(compat) cluster \(clusterSize) refcount \(refcountBits)")
+        try await QemuJudge.expectCleanAndEqual(image, model, "compat \(compat) cluster \(clusterSize) refcount \(refcountBits)")
     }
 
     @Test(arguments: ["1.1", "0.10"])
@@ -166,7 +143,7 @@ import Testing
         try await randomWorkload(harness, node: node, model: &model, backingBytes: backingBytes, clusterSize: 65536,
                                  version: compat == "1.1" ? 3 : 2, seed: 77, operations: 200)
         await stack.close()
-        try await verify(harness, image, model, "overlay compat \(compat)")
+        try await QemuJudge.expectCleanAndEqual(image, model, "overlay compat \(compat)")
     }
 
     /// Writes into clusters shared with an internal snapshot copy them (data and L2 tables), and
@@ -188,9 +165,9 @@ import Testing
         try await randomWorkload(harness, node: node, model: &model, backingBytes: nil, clusterSize: 65536,
                                  version: 3, seed: 4242, operations: 150)
         await stack.close()
-        try await verify(harness, image, model, "after writes")
+        try await QemuJudge.expectCleanAndEqual(image, model, "after writes")
         try await require("qemu-img", ["snapshot", "-a", "before", image])
-        try await verify(harness, image, before, "snapshot applied")
+        try await QemuJudge.expectCleanAndEqual(image, before, "snapshot applied")
     }
 
     /// Two queues write interleaved 4 KiB blocks of the same unallocated clusters at once: every
@@ -247,7 +224,7 @@ import Testing
             let byte: UInt8 = block % 5 == 0 ? 0xee : block % 3 == 0 ? 0 : UInt8(1 + block % 250)
             for index in block * 4096..<(block + 1) * 4096 { model[index] = byte }
         }
-        try await verify(harness, image, model, "two queues")
+        try await QemuJudge.expectCleanAndEqual(image, model, "two queues")
         let check = try await tool("qemu-img", ["check", "--output=json", image])
         // 16 MiB of data in 64 KiB clusters: exactly 256 clusters allocated, none twice.
         #expect(check.output.contains("\"allocated-clusters\": 256"), "\(check.output)")
@@ -271,7 +248,7 @@ import Testing
         }
         #expect(await harness.flush(node) == .ok)
         await stack.close()
-        try await verify(harness, image, model, "grown refcount table")
+        try await QemuJudge.expectCleanAndEqual(image, model, "grown refcount table")
     }
 
     @Test func corruptImagesAreNotOpenedForWriting() async throws {
@@ -311,7 +288,7 @@ import Testing
         var model = [UInt8](repeating: 0, count: 4 << 20)
         for index in 0..<(1 << 20) { model[index] = 0x6b }
         for index in (2 << 20)..<((2 << 20) + 65536) { model[index] = 0x21 }
-        try await verify(harness, image, model, "repaired dirty image")
+        try await QemuJudge.expectCleanAndEqual(image, model, "repaired dirty image")
     }
 
     /// Persistent bitmaps survive: a session that wrote nothing leaves their flags as they were;
@@ -370,7 +347,7 @@ import Testing
                         await withTaskGroup(of: Int.self) { readers in
                             for reader in 0..<4 {
                                 readers.addTask {
-                                    var random = Random(state: UInt64(queue * 10 + reader))
+                                    var random = SeededRandom(state: UInt64(queue * 10 + reader))
                                     var bad = 0
                                     let buffer = TestBuffer(count: 4096)
                                     for _ in 0..<400 {

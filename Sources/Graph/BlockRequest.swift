@@ -21,6 +21,9 @@ public struct RequestFlags: OptionSet, Sendable {
     public static let mayUnmap = RequestFlags(rawValue: 1 << 1)
     /// Write-zeroes must fail rather than fall back to writing zero buffers.
     public static let noFallback = RequestFlags(rawValue: 1 << 2)
+    /// The write stores what reads of the range return already (copy-on-read, streaming): the
+    /// writer needs only the `writeUnchanged` permission (BDRV_REQ_WRITE_UNCHANGED).
+    public static let writeUnchanged = RequestFlags(rawValue: 1 << 3)
 }
 
 /// The one request value every node sees (the roadmap's unified request object). A small value

@@ -23,7 +23,7 @@ public struct ImageCommit: Sendable {
     public init() {}
 
     public func run(path: String) async throws {
-        let chain = try await ImageSession.open(path, options: ImageOpenOptions(format: format, readOnly: true, forceShare: true, cacheMode: cacheMode))
+        let chain = try await Self.open(path, ImageOpenOptions(format: format, readOnly: true, forceShare: true, cacheMode: cacheMode))
         let baseDepth: Int
         do {
             baseDepth = try Self.baseDepth(of: chain, named: base, path: path)
@@ -59,7 +59,7 @@ public struct ImageCommit: Sendable {
         await chain.close()
         // -b implies -d: the layers between the image and the base would read wrong data.
         guard !drop && base == nil else { return }
-        let top = try await ImageSession.open(path, options: ImageOpenOptions(format: format, cacheMode: cacheMode, openBackingChain: false))
+        let top = try await Self.open(path, ImageOpenOptions(format: format, cacheMode: cacheMode, openBackingChain: false))
         do {
             guard let state = top.formatState() as? Qcow2NodeState else {
                 throw ImageToolError("Image format '\(top.format)' cannot be emptied")
@@ -124,6 +124,15 @@ public struct ImageCommit: Sendable {
     private func submit(_ target: ImageSession, _ request: BlockRequest) async throws {
         let status = await target.submit(request)
         guard status.isOK else { throw ImageToolError("error while writing at byte \(request.offsetBytes): \(status)") }
+    }
+
+    /// Opens an image for a tool, failing in qemu-img's words.
+    static func open(_ path: String, _ options: ImageOpenOptions) async throws -> ImageSession {
+        do {
+            return try await ImageSession.open(path, options: options)
+        } catch {
+            throw ImageToolError("Could not open '\(path)': \(error)")
+        }
     }
 
     private static func directory(of path: String) -> String {

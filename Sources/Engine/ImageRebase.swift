@@ -21,7 +21,7 @@ public struct ImageRebase: Sendable {
     public init() {}
 
     public func run(path: String, backing: String) async throws {
-        let session = try await ImageSession.open(path, options: ImageOpenOptions(format: format, cacheMode: cacheMode, openBackingChain: !unsafe))
+        let session = try await ImageCommit.open(path, ImageOpenOptions(format: format, cacheMode: cacheMode, openBackingChain: !unsafe))
         do {
             guard session.format == "qcow2" else {
                 throw ImageToolError("Could not change the backing file to '\(backing)': Operation not supported")

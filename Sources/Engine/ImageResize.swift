@@ -40,7 +40,7 @@ public struct ImageResize: Sendable {
     /// Resizes the image at `path`; returns its new size.
     @discardableResult
     public func run(path: String, size: SizeChange) async throws -> UInt64 {
-        let session = try await ImageSession.open(path, options: ImageOpenOptions(format: format, openBackingChain: false))
+        let session = try await ImageCommit.open(path, ImageOpenOptions(format: format, openBackingChain: false))
         do {
             let newSize = try await resize(session, size: size)
             await session.close()

@@ -5,6 +5,7 @@ import StrataNodes
 /// Every driver and filter the command line knows, by name: adding one is one line here.
 public enum DriverCatalog {
     public static let registry = DriverRegistry([
+        CopyOnReadFilter.descriptor,
         FileNode.descriptor,
         NullNode.descriptor,
         Qcow2Node.descriptor,

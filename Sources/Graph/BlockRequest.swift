@@ -24,6 +24,9 @@ public struct RequestFlags: OptionSet, Sendable {
     /// Store the data compressed (BDRV_REQ_WRITE_COMPRESSED): whole clusters of a format that
     /// can; other nodes refuse it with ENOTSUP.
     public static let compressed = RequestFlags(rawValue: 1 << 3)
+    /// The write stores what reads of the range return already (copy-on-read, streaming): the
+    /// writer needs only the `writeUnchanged` permission (BDRV_REQ_WRITE_UNCHANGED).
+    public static let writeUnchanged = RequestFlags(rawValue: 1 << 4)
 }
 
 /// The one request value every node sees (the roadmap's unified request object). A small value

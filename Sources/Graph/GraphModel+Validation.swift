@@ -69,8 +69,10 @@ extension GraphModel {
             }
             let take = nodeUses.reduce(Permissions()) { $0.union($1.take) }
             let share = nodeUses.reduce(Permissions.all) { $0.intersection($1.share) }
-            if node.configuration.readOnly, take.contains(.write) || take.contains(.resize),
-               let writer = nodeUses.first(where: { $0.take.contains(.write) || $0.take.contains(.resize) }) {
+            // As QEMU's bdrv_node_refresh_perm: unchanged writes (copy-on-read) still write.
+            let writing: Permissions = [.write, .writeUnchanged, .resize]
+            if node.configuration.readOnly, !take.intersection(writing).isEmpty,
+               let writer = nodeUses.first(where: { !$0.take.intersection(writing).isEmpty }) {
                 throw .readOnly(node: name, user: writer.user)
             }
             result[name] = nodeUses.isEmpty ? .unused : NodePermissions(take: take, share: share)

@@ -7,7 +7,8 @@ struct ImgCommand: AsyncParsableCommand {
         commandName: "img",
         abstract: "Create, inspect, check, convert and change disk images (qemu-img's subcommands).",
         subcommands: [ImgCreateCommand.self, ImgInfoCommand.self, ImgCheckCommand.self, ImgMapCommand.self, ImgCompareCommand.self,
-                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgSnapshotCommand.self, ImgAmendCommand.self, ImgBenchCommand.self]
+                      ImgConvertCommand.self, ImgMeasureCommand.self, ImgSnapshotCommand.self, ImgAmendCommand.self, ImgCommitCommand.self,
+                      ImgRebaseCommand.self, ImgResizeCommand.self, ImgBenchCommand.self]
     )
 
     /// Prints `strata img: MESSAGE` on stderr and exits with `status`, as qemu-img's error_report.

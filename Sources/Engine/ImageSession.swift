@@ -44,14 +44,15 @@ public final class ImageSession: Sendable {
         let layers = try chain(of: path, options: options)
         let engine = try Engine(queueCount: max(1, options.queueCount), cpus: nil)
         do {
-            var readOnly = options.readOnly
-            do {
-                try await engine.controller.apply(json: graph(layers, options: options, readOnly: readOnly))
-            } catch let error as GraphError where !readOnly && layers[0].format == "qcow2" && refusesWriting(error) {
-                // This tree's qcow2 node cannot write yet: open read-only, as qemu-io opens an image
-                // whose format refuses writing; writes then fail with EROFS.
-                readOnly = true
-                try await engine.controller.apply(json: graph(layers, options: options, readOnly: true))
+            let readOnly = options.readOnly
+            try await engine.controller.apply(json: graph(layers, options: options, readOnly: readOnly))
+            if options.copyOnRead {
+                // qemu-io -C: a copy-on-read filter between the guest and the top image.
+                try await engine.controller.apply(json: .object([
+                    "type": "insert-filter",
+                    "data": .object(["above": .string(layers[0].nodeName),
+                                     "filter": .object(["driver": "copy-on-read", "node-name": "copy-on-read0"])]),
+                ]))
             }
             var ports: [ImageSessionPort] = []
             for queue in engine.queues {
@@ -240,13 +241,5 @@ public final class ImageSession: Sendable {
 
     private static func add(_ data: [String: JSONValue]) -> JSONValue {
         .object(["type": "blockdev-add", "data": .object(data)])
-    }
-
-    /// Whether opening failed only because a node refused to be writable.
-    private static func refusesWriting(_ error: GraphError) -> Bool {
-        switch error {
-        case .badOption(_, "read-only", _), .readOnly: true
-        default: false
-        }
     }
 }

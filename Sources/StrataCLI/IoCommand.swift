@@ -23,6 +23,8 @@ struct IoCommand: AsyncParsableCommand {
     var cache: String?
     @Flag(name: .customShort("U"), help: "Force shared permissions: take no image locks.")
     var forceShare = false
+    @Flag(name: .customShort("C"), help: "Copy-on-read: data read from the backing chain is copied into the image.")
+    var copyOnRead = false
     @Option(name: .customShort("c"), help: "A command to run (repeatable); without any, read commands from standard input.")
     var commands: [String] = []
     @Argument(help: "The image file.")
@@ -40,7 +42,7 @@ struct IoCommand: AsyncParsableCommand {
         // (the crash tests) learns from the output which commands completed.
         strata_line_buffer_stdout()
         let options = ImageOpenOptions(format: format, readOnly: readOnly, forceShare: forceShare,
-                                       cacheMode: noCache ? "none" : cache ?? "writeback")
+                                       cacheMode: noCache ? "none" : cache ?? "writeback", copyOnRead: copyOnRead)
         let session: ImageSession
         do {
             session = try await ImageSession.open(file, options: options)

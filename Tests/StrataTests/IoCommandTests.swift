@@ -87,4 +87,21 @@ import Testing
         #expect(read.status == 0, "\(read.output)")
         #expect(read.output.contains("format name: qcow2\ncluster size: 64 KiB\nvm state offset: 512 MiB"))
     }
+
+    /// -C: reads through a copy-on-read filter put the backing data into the top image.
+    @Test func copyOnReadFlagFillsTheTopImage() async throws {
+        defer { harness.shutdown() }
+        let base = harness.path("cor-base.qcow2")
+        let top = harness.path("cor-top.qcow2")
+        #expect(try await QemuTool.run("qemu-img", ["create", "-q", "-f", "qcow2", base, "4M"]).status == 0)
+        #expect(try await QemuTool.run("qemu-io", ["-f", "qcow2", "-c", "write -P 5 0 1M", base]).status == 0)
+        #expect(try await QemuTool.run("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top]).status == 0)
+        let read = try await strata(["-C", "-c", "read -P 5 0 512k", top])
+        #expect(read.status == 0, "\(read.output)")
+        let map = try await QemuTool.run("qemu-img", ["map", "--output=json", top])
+        #expect(map.output.contains("{ \"start\": 0, \"length\": 524288, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true"),
+                "\(map.output)")
+        let check = try await QemuTool.run("qemu-img", ["check", top])
+        #expect(check.status == 0, "\(check.output)")
+    }
 }

@@ -90,46 +90,6 @@ import Testing
         }
     }
 
-    /// Random writes (half of them around a subcluster or two), write-zeroes, discards and flushes
-    /// on `node`, applied to `model` as qcow2 v3 defines them: a discard zeroes whole clusters.
-    private func randomWorkload(_ harness: NodeTestHarness, node: any BlockNode, model: inout [UInt8], clusterSize: Int,
-                                seed: UInt64, operations: Int) async throws {
-        var random = SeededRandom(state: seed)
-        let size = model.count
-        let subcluster = clusterSize / 32
-        for step in 0..<operations {
-            let kind = random.below(10)
-            let offset = random.below(2) == 0 ? random.below(size / subcluster) * subcluster + random.below(2) * random.below(subcluster)
-                                              : random.below(size)
-            let span = random.below(2) == 0 ? 3 * subcluster : 3 * clusterSize
-            let length = min(size - offset, 1 + random.below(span))
-            let label = "seed \(seed) step \(step)"
-            switch kind {
-            case 0..<6:
-                let byte = UInt8(1 + random.below(255))
-                let buffer = TestBuffer(count: length, misalignment: random.below(2) * 7, filledWith: byte)
-                let status = await harness.write(node, buffer, at: UInt64(offset))
-                try #require(status == .ok, "\(label): write \(offset)+\(length): \(status)")
-                for index in offset..<offset + length { model[index] = byte }
-            case 6, 7:
-                let flags: RequestFlags = random.below(2) == 0 ? [.mayUnmap] : []
-                let status = await harness.submit(node, BlockRequest(operation: .writeZeroes, offsetBytes: UInt64(offset), lengthBytes: length, flags: flags))
-                try #require(status == .ok, "\(label): write-zeroes \(offset)+\(length): \(status)")
-                for index in offset..<offset + length { model[index] = 0 }
-            case 8:
-                let status = await harness.submit(node, BlockRequest(operation: .discard, offsetBytes: UInt64(offset), lengthBytes: length))
-                try #require(status == .ok, "\(label): discard \(offset)+\(length): \(status)")
-                let first = (offset + clusterSize - 1) / clusterSize * clusterSize
-                let end = offset + length == size ? size : (offset + length) / clusterSize * clusterSize
-                if end > first { for index in first..<end { model[index] = 0 } }
-            default:
-                let status = await harness.flush(node)
-                try #require(status == .ok, "\(label): flush: \(status)")
-            }
-        }
-        try #require(await harness.flush(node) == .ok)
-    }
-
     /// A raw backing file whose every 512-byte sector differs from its neighbours.
     private func makeBacking(_ path: String, size: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: size)
@@ -190,8 +150,7 @@ import Testing
         for index in sub..<4 * sub { model[index] = 0x33 }
         for index in clusterSize..<clusterSize + 2 * sub { model[index] = 0 }
         let stack = try await open(harness, image, backing: withBacking ? base : nil)
-        try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: clusterSize,
-                                 seed: UInt64(clusterSize) ^ (withBacking ? 0xb4c : 0x5eed), operations: 300)
+        try await Qcow2Workload.run(harness, node: stack.node, model: &model, clusterSize: clusterSize, seed: UInt64(clusterSize) ^ (withBacking ? 0xb4c : 0x5eed), operations: 300, subclusterBiased: true)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "extended L2, cluster \(clusterSize), backing \(withBacking)")
         // Strata reads back what it wrote, through a fresh node.
@@ -213,7 +172,7 @@ import Testing
         let before = try await rawImage(image)
         var model = before
         let stack = try await open(harness, image)
-        try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: 65536, seed: 4243, operations: 150)
+        try await Qcow2Workload.run(harness, node: stack.node, model: &model, clusterSize: 65536, seed: 4243, operations: 150, subclusterBiased: true)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "after writes")
         try await require("qemu-img", ["snapshot", "-a", "before", image])
@@ -306,8 +265,7 @@ import Testing
         var model = [UInt8](repeating: 0, count: size)
         for index in 0..<(192 << 10) { model[index] = 0x33 }
         let stack = try await open(harness, image, data: data)
-        try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: 65536,
-                                 seed: (raw ? 0xd47a : 0xd47b) ^ (extendedL2 ? 0x100 : 0), operations: 250)
+        try await Qcow2Workload.run(harness, node: stack.node, model: &model, clusterSize: 65536, seed: (raw ? 0xd47a : 0xd47b) ^ (extendedL2 ? 0x100 : 0), operations: 250, subclusterBiased: true)
         await stack.close()
         let label = "data file raw \(raw) extended L2 \(extendedL2)"
         try await QemuJudge.expectCleanAndEqual(image, model, label)
@@ -353,7 +311,7 @@ import Testing
 
         // Writes into compressed clusters decompress and rewrite them.
         let stack = try await open(harness, image)
-        try await randomWorkload(harness, node: stack.node, model: &model, clusterSize: clusterSize, seed: 0x25d, operations: 120)
+        try await Qcow2Workload.run(harness, node: stack.node, model: &model, clusterSize: clusterSize, seed: 0x25d, operations: 120, subclusterBiased: true)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "zstd cluster \(clusterSize) after writes")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import StrataGraph
 import Testing
 
 /// A seeded generator (SplitMix64), so a failing random workload can be replayed.
@@ -27,5 +28,59 @@ enum QemuJudge {
         try Data(expected).write(to: URL(fileURLWithPath: raw))
         let compare = try await QemuTool.run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", raw, image])
         #expect(compare.status == 0, "\(label): qemu-img compare: \(compare.output)")
+    }
+}
+
+/// A seeded random workload for a qcow2 node, applied to a byte-array model as qcow2 defines
+/// it: writes of any size and alignment (from misaligned buffers too), write-zeroes with and
+/// without MAY_UNMAP, discards (whole clusters read as zeros in v3, or as the backing file in
+/// v2) and flushes.
+enum Qcow2Workload {
+    static func run(_ harness: NodeTestHarness, node: any BlockNode, model: inout [UInt8], backingBytes: [UInt8]? = nil,
+                    clusterSize: Int, version: Int = 3, seed: UInt64, operations: Int,
+                    subclusterBiased: Bool = false) async throws {
+        var random = SeededRandom(state: seed)
+        let size = model.count
+        let subcluster = clusterSize / 32
+        for step in 0..<operations {
+            let kind = random.below(10)
+            let offset: Int
+            let length: Int
+            if subclusterBiased {
+                // Half of the requests around a subcluster or two, the rest anywhere.
+                offset = random.below(2) == 0 ? random.below(size / subcluster) * subcluster + random.below(2) * random.below(subcluster)
+                                              : random.below(size)
+                length = min(size - offset, 1 + random.below(random.below(2) == 0 ? 3 * subcluster : 3 * clusterSize))
+            } else {
+                offset = random.below(size)
+                length = min(size - offset, 1 + random.below(3 * clusterSize))
+            }
+            let label = "seed \(seed) step \(step)"
+            switch kind {
+            case 0..<6:
+                let byte = UInt8(1 + random.below(255))
+                let buffer = TestBuffer(count: length, misalignment: random.below(2) * 7, filledWith: byte)
+                let status = await harness.write(node, buffer, at: UInt64(offset))
+                try #require(status == .ok, "\(label): write \(offset)+\(length): \(status)")
+                for index in offset..<offset + length { model[index] = byte }
+            case 6, 7:
+                let flags: RequestFlags = random.below(2) == 0 ? [.mayUnmap] : []
+                let status = await harness.submit(node, BlockRequest(operation: .writeZeroes, offsetBytes: UInt64(offset), lengthBytes: length, flags: flags))
+                try #require(status == .ok, "\(label): write-zeroes \(offset)+\(length): \(status)")
+                for index in offset..<offset + length { model[index] = 0 }
+            case 8:
+                let status = await harness.submit(node, BlockRequest(operation: .discard, offsetBytes: UInt64(offset), lengthBytes: length))
+                try #require(status == .ok, "\(label): discard \(offset)+\(length): \(status)")
+                let first = (offset + clusterSize - 1) / clusterSize * clusterSize
+                let end = offset + length == size ? size : (offset + length) / clusterSize * clusterSize
+                if end > first {
+                    for index in first..<end { model[index] = version == 2 ? (backingBytes?[index] ?? 0) : 0 }
+                }
+            default:
+                let status = await harness.flush(node)
+                try #require(status == .ok, "\(label): flush: \(status)")
+            }
+        }
+        try #require(await harness.flush(node) == .ok)
     }
 }

@@ -61,45 +61,6 @@ import Testing
         return stack.qcow2.makeInstance(queue: context, children: nodes)
     }
 
-    /// Runs `operations` random requests on `node` and applies each to `model` as qcow2 defines it.
-    private func randomWorkload(_ harness: NodeTestHarness, node: any BlockNode, model: inout [UInt8], backingBytes: [UInt8]?,
-                                clusterSize: Int, version: Int, seed: UInt64, operations: Int) async throws {
-        var random = SeededRandom(state: seed)
-        let size = model.count
-        for step in 0..<operations {
-            let kind = random.below(10)
-            let offset = random.below(size)
-            let length = min(size - offset, 1 + random.below(3 * clusterSize))
-            let label = "seed \(seed) step \(step)"
-            switch kind {
-            case 0..<6:
-                let byte = UInt8(1 + random.below(255))
-                let buffer = TestBuffer(count: length, misalignment: random.below(2) * 7, filledWith: byte)
-                let status = await harness.write(node, buffer, at: UInt64(offset))
-                try #require(status == .ok, "\(label): write \(offset)+\(length): \(status)")
-                for index in offset..<offset + length { model[index] = byte }
-            case 6, 7:
-                let flags: RequestFlags = random.below(2) == 0 ? [.mayUnmap] : []
-                let status = await harness.submit(node, BlockRequest(operation: .writeZeroes, offsetBytes: UInt64(offset), lengthBytes: length, flags: flags))
-                try #require(status == .ok, "\(label): write-zeroes \(offset)+\(length): \(status)")
-                for index in offset..<offset + length { model[index] = 0 }
-            case 8:
-                let status = await harness.submit(node, BlockRequest(operation: .discard, offsetBytes: UInt64(offset), lengthBytes: length))
-                try #require(status == .ok, "\(label): discard \(offset)+\(length): \(status)")
-                // Whole clusters read as zeros (v3, or v2 without a backing file) or from the backing file.
-                let first = (offset + clusterSize - 1) / clusterSize * clusterSize
-                let end = offset + length == size ? size : (offset + length) / clusterSize * clusterSize
-                if end > first {
-                    for index in first..<end { model[index] = version == 2 ? (backingBytes?[index] ?? 0) : 0 }
-                }
-            default:
-                let status = await harness.flush(node)
-                try #require(status == .ok, "\(label): flush: \(status)")
-            }
-        }
-        try #require(await harness.flush(node) == .ok)
-    }
-
     @Test(arguments: [
         ("1.1", 65536, 16), ("0.10", 65536, 16), ("1.1", 4096, 1), ("1.1", 512, 64), ("1.1", 2 << 20, 8), ("0.10", 1024, 16),
     ])
@@ -117,7 +78,7 @@ import Testing
         for index in 0..<3 * clusterSize { model[index] = 0x33 }
         let stack = try await open(harness, image)
         let node = instance(harness, stack, queue: harness.queue)
-        try await randomWorkload(harness, node: node, model: &model, backingBytes: nil, clusterSize: clusterSize,
+        try await Qcow2Workload.run(harness, node: node, model: &model, backingBytes: nil, clusterSize: clusterSize,
                                  version: compat == "1.1" ? 3 : 2, seed: UInt64(clusterSize) ^ 0x5eed, operations: 300)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "compat \(compat) cluster \(clusterSize) refcount \(refcountBits)")
@@ -140,7 +101,7 @@ import Testing
         var model = backingBytes
         let stack = try await open(harness, image, backing: base)
         let node = instance(harness, stack, queue: harness.queue)
-        try await randomWorkload(harness, node: node, model: &model, backingBytes: backingBytes, clusterSize: 65536,
+        try await Qcow2Workload.run(harness, node: node, model: &model, backingBytes: backingBytes, clusterSize: 65536,
                                  version: compat == "1.1" ? 3 : 2, seed: 77, operations: 200)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "overlay compat \(compat)")
@@ -162,7 +123,7 @@ import Testing
         let before = model
         let stack = try await open(harness, image)
         let node = instance(harness, stack, queue: harness.queue)
-        try await randomWorkload(harness, node: node, model: &model, backingBytes: nil, clusterSize: 65536,
+        try await Qcow2Workload.run(harness, node: node, model: &model, backingBytes: nil, clusterSize: 65536,
                                  version: 3, seed: 4242, operations: 150)
         await stack.close()
         try await QemuJudge.expectCleanAndEqual(image, model, "after writes")

@@ -8,25 +8,9 @@ import Testing
 /// result and as the original, and hold no zero flags after a downgrade. Refusals must match
 /// qemu-img's exit status and message.
 @Suite(.serialized) struct ImgAmendTests {
-    private final class Scratch {
-        let directory: String
-
-        init() throws {
-            var template = Array("\(FileManager.default.temporaryDirectory.path)/strata-amend-XXXXXX".utf8CString)
-            guard mkdtemp(&template) != nil else { throw CocoaError(.fileWriteUnknown) }
-            directory = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        }
-
-        deinit { try? FileManager.default.removeItem(atPath: directory) }
-
-        func path(_ name: String) -> String { directory + "/" + name }
-    }
-
     @discardableResult
     private func tool(_ name: String, _ arguments: [String], allowing statuses: Set<Int32> = [0]) async throws -> QemuTool.Result {
-        let result = try await QemuTool.run(name, arguments)
-        try #require(statuses.contains(result.status), "\(name) \(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
-        return result
+        try await QemuTool.require(name, arguments, allowing: statuses)
     }
 
     private func strata(_ arguments: [String]) async throws -> QemuTool.Result {
@@ -58,7 +42,7 @@ import Testing
         var amend: String
     }
 
-    private func build(_ scenario: Scenario, in scratch: Scratch) async throws -> String {
+    private func build(_ scenario: Scenario, in scratch: ScratchDirectory) async throws -> String {
         let image = scratch.path("\(scenario.name).qcow2")
         var options = "cluster_size=\(scenario.clusterSize)" + (scenario.create.isEmpty ? "" : ",\(scenario.create)")
         if scenario.backing {
@@ -113,7 +97,7 @@ import Testing
     @Test(arguments: scenarios.map(\.name))
     func amendsLikeQemu(_ name: String) async throws {
         let scenario = try #require(Self.scenarios.first { $0.name == name })
-        let scratch = try Scratch()
+        let scratch = try ScratchDirectory("amend")
         let original = try await build(scenario, in: scratch)
         let ours = scratch.path("ours.qcow2")
         let theirs = scratch.path("theirs.qcow2")
@@ -174,7 +158,7 @@ import Testing
     ]
 
     @Test func refusesLikeQemu() async throws {
-        let scratch = try Scratch()
+        let scratch = try ScratchDirectory("amend")
         for (index, refusal) in Self.refusals.enumerated() {
             let ours = scratch.path("r\(index)-ours.qcow2")
             let theirs = scratch.path("r\(index)-theirs.qcow2")
@@ -192,7 +176,7 @@ import Testing
     }
 
     @Test func refusesZstdWithCompressedClustersAndRaw() async throws {
-        let scratch = try Scratch()
+        let scratch = try ScratchDirectory("amend")
         let image = scratch.path("zstd.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", image, "1M"])
         try await tool("qemu-io", ["-f", "qcow2", "-c", "write -c -P 0x11 0 64k", image])
@@ -213,7 +197,7 @@ import Testing
 
     @Test func refusesDowngradeWithBitmaps() async throws {
         // qemu-img 7.2 downgrades and leaves leaked clusters and a stale bitmaps extension.
-        let scratch = try Scratch()
+        let scratch = try ScratchDirectory("amend")
         let image = scratch.path("bitmap.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", image, "1M"])
         try await tool("qemu-img", ["bitmap", "--add", image, "b0"])

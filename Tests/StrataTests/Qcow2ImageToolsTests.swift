@@ -8,26 +8,9 @@ import Testing
 /// images qemu made, finds the same damage after deliberate corruption and repairs it so that
 /// qemu-img finds the image clean with unchanged contents; hostile images only ever give errors.
 @Suite struct Qcow2ImageToolsTests {
-    /// A private temporary directory, removed at the end.
-    final class Scratch {
-        let directory: String
-
-        init(_ name: String) throws {
-            var template = Array("\(FileManager.default.temporaryDirectory.path)/strata-\(name)-XXXXXX".utf8CString)
-            guard mkdtemp(&template) != nil else { throw Qcow2ImageError("mkdtemp failed") }
-            directory = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        }
-
-        deinit { try? FileManager.default.removeItem(atPath: directory) }
-
-        func path(_ name: String) -> String { directory + "/" + name }
-    }
-
     @discardableResult
     private func tool(_ name: String, _ arguments: [String], allowing statuses: Set<Int32> = [0]) async throws -> QemuTool.Result {
-        let result = try await QemuTool.run(name, arguments)
-        try #require(statuses.contains(result.status), "\(name) \(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
-        return result
+        try await QemuTool.require(name, arguments, allowing: statuses)
     }
 
     private func qemuIO(_ image: String, _ commands: [String]) async throws {
@@ -81,7 +64,7 @@ import Testing
 
     @Test(arguments: createCases)
     func createdImagesMatchQemu(optionText: String) async throws {
-        let scratch = try Scratch("imgcreate")
+        let scratch = try ScratchDirectory("imgcreate")
         let base = scratch.path("base.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", base, "5M"])
         let text = optionText.replacingOccurrences(of: "BASE", with: base)
@@ -191,7 +174,7 @@ import Testing
 
     @Test(arguments: checkCases)
     func checkMatchesQemuOnWrittenImages(optionText: String) async throws {
-        let scratch = try Scratch("imgcheck")
+        let scratch = try ScratchDirectory("imgcheck")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2"] + (optionText.isEmpty ? [] : ["-o", optionText]) + [image, "16M"])
         try await qemuIO(image, ["write -P 0x11 0 100k", "write -P 0x22 3M 64k", "write -z 5M 128k", "write -P 0x33 9M 1M", "discard 9M 64k", "write -P 0x44 15M 4k"])
@@ -211,7 +194,7 @@ import Testing
     }
 
     @Test func checkMatchesQemuWithDataFileAndBitmapsAndZstd() async throws {
-        let scratch = try Scratch("imgcheckdf")
+        let scratch = try ScratchDirectory("imgcheckdf")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "data_file=\(scratch.path("data.raw")),extended_l2=on", image, "8M"])
         try await qemuIO(image, ["write -P 0x11 0 100k", "write -z 1M 64k", "write -P 0x22 7M 8k"])
@@ -251,7 +234,7 @@ import Testing
 
     @Test(arguments: Damage.allCases)
     func corruptionIsFoundAndRepaired(damage: Damage) async throws {
-        let scratch = try Scratch("imgrepair")
+        let scratch = try ScratchDirectory("imgrepair")
         let image = scratch.path("image.qcow2")
         let pristine = scratch.path("pristine.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", image, "8M"])
@@ -291,7 +274,7 @@ import Testing
     }
 
     @Test func leaksModeRefusesToRebuild() async throws {
-        let scratch = try Scratch("imgleaks")
+        let scratch = try ScratchDirectory("imgleaks")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", image, "8M"])
         try await qemuIO(image, ["write -P 0x11 0 64k"])
@@ -304,7 +287,7 @@ import Testing
     }
 
     @Test func dirtyLazyRefcountImageIsRepaired() async throws {
-        let scratch = try Scratch("imgdirty")
+        let scratch = try ScratchDirectory("imgdirty")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", image, "8M"])
         try await qemuIO(image, ["write -P 0x11 0 64k"])
@@ -323,7 +306,7 @@ import Testing
     // MARK: - hostile images
 
     @Test func hostileImagesGiveErrors() async throws {
-        let scratch = try Scratch("imghostile")
+        let scratch = try ScratchDirectory("imghostile")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", image, "8M"])
         try await qemuIO(image, ["write -P 0x11 0 64k"])
@@ -366,7 +349,7 @@ import Testing
     /// Mutates bytes of valid images' metadata with a seeded generator and runs the header
     /// parser, checker and repair: each run must only throw or return a report.
     @Test func fuzzedMetadataNeverCrashes() async throws {
-        let scratch = try Scratch("imgfuzz")
+        let scratch = try ScratchDirectory("imgfuzz")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=512", image, "1M"])
         try await qemuIO(image, ["write -P 0x11 0 4k", "write -c -P 0x22 64k 4k", "write -z 128k 4k"])
@@ -420,7 +403,7 @@ import Testing
     }
 
     @Test func measureMatchesQemuForImages() async throws {
-        let scratch = try Scratch("imgmeasure")
+        let scratch = try ScratchDirectory("imgmeasure")
         let image = scratch.path("image.qcow2")
         try await tool("qemu-img", ["create", "-q", "-f", "qcow2", image, "64M"])
         try await qemuIO(image, ["write -P 0x11 0 100k", "write -z 5M 1M", "write -P 0x22 9M 3M", "write -P 0x33 63M 4k"])

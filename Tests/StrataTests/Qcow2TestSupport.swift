@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import StrataGraph
 import Testing
 
@@ -82,5 +83,30 @@ enum Qcow2Workload {
             }
         }
         try #require(await harness.flush(node) == .ok)
+    }
+}
+
+/// A private temporary directory for one test, removed at the end.
+final class ScratchDirectory {
+    let directory: String
+
+    init(_ name: String) throws {
+        var template = Array("\(FileManager.default.temporaryDirectory.path)/strata-\(name)-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw CocoaError(.fileWriteUnknown) }
+        directory = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    func path(_ name: String) -> String { directory + "/" + name }
+}
+
+extension QemuTool {
+    /// Runs a tool and requires one of `statuses`.
+    @discardableResult
+    static func require(_ name: String, _ arguments: [String], allowing statuses: Set<Int32> = [0]) async throws -> Result {
+        let result = try await run(name, arguments)
+        try #require(statuses.contains(result.status), "\(name) \(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
+        return result
     }
 }

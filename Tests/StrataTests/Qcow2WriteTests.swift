@@ -331,6 +331,59 @@ import Testing
         await stack.close()
     }
 
+    /// Snapshot tables and bitmap directories pointing anywhere: opening for writing (which reads
+    /// them) fails with an error naming the table, never a crash or a huge allocation.
+    @Test func hostileSnapshotAndBitmapTablesRefuseWriting() async throws {
+        let harness = try NodeTestHarness("qcow2hostilerw")
+        defer { harness.shutdown() }
+        let snap = harness.path("snap.qcow2")
+        try await require("qemu-img", ["create", "-q", "-f", "qcow2", snap, "4M"])
+        try await require("qemu-img", ["snapshot", "-c", "s", snap])
+        let snapshotsOffset = try readBE64(snap, at: 64)
+        // The entry's extra-data size (offset 36 in the entry): far more than a table may hold.
+        try writeBE(snap, at: Int(snapshotsOffset) + 36, 0x7fff_ffff, bytes: 4)
+        await expectOpenFails(harness, snap, containing: "snapshot table")
+
+        let bitmaps = harness.path("bitmaps.qcow2")
+        try await require("qemu-img", ["create", "-q", "-f", "qcow2", bitmaps, "4M"])
+        try await require("qemu-img", ["bitmap", "--add", bitmaps, "b0"])
+        let header = Array(try Data(contentsOf: URL(fileURLWithPath: bitmaps)).prefix(4096))
+        var offset = 112
+        var directoryField: Int?
+        while offset + 8 <= header.count {
+            let type = header[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            let length = Int(header[offset + 4..<offset + 8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            if type == 0x2385_2875 { directoryField = offset + 8 + 16 }
+            if type == 0 { break }
+            offset += 8 + (length + 7) & ~7
+        }
+        let field = try #require(directoryField, "no bitmaps extension")
+        try writeBE(bitmaps, at: field, 1 << 40, bytes: 8)
+        await expectOpenFails(harness, bitmaps, containing: "bitmap directory")
+    }
+
+    private func expectOpenFails(_ harness: NodeTestHarness, _ image: String, containing text: String) async {
+        do {
+            let stack = try await open(harness, image)
+            await stack.close()
+            Issue.record("\(image) opened for writing")
+        } catch {
+            #expect("\(error)".contains(text), "\(error)")
+        }
+    }
+
+    private func readBE64(_ path: String, at offset: Int) throws -> UInt64 {
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path))[offset..<offset + 8])
+        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    private func writeBE(_ path: String, at offset: Int, _ value: UInt64, bytes: Int) throws {
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: UInt64(offset))
+        handle.write(Data((0..<bytes).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64(bytes - 1 - $0))) }))
+    }
+
     private func read(_ harness: NodeTestHarness, _ node: any BlockNode, count: Int) async -> IOStatus {
         await harness.read(node, TestBuffer(count: count), at: 0)
     }

@@ -15,9 +15,11 @@ public struct ImageBench: Sendable {
     public var startOffset: UInt64 = 0
     public var write = false
     public var pattern: UInt8 = 0
-    /// A flush after every this many requests (0: none); issued by the slot that finished the
-    /// request, without draining the others (qemu-img bench's --no-drain behaviour).
+    /// A flush after every this many completed requests (0: none).
     public var flushInterval = 0
+    /// Before each flush, wait for the requests in flight and start no new ones until it is done
+    /// (qemu-img bench's default); false flushes alongside them (--no-drain).
+    public var drainOnFlush = true
 
     public struct Result: Sendable {
         public let seconds: Double
@@ -31,6 +33,8 @@ public struct ImageBench: Sendable {
 
     private final class Shared: Sendable {
         let next = Atomic<Int>(0)
+        let done = Atomic<Int>(0)
+        let gate = BenchFlushGate()
         let failed = Atomic<Int>(0)
         let firstErrno = Atomic<Int32>(0)
     }
@@ -65,9 +69,17 @@ public struct ImageBench: Sendable {
                         guard index < settings.count else { break }
                         let request = BlockRequest(operation: settings.write ? .write : .read, offsetBytes: settings.offset(of: index, imageBytes: size),
                                                    lengthBytes: settings.bufferBytes, buffer: buffer.io)
+                        let draining = settings.flushInterval > 0 && settings.drainOnFlush
+                        if draining { await shared.gate.enter() }
                         var status = await session.submit(request)
-                        if status.isOK, settings.flushInterval > 0, (index + 1) % settings.flushInterval == 0 {
-                            status = await session.flush()
+                        if draining { shared.gate.leave() }
+                        let completed = shared.done.wrappingAdd(1, ordering: .relaxed).newValue
+                        if status.isOK, settings.flushInterval > 0, completed % settings.flushInterval == 0 {
+                            if draining {
+                                await shared.gate.drainAndFlush { status = await session.flush() }
+                            } else {
+                                status = await session.flush()
+                            }
                         }
                         if !status.isOK {
                             shared.failed.wrappingAdd(1, ordering: .relaxed)

@@ -33,7 +33,7 @@ struct ImgBenchCommand: AsyncParsableCommand {
     var pattern = "0"
     @Option(name: .customLong("flush-interval"), help: "Flush after every N requests (writes only).")
     var flushInterval = 0
-    @Flag(name: .customLong("no-drain"), help: "Accepted for qemu-img compatibility: flushes never drain here.")
+    @Flag(name: .customLong("no-drain"), help: "Flush without waiting for the requests in flight.")
     var noDrain = false
     @Argument(help: "The image file.")
     var file: String
@@ -61,6 +61,7 @@ struct ImgBenchCommand: AsyncParsableCommand {
         bench.write = write
         bench.pattern = IoFormat.patternByte(pattern)!
         bench.flushInterval = flushInterval
+        bench.drainOnFlush = !noDrain
         let options = ImageOpenOptions(format: format, readOnly: !write, forceShare: forceShare, cacheMode: noCache ? "none" : cache)
         let session: ImageSession
         do {

@@ -1,6 +1,7 @@
 import Foundation
 import StrataEngine
 import StrataGraph
+import Synchronization
 import Testing
 
 /// map, compare, convert and bench through the engine types the `strata img` commands wrap,
@@ -96,5 +97,43 @@ import Testing
         #expect(try await QemuTool.io("read -P 0x3c 0 1M", path))
         let cli = try await QemuTool.run(CommandLineTests.binary, ["io", "-c", "read -P 0x3c 0 4k", path])
         #expect(cli.status == 0)
+    }
+}
+
+/// qemu-img bench's draining flush: while the flush runs no request is in flight, and requests
+/// started meanwhile wait for it.
+@Suite struct BenchFlushGateTests {
+    private final class Counters: Sendable {
+        let active = Atomic<Int>(0)
+        let violations = Atomic<Int>(0)
+        let flushes = Atomic<Int>(0)
+    }
+
+    @Test func flushesRunWithNothingInFlight() async {
+        let gate = BenchFlushGate()
+        let counters = Counters()
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    for step in 0..<200 {
+                        await gate.enter()
+                        counters.active.wrappingAdd(1, ordering: .relaxed)
+                        await Task.yield()
+                        counters.active.wrappingSubtract(1, ordering: .relaxed)
+                        gate.leave()
+                        if (worker + step) % 50 == 0 {
+                            await gate.drainAndFlush {
+                                if counters.active.load(ordering: .relaxed) != 0 { counters.violations.wrappingAdd(1, ordering: .relaxed) }
+                                await Task.yield()
+                                if counters.active.load(ordering: .relaxed) != 0 { counters.violations.wrappingAdd(1, ordering: .relaxed) }
+                                counters.flushes.wrappingAdd(1, ordering: .relaxed)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(counters.violations.load(ordering: .relaxed) == 0)
+        #expect(counters.flushes.load(ordering: .relaxed) == 32)
     }
 }

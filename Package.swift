@@ -35,6 +35,8 @@ let package = Package(
         // zstd decompresses (and compresses) qcow2 clusters of images with compression_type=zstd.
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "StrataNodes", dependencies: ["CZlib", "CZstd", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
+        // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
+        .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",
@@ -64,7 +66,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD"],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

@@ -71,7 +71,8 @@ private func temporarySocketPath(_ name: String) -> String {
 
 @Suite(.serialized) struct NBDInteropTests {
     /// The codec's client against nbdkit's memory plugin: handshake, write, read back, block status.
-    @Test(.enabled(if: installed("nbdkit"))) func clientCodecAgainstNbdkit() throws {
+    @Test func clientCodecAgainstNbdkit() throws {
+        try #require(installed("nbdkit"), "nbdkit is missing: scripts/install-deps installs it")
         let path = temporarySocketPath("nbdkit")
         unlink(path)
         let nbdkit = Process()
@@ -155,7 +156,8 @@ private func temporarySocketPath(_ name: String) -> String {
     }
 
     /// nbdinfo handshakes with the codec's server state machine behind a blocking socket loop.
-    @Test(.enabled(if: installed("nbdinfo"))) func nbdinfoAgainstServerCodec() throws {
+    @Test func nbdinfoAgainstServerCodec() throws {
+        try #require(installed("nbdinfo"), "nbdinfo is missing: scripts/install-deps installs it (libnbd-bin)")
         let path = temporarySocketPath("server")
         let listener = UnixSocket.listen(path)
         defer { close(listener); unlink(path) }

@@ -70,10 +70,10 @@ public struct ImageConvert: Sendable {
                         do {
                             try await settings.write(target, chunk.offset, chunk.length, data ? buffer : nil, queue: targetQueue)
                         } catch {
-                            if !settings.outOfOrder { await order.finished(index) }
+                            if !settings.outOfOrder { order.finished(index) }
                             throw error
                         }
-                        if !settings.outOfOrder { await order.finished(index) }
+                        if !settings.outOfOrder { order.finished(index) }
                         let count = done.value.wrappingAdd(1, ordering: .relaxed).newValue
                         settings.progress?(Double(count) / Double(chunkList.count))
                     }

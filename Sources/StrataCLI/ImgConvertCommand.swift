@@ -44,6 +44,8 @@ struct ImgConvertCommand: AsyncParsableCommand {
     var target: String
 
     /// One queue per online CPU (at most 4): the copy is memory-bound, so it spreads over threads.
+    /// In-order writes (no -W) complete one at a time anyway, so the target gets one queue and
+    /// the turn passes between writers without waking another thread.
     static var queueCount: Int { max(1, min(4, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))) }
 
     func validate() throws {
@@ -88,7 +90,7 @@ struct ImgConvertCommand: AsyncParsableCommand {
                 let creator = ImageTargetCreators.byFormat[targetFormat]!
                 convert.targetIsZero = try await creator.create(path: target, sizeBytes: sourceSession.sizeBytes, options: try parsedCreationOptions())
             }
-            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache, queueCount: Self.queueCount))
+            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache, queueCount: outOfOrder ? Self.queueCount : 1))
             targetSession = opened
             if compress { convert.compressClusterBytes = opened.clusterSizeBytes }
             if progress && !quiet { convert.progress?(0) }

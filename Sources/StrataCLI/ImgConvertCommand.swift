@@ -43,9 +43,9 @@ struct ImgConvertCommand: AsyncParsableCommand {
     @Argument(help: "The target image.")
     var target: String
 
-    /// One queue per online CPU (at most 4): the copy is memory-bound, so it spreads over threads.
-    /// In-order writes (no -W) complete one at a time anyway, so the target gets one queue and
-    /// the turn passes between writers without waking another thread.
+    /// One queue per online CPU (at most 4) on both sides: the copy is memory-bound, so it spreads
+    /// over threads, and worker i reads and writes on queue i's thread (both sessions pin queue i
+    /// to the same CPU), so a chunk never changes thread between its read and its write.
     static var queueCount: Int { max(1, min(4, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))) }
 
     func validate() throws {
@@ -90,7 +90,7 @@ struct ImgConvertCommand: AsyncParsableCommand {
                 let creator = ImageTargetCreators.byFormat[targetFormat]!
                 convert.targetIsZero = try await creator.create(path: target, sizeBytes: sourceSession.sizeBytes, options: try parsedCreationOptions())
             }
-            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache, queueCount: outOfOrder ? Self.queueCount : 1))
+            let opened = try await ImageSession.open(target, options: ImageOpenOptions(format: targetFormat, cacheMode: targetCache, queueCount: Self.queueCount))
             targetSession = opened
             if compress { convert.compressClusterBytes = opened.clusterSizeBytes }
             if progress && !quiet { convert.progress?(0) }

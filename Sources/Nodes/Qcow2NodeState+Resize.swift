@@ -58,7 +58,13 @@ extension Qcow2NodeState {
             // The new table and its refcounts are on disk before the header names it.
             try await allocator.flush(io: io)
             try await io.flush()
-            try await writeHeaderFields([(36, needed, 4), (40, newOffset, 8)], io: io)
+            // l1_size and l1_table_offset are adjacent (bytes 36-47): one write switches both, so
+            // a crash never pairs the new size with the old table.
+            var location = [UInt8](repeating: 0, count: 12)
+            for index in 0..<4 { location[index] = UInt8(truncatingIfNeeded: needed >> UInt64(8 * (3 - index))) }
+            for index in 0..<8 { location[4 + index] = UInt8(truncatingIfNeeded: newOffset >> UInt64(8 * (7 - index))) }
+            try await io.write(bytes: location, at: 36)
+            try await io.flush()
             let oldClusters = (Int(header.l1Size) * 8 + clusterSize - 1) / clusterSize
             let oldFirst = header.l1TableOffset >> UInt64(metadata.clusterBits)
             if header.l1Size > 0 {

@@ -252,6 +252,31 @@ struct RingSocketTests {
         await executor.shutdown()
     }
 
+    /// A server stopping wakes an accept that is waiting in the ring: closing the descriptor
+    /// would not (the ring holds its own reference), shutting the listener down does.
+    @Test func listenerShutdownWakesAPendingAccept() async throws {
+        let executor = try QueueExecutor(name: "ring-stop")
+        let path = socketPath("stop")
+        unlink(path)
+        let listener = try RingListener.unix(path: path)
+        defer { listener.close() }
+        let accepting = Task(executorPreference: executor) { () -> SystemError? in
+            do throws(SystemError) {
+                let socket = try await listener.accept()
+                try? await socket.close()
+                return nil
+            } catch {
+                return error
+            }
+        }
+        // Give the accept time to reach the ring; shutting down earlier fails it just the same.
+        try await Task.sleep(for: .milliseconds(50))
+        listener.shutdown()
+        let error = try #require(await accepting.value)
+        #expect(error.errno == EINVAL)
+        await executor.shutdown()
+    }
+
     /// 500 connections, some echoing a byte, some closed at once, some reset: every accepted
     /// descriptor is closed again, so the process's open descriptors are as many as before.
     @Test func fiveHundredConnectionsLeaveNoDescriptorsBehind() async throws {

@@ -14,7 +14,7 @@ let package = Package(
     name: "Strata",
     products: [
         .executable(name: "strata", targets: ["StrataCLI"]),
-        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine"]),
+        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -37,6 +37,8 @@ let package = Package(
         .target(name: "StrataNodes", dependencies: ["CZlib", "CZstd", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
         // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
         .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
+        // The NBD export server: connections served on the queue executors' rings.
+        .target(name: "StrataNBDServer", dependencies: ["StrataNBD", "StrataRuntime", "StrataGraph"], path: "Sources/NBDServer", swiftSettings: swiftSettings),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",
@@ -51,7 +53,7 @@ let package = Package(
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
-                "CStrataShim", "StrataRuntime", "StrataGraph", "StrataNodes", "StrataDevices", "StrataEngine",
+                "CStrataShim", "StrataRuntime", "StrataGraph", "StrataNodes", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
@@ -66,7 +68,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer"],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <signal.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/falloc.h>
@@ -86,6 +88,25 @@ int strata_cpu_has_invariant_tsc(void) {
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid(0x80000007, &eax, &ebx, &ecx, &edx)) return 0;
     return (edx >> 8) & 1;  // CPUID.80000007H:EDX[8]: invariant TSC
+}
+
+static volatile int strata_signal_pipe_fd = -1;
+
+static void strata_signal_pipe_handler(int signo) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signo;
+    (void)!write(strata_signal_pipe_fd, &byte, 1);
+    errno = saved;
+}
+
+int strata_signal_to_pipe(int signo, int write_fd) {
+    strata_signal_pipe_fd = write_fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = strata_signal_pipe_handler;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    return sigaction(signo, &action, NULL) == 0 ? 0 : -errno;
 }
 
 int strata_eventfd_create(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd < 0 ? -errno : fd; }

@@ -20,12 +20,12 @@ public final class ImageSession: Sendable {
     /// True when opened read-only, asked for or forced (a format node that cannot write yet).
     public let isReadOnly: Bool
     public let engine: Engine
-    private let ports: [ImageSessionPort]
+    private let ports: [BackendPort]
     private let formatStates: [any NodeState]
     private let fileStates: [any NodeState]
     private let closed = Mutex(false)
 
-    private init(path: String, layers: [ImageLayer], isReadOnly: Bool, engine: Engine, ports: [ImageSessionPort],
+    private init(path: String, layers: [ImageLayer], isReadOnly: Bool, engine: Engine, ports: [BackendPort],
                  formatStates: [any NodeState], fileStates: [any NodeState]) {
         self.path = path
         self.layers = layers
@@ -54,9 +54,9 @@ public final class ImageSession: Sendable {
                                      "filter": .object(["driver": "copy-on-read", "node-name": "copy-on-read0"])]),
                 ]))
             }
-            var ports: [ImageSessionPort] = []
+            var ports: [BackendPort] = []
             for queue in engine.queues {
-                let port = ImageSessionPort(backendName: backendName, queue: queue)
+                let port = BackendPort(backendName: backendName, queue: queue)
                 try await engine.controller.attach(port)
                 ports.append(port)
             }
@@ -124,27 +124,7 @@ public final class ImageSession: Sendable {
     /// the first layer that answers for the range itself gives the extent, with its depth; a
     /// range no layer answers for reads as zeros (depth: the bottom layer it reached).
     public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        let size = sizeBytes
-        guard offsetBytes < size, maxLengthBytes > 0 else {
-            return BlockStatusExtent(lengthBytes: 0, isData: false, isZero: true, isAllocated: false, depth: 0)
-        }
-        var length = min(maxLengthBytes, size - offsetBytes)
-        var depth = 0
-        while true {
-            var extent = try await formatStates[depth].blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: length)
-            extent.depth = depth
-            if extent.lengthBytes == 0 || extent.isAllocated { return extent }
-            extent.hostOffset = nil
-            let next = depth + 1
-            // No backing image, or one that ends before the offset: the range reads as zeros.
-            guard next < layers.count, offsetBytes < formatStates[next].sizeBytes else {
-                extent.isZero = true
-                extent.isData = false
-                return extent
-            }
-            length = min(extent.lengthBytes, formatStates[next].sizeBytes - offsetBytes)
-            depth = next
-        }
+        try await formatStates[0].chainBlockStatus(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
     }
 
     /// Whether layer `depth` itself answers for the range from `offsetBytes` (qemu-io's alloc and
@@ -178,6 +158,18 @@ public final class ImageSession: Sendable {
     }
 
     // MARK: Building the graph
+
+    /// The blockdev-add actions that open `path` as the tools do (format probed, backing chain by
+    /// name), without a backend: for a daemon that attaches its own front end. Returns the top
+    /// node's name with them.
+    public static func blockdevActions(for path: String, options: ImageOpenOptions) throws -> (actions: [JSONValue], topNodeName: String) {
+        let layers = try chain(of: path, options: options)
+        guard case .array(var actions) = graph(layers, options: options, readOnly: options.readOnly) else {
+            preconditionFailure("graph(_:options:readOnly:) builds an array of actions")
+        }
+        actions.removeLast()  // the backend-add over the top node
+        return (actions, layers[0].nodeName)
+    }
 
     /// The chain from `path` down, formats resolved; backing names are relative to the directory
     /// of the image that names them (QEMU's bdrv_get_full_backing_filename).

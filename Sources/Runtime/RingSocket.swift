@@ -82,6 +82,21 @@ public struct RingSocket: Sendable, Hashable {
         }
     }
 
+    /// Sends the buffers `message` gathers, in order; returns how many bytes the kernel took (a
+    /// short send leaves the caller to advance its iovecs). The message and its iovecs must stay
+    /// valid until this returns.
+    public nonisolated(nonsending) func sendMessage(_ message: UnsafePointer<msghdr>) async throws(SystemError) -> Int {
+        let executor = Self.currentExecutor("sendMessage")
+        let fd = self.fd
+        let flags = UInt32(MSG_NOSIGNAL)
+        while true {
+            let result = await executor.perform { io_uring_prep_sendmsg($0, fd, message, flags) }
+            if result >= 0 { return Int(result) }
+            if result == -EINTR { continue }
+            throw SystemError("sendmsg", errno: -result)
+        }
+    }
+
     /// Ends one or both directions (SHUT_RD, SHUT_WR, SHUT_RDWR) while keeping the descriptor, so
     /// a receive blocked on another task returns EOF and the peer sees the end of the stream.
     public nonisolated(nonsending) func shutdown(_ how: Int32 = Int32(SHUT_RDWR)) async throws(SystemError) {

@@ -54,6 +54,9 @@ int strata_cpu_has_invariant_tsc(void);
 // Wakeups.
 int strata_eventfd_create(void);
 int strata_eventfd_signal(int fd);
+/// Routes `signo` to a handler that writes the signal number as one byte to `write_fd` (the
+/// self-pipe trick: a signal becomes readable data, whichever thread it lands on). 0 or -errno.
+int strata_signal_to_pipe(int signo, int write_fd);
 
 // Constants glibc defines as macros.
 int strata_o_direct(void);

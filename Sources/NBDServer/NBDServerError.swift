@@ -1,0 +1,14 @@
+/// Why the server refused a configuration change.
+public enum NBDServerError: Error, Equatable, CustomStringConvertible {
+    case duplicateExport(String)
+    case badAddress(String)
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .duplicateExport(let message): return message
+        case .badAddress(let message): return message
+        case .shuttingDown: return "the NBD server is shutting down"
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import CStrataShim
+import Glibc
+
+/// Waits for termination signals through a queue executor's ring, so a daemon's shutdown runs as
+/// ordinary async code. A handler writes each signal's number into a pipe (signal masks cannot be
+/// relied on: the Swift runtime may run `main` off the main thread, so no mask reaches every
+/// thread), and `wait` reads the pipe through the ring. One waiter per process.
+public final class SignalWaiter: Sendable {
+    private let readFd: Int32
+    private let writeFd: Int32
+
+    public init(signals: [Int32]) throws(SystemError) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw SystemError("pipe for signals", errno: errno) }
+        readFd = fds[0]
+        writeFd = fds[1]
+        // The handler must never block (a full pipe just drops the byte: one pending is enough);
+        // the read end stays blocking, since io_uring polls it and would hand back EAGAIN otherwise.
+        _ = fcntl(writeFd, F_SETFL, O_NONBLOCK)
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        for signal in signals {
+            let result = strata_signal_to_pipe(signal, writeFd)
+            if result != 0 { throw SystemError("sigaction \(signal)", errno: -result) }
+        }
+    }
+
+    /// Waits for one of the signals; returns its number. Must run on a queue executor.
+    public nonisolated(nonsending) func wait() async throws(SystemError) -> Int32 {
+        let executor = RingSocket.currentExecutor("SignalWaiter.wait")
+        let fd = readFd
+        let byte = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        defer { byte.deallocate() }
+        while true {
+            let result = await executor.perform { io_uring_prep_read($0, fd, byte, 1, 0) }
+            if result == 1 { return Int32(byte.pointee) }
+            if result == -EINTR || result == -EAGAIN { continue }
+            throw SystemError("read signal pipe", errno: result < 0 ? -result : EIO)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import ArgumentParser
+import Glibc
+import StrataEngine
+import StrataGraph
+import StrataNBDServer
+import StrataRuntime
+
+/// `strata serve`: a storage daemon in qemu-storage-daemon's style. Builds a graph from
+/// `--blockdev` (or opens `--image`), exports nodes over NBD and runs until SIGTERM or SIGINT,
+/// then finishes in-flight requests, flushes and exits.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve block nodes over NBD (qemu-storage-daemon style).",
+        discussion: """
+        Either give the graph and the server as qemu-storage-daemon takes them:
+          strata serve --blockdev '{"driver":"file","node-name":"f0","filename":"disk.img"}' \\
+                       --blockdev driver=raw,node-name=disk,file=f0 \\
+                       --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=10809 \\
+                       --export type=nbd,id=e0,node-name=disk,writable=on
+        or one image in one command (export name "" unless --export-name):
+          strata serve --image disk.qcow2 --nbd 127.0.0.1:10809
+        Once listening, one line per listener goes to standard output:
+          strata serve: NBD server listening on ADDRESS
+        """
+    )
+
+    /// Signals that end the daemon cleanly.
+    static let terminationSignals = [SIGTERM, SIGINT, SIGHUP]
+
+    @Option(name: .customLong("blockdev"), help: "A node as blockdev-add JSON or key=value list (repeatable).")
+    var blockdevs: [String] = []
+    @Option(name: .customLong("nbd-server"), help: "addr.type=inet,addr.host=H,addr.port=P or addr.type=unix,addr.path=S [,max-connections=N] (repeatable).")
+    var nbdServers: [String] = []
+    @Option(name: .customLong("export"), help: "type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on|off][,description=TEXT][,allocation-depth=on|off] (repeatable).")
+    var exportSpecs: [String] = []
+    @Option(help: "Write the daemon's process ID here once it serves; removed at exit.")
+    var pidfile: String?
+
+    @Option(help: "Serve this image (format probed, backing chain opened) as one export.")
+    var image: String?
+    @Option(help: "Format of --image: raw or qcow2 (default: probed).")
+    var format: String?
+    @Flag(name: .customLong("read-only"), help: "Export --image read-only.")
+    var readOnly = false
+    @Option(name: .customLong("export-name"), help: "Name of the --image export (default \"\").")
+    var exportName = ""
+    @Option(name: .customLong("nbd"), help: "Where --image is served: HOST:PORT, [V6]:PORT or unix:PATH (repeatable).")
+    var nbdAddresses: [String] = []
+    @Option(help: "Cache mode of --image: none, writeback, writethrough, directsync, unsafe.")
+    var cache = "writeback"
+
+    @Option(help: "Number of queues (one pinned executor each) connections are spread over (default: online CPUs, at most 8).")
+    var queues: Int?
+    @Option(name: .customLong("handshake-limit"), help: "Seconds a client may take to finish the handshake (0: no limit).")
+    var handshakeLimit: Double = 10
+
+    func validate() throws {
+        if image == nil {
+            if blockdevs.isEmpty { throw ValidationError("give --image, or the graph with --blockdev") }
+            if nbdServers.isEmpty { throw ValidationError("give --nbd-server (or --image with --nbd)") }
+            if exportSpecs.isEmpty { throw ValidationError("give at least one --export type=nbd,...") }
+            if !nbdAddresses.isEmpty { throw ValidationError("--nbd goes with --image; use --nbd-server with --blockdev") }
+        } else {
+            if !blockdevs.isEmpty || !exportSpecs.isEmpty { throw ValidationError("give --image or --blockdev/--export, not both") }
+            if nbdAddresses.isEmpty && nbdServers.isEmpty { throw ValidationError("--image needs --nbd HOST:PORT or unix:PATH") }
+        }
+        if let queues, !(1...256).contains(queues) { throw ValidationError("--queues must be 1-256, got \(queues)") }
+        if !(handshakeLimit >= 0 && handshakeLimit <= 86400) { throw ValidationError("--handshake-limit must be 0-86400 seconds") }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let (actions, exports) = try plan()
+        var servers: [(address: NBDServerAddress, maxConnections: Int)] = []
+        for spec in nbdServers { servers.append(try serverAddress(spec)) }
+        for text in nbdAddresses { servers.append((try NBDServerAddress.parse(short: text), 0)) }
+
+        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let engine = try Engine(queueCount: queues ?? max(1, min(8, online)), cpus: nil)
+        var settings = NBDServer.Settings()
+        settings.handshakeLimitSeconds = handshakeLimit
+        settings.maxConnections = servers.map(\.maxConnections).max() ?? 0
+        let server = NBDServer(controller: engine.controller, settings: settings) { StandardError.print($0) }
+        let signals = try SignalWaiter(signals: Self.terminationSignals)
+        do {
+            try await engine.controller.apply(json: .array(actions))
+            for export in exports { try await server.addExport(export) }
+            var bound: [NBDServerAddress] = []
+            for (address, _) in servers { bound.append(try server.listen(on: address)) }
+            for address in bound { print("strata serve: NBD server listening on \(address)") }
+            fflush(nil)
+            if let pidfile { try writePidfile(pidfile) }
+        } catch {
+            await server.shutdown()
+            await engine.shutdown()
+            throw ValidationError("\(error)")
+        }
+        let control = engine.control
+        let signal = try await Task(executorPreference: control) { try await signals.wait() }.value
+        StandardError.print("strata serve: \(signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM"): finishing in-flight requests")
+        await server.shutdown()
+        await engine.shutdown()
+        if let pidfile { unlink(pidfile) }
+    }
+
+    /// The graph's blockdev-add actions and the exports to add over it.
+    private func plan() throws -> (actions: [JSONValue], exports: [NBDExportOptions]) {
+        if let image {
+            let options = ImageOpenOptions(format: format, readOnly: readOnly, cacheMode: cache)
+            let (actions, top) = try ImageSession.blockdevActions(for: image, options: options)
+            return (actions, [NBDExportOptions(id: "export0", nodeName: top, name: exportName, writable: !readOnly)])
+        }
+        var actions: [JSONValue] = []
+        for text in blockdevs {
+            actions.append(.object(["type": "blockdev-add", "data": try KeyValueOptions.blockdev(text)]))
+        }
+        var exports: [NBDExportOptions] = []
+        for spec in exportSpecs {
+            let keys = try KeyValueOptions.dictionary(spec, option: "--export",
+                                                      allowed: ["type", "id", "node-name", "name", "writable", "description", "allocation-depth"])
+            guard keys["type"] == "nbd" else { throw ValidationError("--export: only type=nbd is supported, got '\(keys["type"] ?? "")'") }
+            guard let id = keys["id"], !id.isEmpty else { throw ValidationError("--export: needs id=") }
+            guard let node = keys["node-name"], !node.isEmpty else { throw ValidationError("--export \(id): needs node-name=") }
+            exports.append(NBDExportOptions(
+                id: id, nodeName: node, name: keys["name"], description: keys["description"] ?? "",
+                writable: try KeyValueOptions.onOff(keys["writable"], key: "writable", option: "--export \(id)", default: false),
+                allocationDepth: try KeyValueOptions.onOff(keys["allocation-depth"], key: "allocation-depth", option: "--export \(id)", default: true)))
+        }
+        return (actions, exports)
+    }
+
+    private func serverAddress(_ spec: String) throws -> (NBDServerAddress, Int) {
+        let keys = try KeyValueOptions.dictionary(spec, option: "--nbd-server",
+                                                  allowed: ["addr.type", "addr.host", "addr.port", "addr.path", "max-connections"])
+        var maxConnections = 0
+        if let text = keys["max-connections"] {
+            guard let value = Int(text), value >= 0 else { throw ValidationError("--nbd-server: max-connections=\(text) is not a count") }
+            maxConnections = value
+        }
+        return (try NBDServerAddress.parse(keys: keys), maxConnections)
+    }
+
+    private func writePidfile(_ path: String) throws {
+        let text = "\(getpid())\n"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SystemError("pidfile \(path)", errno: errno) }
+        defer { close(fd) }
+        guard text.withCString({ write(fd, $0, strlen($0)) }) == text.utf8.count else { throw SystemError("write pidfile \(path)", errno: errno) }
+    }
+}

@@ -148,7 +148,7 @@ actor NBDConnection {
         let index = workers.count
         workers.append(NBDRequestWorker())
         liveWorkers += 1
-        Task(executorPreference: ThreadAffineExecutors.preference(for: queue.executor)) { await self.runWorker(index) }
+        ThreadAffineExecutors.startTask(serving: queue.executor) { await self.runWorker(index) }
     }
 
     private func runWorker(_ index: Int) async {
@@ -180,8 +180,10 @@ actor NBDConnection {
             receiving = false
             return
         }
-        if !receiveWaiters.isEmpty {
-            receiveWaiters.removeFirst().resume(returning: true)
+        if let next = receiveWaiters.popLast() {
+            // Last in, first out: the worker that finished most recently has its buffer in the
+            // CPU cache; cycling through every worker's buffer in turn would keep them all cold.
+            next.resume(returning: true)
         } else {
             receiving = false
             if workers.count < Self.maxWorkers { startWorker() }

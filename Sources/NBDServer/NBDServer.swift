@@ -144,7 +144,7 @@ public final class NBDServer: Sendable {
             let deadline = settings.handshakeLimitSeconds > 0
                 ? MonotonicClock.now() + UInt64(settings.handshakeLimitSeconds * 1e9) : nil
             state.withLock { $0.connections[number] = ConnectionEntry(connection: connection, fd: socket.fd, handshakeDeadlineNs: deadline) }
-            Task(executorPreference: ThreadAffineExecutors.preference(for: queue.executor) ?? queue.executor) { await connection.run() }
+            ThreadAffineExecutors.startTask(serving: queue.executor) { await connection.run() }
         }
     }
 

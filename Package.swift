@@ -38,7 +38,7 @@ let package = Package(
         // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
         .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
         // The NBD export server: connections served on the queue executors' rings.
-        .target(name: "StrataNBDServer", dependencies: ["StrataNBD", "StrataRuntime", "StrataGraph"], path: "Sources/NBDServer", swiftSettings: swiftSettings),
+        .target(name: "StrataNBDServer", dependencies: ["CStrataShim", "StrataNBD", "StrataRuntime", "StrataGraph"], path: "Sources/NBDServer", swiftSettings: swiftSettings),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",

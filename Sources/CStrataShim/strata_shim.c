@@ -121,6 +121,8 @@ int strata_falloc_zero_range(void) { return FALLOC_FL_ZERO_RANGE; }
 int strata_falloc_keep_size(void) { return FALLOC_FL_KEEP_SIZE; }
 int strata_rwf_dsync(void) { return RWF_DSYNC; }
 int strata_seek_data(void) { return SEEK_DATA; }
+int strata_f_setpipe_sz(void) { return F_SETPIPE_SZ; }
+int strata_f_getpipe_sz(void) { return F_GETPIPE_SZ; }
 int strata_seek_hole(void) { return SEEK_HOLE; }
 void strata_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 

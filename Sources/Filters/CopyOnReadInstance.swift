@@ -38,6 +38,9 @@ actor CopyOnReadInstance: BlockNode {
         case .read:
             let allocated = layer.cachedAllocation(offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes)
             return allocated == true ? .forward(to: NodeReference(childHandle)) : .suspend
+        case .spliceRead:
+            // Data copied up must pass through memory to be written to the top layer.
+            return .complete(.notSupported)
         case .write, .writeZeroes, .discard:
             return .suspend
         }
@@ -53,6 +56,8 @@ actor CopyOnReadInstance: BlockNode {
                 return await child.submit(request)
             }
             return await copyOnRead(request, layer: layer)
+        case .spliceRead:
+            return .notSupported
         case .write, .writeZeroes, .discard:
             let hold = await locks.acquire(request.offsetBytes..<end, exclusive: false)
             let status = await child.submit(request)

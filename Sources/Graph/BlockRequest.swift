@@ -6,6 +6,11 @@ public enum BlockOperation: UInt8, Sendable, CaseIterable {
     case writeZeroes
     case discard
     case flush
+    /// Reads the range into the pipe whose write end is `pipeFd` instead of into memory: a
+    /// zero-copy path for front ends that pass the data on to a socket (the NBD server). Nodes
+    /// that cannot splice answer ENOTSUP and the caller reads normally; a failed splice may leave
+    /// part of the range in the pipe, so the caller then discards the pipe.
+    case spliceRead
 
     public var isWrite: Bool { self == .write || self == .writeZeroes || self == .discard }
 }
@@ -41,10 +46,12 @@ public struct BlockRequest: Sendable {
     public var tag: UInt32
     /// Monotonic time the device accepted the request.
     public var submitNs: UInt64
+    /// The write end of the pipe a `spliceRead` fills; -1 otherwise.
+    public var pipeFd: Int32
 
     @inlinable
     public init(operation: BlockOperation, offsetBytes: UInt64, lengthBytes: Int, buffer: IOBuffer = .empty,
-                flags: RequestFlags = [], tag: UInt32 = 0, submitNs: UInt64 = 0) {
+                flags: RequestFlags = [], tag: UInt32 = 0, submitNs: UInt64 = 0, pipeFd: Int32 = -1) {
         self.operation = operation
         self.offsetBytes = offsetBytes
         self.lengthBytes = lengthBytes
@@ -52,6 +59,7 @@ public struct BlockRequest: Sendable {
         self.flags = flags
         self.tag = tag
         self.submitNs = submitNs
+        self.pipeFd = pipeFd
     }
 
     /// The end of the byte range, or nil when offset + length overflows.

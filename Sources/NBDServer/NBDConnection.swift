@@ -1,3 +1,4 @@
+import CStrataShim
 import Glibc
 import StrataGraph
 import StrataNBD
@@ -41,6 +42,8 @@ actor NBDConnection {
     private var session: NBDNegotiatedSession?
     private var export: NBDServerExport?
     private var port: BackendPort?
+    /// Cleared when the export's nodes answer a splice with ENOTSUP.
+    private var spliceWorks = true
 
     private var workers: [NBDRequestWorker] = []
     private var liveWorkers = 0
@@ -347,6 +350,15 @@ actor NBDConnection {
             if structured { worker.noneReply(cookie: request.cookie) } else { worker.simpleReply(cookie: request.cookie, error: nil) }
             return
         }
+        // Large reads: holes go out as OFFSET_HOLE chunks; all-data ranges are spliced from the
+        // page cache to the socket when the node can (no copy through the worker's buffer).
+        var runs: [(length: UInt64, isHole: Bool)]?
+        if request.length >= Self.sparseReadMinimum {
+            if structured && !request.flags.contains(.dontFragment) { runs = await readRuns(request) }
+            if runs.map({ $0.count == 1 && !$0[0].isHole }) ?? true, await spliceRead(request, worker: worker, structured: structured) {
+                return
+            }
+        }
         guard worker.reserve(length) else {
             refuse(request, error: .noMemory, message: "no memory for a \(length)-byte read", worker: worker, structured: structured)
             return
@@ -360,16 +372,31 @@ actor NBDConnection {
             worker.simpleReadReply(cookie: request.cookie, length: length)
             return
         }
-        if request.length >= Self.sparseReadMinimum && !request.flags.contains(.dontFragment) {
-            await sparseReadReply(request, worker: worker)
+        if let runs, runs.count > 1 || runs[0].isHole {
+            sparseReadReply(request, runs: runs, worker: worker)
         } else {
             worker.dataReply(cookie: request.cookie, offset: request.offset, length: length)
         }
     }
 
-    /// Answers a read whose data is already in the worker's buffer with data and hole chunks, as
-    /// the export's block status splits the range (QEMU's nbd_co_send_sparse_read).
-    private func sparseReadReply(_ request: NBDRequest, worker: NBDRequestWorker) async {
+    /// Splices the range into the worker's pipe; false when the export's nodes cannot (the read
+    /// then goes through memory, and later reads of this connection do not try again).
+    private func spliceRead(_ request: NBDRequest, worker: NBDRequestWorker, structured: Bool) async -> Bool {
+        guard spliceWorks, let pipe = worker.pipe(holding: Int(request.length)) else { return false }
+        let status = await port!.submit(BlockRequest(operation: .spliceRead, offsetBytes: request.offset,
+                                                     lengthBytes: Int(request.length), pipeFd: pipe.write))
+        guard status.isOK else {
+            worker.closePipe()
+            if status == .notSupported { spliceWorks = false }
+            return false
+        }
+        worker.splicedReadReply(cookie: request.cookie, offset: request.offset, length: Int(request.length), structured: structured)
+        return true
+    }
+
+    /// The read range as runs of data and holes (zeros), from the export's block status, at most
+    /// `maxReadChunks` of them (the rest counts as data).
+    private func readRuns(_ request: NBDRequest) async -> [(length: UInt64, isHole: Bool)] {
         let state = export!.state
         let end = request.offset + UInt64(request.length)
         var cursor = request.offset
@@ -394,11 +421,14 @@ actor NBDConnection {
             }
             cursor += length
         }
-        if runs.count == 1 && !runs[0].isHole {
-            worker.dataReply(cookie: request.cookie, offset: request.offset, length: Int(request.length))
-            return
-        }
+        return runs
+    }
+
+    /// Answers a read whose data is already in the worker's buffer with data and hole chunks, as
+    /// the export's block status split the range (QEMU's nbd_co_send_sparse_read).
+    private func sparseReadReply(_ request: NBDRequest, runs: [(length: UInt64, isHole: Bool)], worker: NBDRequestWorker) {
         worker.iovecCount = 0
+        worker.splicedBytes = 0
         var offset = request.offset
         for (index, run) in runs.enumerated() {
             let done = index == runs.count - 1
@@ -501,17 +531,26 @@ actor NBDConnection {
         while !pendingReplies.isEmpty && !sendFailed {
             swap(&pendingReplies, &sendingBatch)
             var count = 0
-            for member in sendingBatch {
+            for member in sendingBatch where !sendFailed {
                 let worker = workers[member]
                 for slot in 0..<worker.iovecCount {
                     sendIovecs[count] = worker.iovecs[slot]
                     count += 1
                 }
+                // Spliced data follows its header: send what is gathered, then move the pipe's
+                // bytes to the socket.
+                if worker.splicedBytes > 0 {
+                    let headersSent = await sendAll(count: count)
+                    let dataSent = headersSent ? await sendSpliced(from: worker) : false
+                    if !dataSent { sendFailed = true }
+                    count = 0
+                }
             }
-            if !(await sendAll(count: count)) {
-                sendFailed = true
-                close()
+            if !sendFailed {
+                let sent = await sendAll(count: count)
+                if !sent { sendFailed = true }
             }
+            if sendFailed { close() }
             let ok = !sendFailed
             for member in sendingBatch {
                 if let waiter = workers[member].sendWaiter {
@@ -530,6 +569,26 @@ actor NBDConnection {
         pendingReplies.removeAll(keepingCapacity: true)
         sending = false
         return !sendFailed
+    }
+
+    /// Moves a worker's spliced reply data from its pipe to the socket.
+    private func sendSpliced(from worker: NBDRequestWorker) async -> Bool {
+        guard let pipe = worker.pipe else { return false }
+        let socketFd = socket.fd
+        let executor = queue.executor
+        var remaining = worker.splicedBytes
+        worker.splicedBytes = 0
+        while remaining > 0 {
+            let count = UInt32(remaining)
+            let result = await executor.perform { io_uring_prep_splice($0, pipe.read, -1, socketFd, -1, count, 0) }
+            if result > 0 {
+                remaining -= Int(result)
+            } else if result != -EINTR && result != -EAGAIN {
+                worker.closePipe()
+                return false
+            }
+        }
+        return true
     }
 
     /// Sends `count` iovecs from `sendIovecs`, at most IOV_MAX per call, resuming after short sends.

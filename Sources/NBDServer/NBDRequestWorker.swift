@@ -1,3 +1,4 @@
+import CStrataShim
 import Glibc
 import StrataNBD
 
@@ -24,10 +25,44 @@ final class NBDRequestWorker {
     var iovecCount = 0
     /// Set while the worker waits for another worker to send its reply.
     var sendWaiter: UnsafeContinuation<Bool, Never>?
+    /// The worker's pipe for spliced reads (read end, write end), made on first use.
+    private(set) var pipe: (read: Int32, write: Int32)?
+    private(set) var pipeCapacity = 0
+    /// Bytes of the reply waiting in the pipe, sent after the iovecs.
+    var splicedBytes = 0
 
     deinit {
         free(buffer)
         iovecs.deallocate()
+        closePipe()
+    }
+
+    /// A pipe holding at least `bytes`, or nil when none can be had (the read then goes through
+    /// memory). The capacity is raised with F_SETPIPE_SZ, bounded by /proc/sys/fs/pipe-max-size.
+    func pipe(holding bytes: Int) -> (read: Int32, write: Int32)? {
+        if let pipe, pipeCapacity >= bytes { return pipe }
+        if pipe == nil {
+            var fds: [Int32] = [-1, -1]
+            guard Glibc.pipe(&fds) == 0 else { return nil }
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            pipe = (fds[0], fds[1])
+            pipeCapacity = Int(fcntl(fds[1], strata_f_getpipe_sz()))
+        }
+        if pipeCapacity < bytes {
+            let granted = fcntl(pipe!.write, strata_f_setpipe_sz(), Int32(clamping: bytes))
+            guard granted >= bytes else { return nil }
+            pipeCapacity = Int(granted)
+        }
+        return pipe
+    }
+
+    /// Drops the pipe (after a failed splice it may hold bytes no reply will carry).
+    func closePipe() {
+        guard let pipe else { return }
+        close(pipe.read)
+        close(pipe.write)
+        self.pipe = nil
+        pipeCapacity = 0
     }
 
     /// The data area; valid after `reserve`.
@@ -69,6 +104,7 @@ final class NBDRequestWorker {
 
     func simpleReply(cookie: UInt64, error: NBDErrno?) {
         iovecCount = 0
+        splicedBytes = 0
         NBDReplyEncoder.simpleReply(cookie: cookie, error: error, into: header(at: 0, count: NBDReplyEncoder.simpleReplyBytes))
         append(buffer!, NBDReplyEncoder.simpleReplyBytes)
     }
@@ -77,6 +113,7 @@ final class NBDRequestWorker {
     /// right in front of the data so both leave in one iovec.
     func simpleReadReply(cookie: UInt64, length: Int) {
         iovecCount = 0
+        splicedBytes = 0
         let start = Self.headerRoom - NBDReplyEncoder.simpleReplyBytes
         NBDReplyEncoder.simpleReply(cookie: cookie, error: nil, into: header(at: start, count: NBDReplyEncoder.simpleReplyBytes))
         append(buffer! + start, NBDReplyEncoder.simpleReplyBytes + length)
@@ -85,6 +122,7 @@ final class NBDRequestWorker {
     /// One OFFSET_DATA chunk (DONE) over the whole data area, header in front of the data.
     func dataReply(cookie: UInt64, offset: UInt64, length: Int) {
         iovecCount = 0
+        splicedBytes = 0
         let start = Self.headerRoom - NBDReplyEncoder.offsetDataHeaderBytes
         NBDReplyEncoder.offsetDataHeader(cookie: cookie, offset: offset, dataLength: UInt32(length), done: true,
                                          into: header(at: start, count: NBDReplyEncoder.offsetDataHeaderBytes))
@@ -94,13 +132,30 @@ final class NBDRequestWorker {
     /// A structured reply with nothing to carry (a zero-length read): one NONE chunk with DONE.
     func noneReply(cookie: UInt64) {
         iovecCount = 0
+        splicedBytes = 0
         NBDReplyEncoder.none(cookie: cookie, into: header(at: 0, count: NBDReplyEncoder.noneBytes))
         append(buffer!, NBDReplyEncoder.noneBytes)
+    }
+
+    /// A reply header (simple, or OFFSET_DATA with DONE) whose `length` bytes of data wait in the
+    /// worker's pipe.
+    func splicedReadReply(cookie: UInt64, offset: UInt64, length: Int, structured: Bool) {
+        iovecCount = 0
+        if structured {
+            NBDReplyEncoder.offsetDataHeader(cookie: cookie, offset: offset, dataLength: UInt32(length), done: true,
+                                             into: header(at: 0, count: NBDReplyEncoder.offsetDataHeaderBytes))
+            append(buffer!, NBDReplyEncoder.offsetDataHeaderBytes)
+        } else {
+            NBDReplyEncoder.simpleReply(cookie: cookie, error: nil, into: header(at: 0, count: NBDReplyEncoder.simpleReplyBytes))
+            append(buffer!, NBDReplyEncoder.simpleReplyBytes)
+        }
+        splicedBytes = length
     }
 
     /// An ERROR chunk (DONE) carrying `message`, cut to a bounded length.
     func errorReply(cookie: UInt64, error: NBDErrno, message: String) {
         iovecCount = 0
+        splicedBytes = 0
         var text = message
         if text.utf8.count > Self.maxErrorMessageBytes { text = String(decoding: text.utf8.prefix(Self.maxErrorMessageBytes), as: UTF8.self) }
         let room = header(at: Self.errorChunkOffset, count: Self.headerRoom - Self.errorChunkOffset)

@@ -87,7 +87,32 @@ actor FileNodeInstance: BlockNode {
         case .writeZeroes: return await writeZeroes(request, end: end)
         case .discard: return await discard(request)
         case .flush: return await flush()
+        case .spliceRead: return await spliceRead(request)
         }
+    }
+
+    /// Moves the range from the page cache into the caller's pipe: no copy into user memory.
+    /// O_DIRECT files have no page cache to lend pages from, and a range past the end of the file
+    /// would need zeros the pipe cannot be given without a buffer: both answer ENOTSUP.
+    private func spliceRead(_ request: BlockRequest) async -> IOStatus {
+        guard !direct, request.pipeFd >= 0 else { return .notSupported }
+        let fd = self.fd
+        let pipeFd = request.pipeFd
+        var done = 0
+        while done < request.lengthBytes {
+            let count = UInt32(min(request.lengthBytes - done, Self.maxTransferBytes))
+            let position = Int64(request.offsetBytes) + Int64(done)
+            let result = await executor.perform { io_uring_prep_splice($0, fd, position, pipeFd, -1, count, 0) }
+            if result > 0 {
+                done += Int(result)
+            } else if result == 0 {
+                return .notSupported
+            } else if result != -EINTR && result != -EAGAIN {
+                return IOStatus(kernelResult: result)
+            }
+        }
+        state.counters.recordRead(bytes: request.lengthBytes)
+        return .ok
     }
 
     // MARK: Read

@@ -30,7 +30,7 @@ actor NullNodeInstance: BlockNode {
         let range = request.rangeStatus(sizeBytes: configuration.sizeBytes)
         guard range.isOK else { return range }
         if configuration.readOnly && request.operation.isWrite { return .readOnly }
-        if request.flags.contains(.compressed) { return .notSupported }
+        if request.flags.contains(.compressed) || request.operation == .spliceRead { return .notSupported }
         if request.operation == .read && configuration.readZeroes {
             request.buffer.slice(from: 0, count: request.lengthBytes).zero()
         }

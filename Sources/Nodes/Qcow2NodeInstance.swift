@@ -95,6 +95,10 @@ actor Qcow2NodeInstance: BlockNode {
             return await zeroOrDiscard(request)
         case .flush:
             return .ok
+        case .spliceRead:
+            // Clusters are scattered over the file (and may be compressed or in the backing
+            // chain): the caller reads into memory instead.
+            return .notSupported
         }
     }
 

@@ -68,6 +68,8 @@ int strata_falloc_zero_range(void);
 int strata_falloc_keep_size(void);
 int strata_rwf_dsync(void);
 int strata_seek_data(void);
+int strata_f_setpipe_sz(void);
+int strata_f_getpipe_sz(void);
 int strata_seek_hole(void);
 /* Line-buffers standard output, so a process killed mid-run has printed every completed line. */
 void strata_line_buffer_stdout(void);

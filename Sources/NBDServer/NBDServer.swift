@@ -129,6 +129,12 @@ public final class NBDServer: Sendable {
                 log("NBD server: accept on \(listener.unixPath ?? String(listener.port ?? 0)) failed: \(error)")
                 return
             }
+            if listener.port != nil {
+                // Replies are often small (a write's 16 bytes): Nagle would hold them for the
+                // client's delayed ACK.
+                var one: Int32 = 1
+                _ = setsockopt(socket.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            }
             let admitted: (Int, QueueContext)? = state.withLock { state in
                 if state.shuttingDown { return nil }
                 if settings.maxConnections > 0 && state.connections.count >= settings.maxConnections { return nil }

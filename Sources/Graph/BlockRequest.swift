@@ -8,8 +8,9 @@ public enum BlockOperation: UInt8, Sendable, CaseIterable {
     case flush
     /// Reads the range into the pipe whose write end is `pipeFd` instead of into memory: a
     /// zero-copy path for front ends that pass the data on to a socket (the NBD server). Nodes
-    /// that cannot splice answer ENOTSUP and the caller reads normally; a failed splice may leave
-    /// part of the range in the pipe, so the caller then discards the pipe.
+    /// that cannot splice the range answer ENOTSUP before moving anything, and the caller reads
+    /// normally; any other failure may leave part of the range in the pipe, so the caller then
+    /// discards the pipe.
     case spliceRead
 
     public var isWrite: Bool { self == .write || self == .writeZeroes || self == .discard }

@@ -42,8 +42,6 @@ actor NBDConnection {
     private var session: NBDNegotiatedSession?
     private var export: NBDServerExport?
     private var port: BackendPort?
-    /// Cleared when the export's nodes answer a splice with ENOTSUP.
-    private var spliceWorks = true
 
     private var workers: [NBDRequestWorker] = []
     private var liveWorkers = 0
@@ -379,15 +377,15 @@ actor NBDConnection {
         }
     }
 
-    /// Splices the range into the worker's pipe; false when the export's nodes cannot (the read
-    /// then goes through memory, and later reads of this connection do not try again).
+    /// Splices the range into the worker's pipe; false when the nodes cannot splice this range
+    /// (the read then goes through memory).
     private func spliceRead(_ request: NBDRequest, worker: NBDRequestWorker, structured: Bool) async -> Bool {
-        guard spliceWorks, let pipe = worker.pipe(holding: Int(request.length)) else { return false }
+        guard let pipe = worker.pipe(holding: Int(request.length)) else { return false }
         let status = await port!.submit(BlockRequest(operation: .spliceRead, offsetBytes: request.offset,
                                                      lengthBytes: Int(request.length), pipeFd: pipe.write))
         guard status.isOK else {
-            worker.closePipe()
-            if status == .notSupported { spliceWorks = false }
+            // ENOTSUP comes before anything moved; any other failure may leave bytes in the pipe.
+            if status != .notSupported { worker.closePipe() }
             return false
         }
         worker.splicedReadReply(cookie: request.cookie, offset: request.offset, length: Int(request.length), structured: structured)

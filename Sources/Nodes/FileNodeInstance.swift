@@ -93,9 +93,9 @@ actor FileNodeInstance: BlockNode {
 
     /// Moves the range from the page cache into the caller's pipe: no copy into user memory.
     /// O_DIRECT files have no page cache to lend pages from, and a range past the end of the file
-    /// would need zeros the pipe cannot be given without a buffer: both answer ENOTSUP.
+    /// would need zeros the pipe cannot be given without a buffer: both answer ENOTSUP first.
     private func spliceRead(_ request: BlockRequest) async -> IOStatus {
-        guard !direct, request.pipeFd >= 0 else { return .notSupported }
+        guard !direct, request.pipeFd >= 0, let end = request.endBytes, end <= state.sizeBytes else { return .notSupported }
         let fd = self.fd
         let pipeFd = request.pipeFd
         var done = 0
@@ -106,7 +106,8 @@ actor FileNodeInstance: BlockNode {
             if result > 0 {
                 done += Int(result)
             } else if result == 0 {
-                return .notSupported
+                // The file shrank under the splice: part of the range is in the pipe already.
+                return IOStatus(errno: EAGAIN)
             } else if result != -EINTR && result != -EAGAIN {
                 return IOStatus(kernelResult: result)
             }

@@ -1,3 +1,4 @@
+import Glibc
 import StrataGraph
 import StrataRuntime
 
@@ -96,9 +97,7 @@ actor Qcow2NodeInstance: BlockNode {
         case .flush:
             return .ok
         case .spliceRead:
-            // Clusters are scattered over the file (and may be compressed or in the backing
-            // chain): the caller reads into memory instead.
-            return .notSupported
+            return await spliceRead(request)
         }
     }
 
@@ -645,6 +644,49 @@ actor Qcow2NodeInstance: BlockNode {
             done += chunk
         }
         if runLength > 0 { return await readData(into: base + runStart, length: runLength, at: runHost) }
+        return .ok
+    }
+
+    /// Splices a range whose clusters are all plain data clusters from the data file into the
+    /// caller's pipe, one request per run contiguous in the file. Anything else (zero, compressed,
+    /// unallocated or subclustered clusters) answers ENOTSUP before a byte moves; a range that
+    /// changed under the splice answers EAGAIN (the pipe holds part of it).
+    private func spliceRead(_ request: BlockRequest) async -> IOStatus {
+        guard !extendedL2 else { return .notSupported }
+        for pass in 0..<2 {
+            var runHost: UInt64 = 0
+            var runLength = 0
+            var done = 0
+            var moved = 0
+            while done <= request.lengthBytes {
+                var host: UInt64 = 0
+                var chunk = 0
+                if done < request.lengthBytes {
+                    let (l1Index, l2Index, inCluster) = metadata.locate(request.offsetBytes + UInt64(done))
+                    chunk = min(request.lengthBytes - done, metadata.clusterSize - inCluster)
+                    guard case .success(let (entry, _)) = await l2Entry(l1Index: l1Index, l2Index: l2Index),
+                          case .normal(let hostCluster) = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile)
+                    else { return pass == 0 || moved == 0 ? .notSupported : IOStatus(errno: EAGAIN) }
+                    host = hostCluster + UInt64(inCluster)
+                    if runLength > 0 && runHost + UInt64(runLength) == host {
+                        runLength += chunk
+                        done += chunk
+                        continue
+                    }
+                }
+                if pass == 1 && runLength > 0 {
+                    var part = request
+                    part.offsetBytes = runHost
+                    part.lengthBytes = runLength
+                    let status = await dataIO.file.node.submit(part)
+                    guard status.isOK else { return moved == 0 || status != .notSupported ? status : IOStatus(errno: EAGAIN) }
+                    moved += runLength
+                }
+                if done == request.lengthBytes { break }
+                (runHost, runLength) = (host, chunk)
+                done += chunk
+            }
+        }
         return .ok
     }
 

@@ -350,12 +350,13 @@ actor NBDConnection {
         }
         // Large reads: holes go out as OFFSET_HOLE chunks; all-data ranges are spliced from the
         // page cache to the socket when the node can (no copy through the worker's buffer).
-        var runs: [(length: UInt64, isHole: Bool)]?
+        var sparse = false
         if request.length >= Self.sparseReadMinimum {
-            if structured && !request.flags.contains(.dontFragment) { runs = await readRuns(request) }
-            if runs.map({ $0.count == 1 && !$0[0].isHole }) ?? true, await spliceRead(request, worker: worker, structured: structured) {
-                return
+            if structured && !request.flags.contains(.dontFragment) {
+                await findReadRuns(request, worker: worker)
+                sparse = worker.readRuns.count > 1 || worker.readRuns[0].isHole
             }
+            if !sparse, await spliceRead(request, worker: worker, structured: structured) { return }
         }
         guard worker.reserve(length) else {
             refuse(request, error: .noMemory, message: "no memory for a \(length)-byte read", worker: worker, structured: structured)
@@ -370,8 +371,8 @@ actor NBDConnection {
             worker.simpleReadReply(cookie: request.cookie, length: length)
             return
         }
-        if let runs, runs.count > 1 || runs[0].isHole {
-            sparseReadReply(request, runs: runs, worker: worker)
+        if sparse {
+            sparseReadReply(request, worker: worker)
         } else {
             worker.dataReply(cookie: request.cookie, offset: request.offset, length: length)
         }
@@ -392,17 +393,16 @@ actor NBDConnection {
         return true
     }
 
-    /// The read range as runs of data and holes (zeros), from the export's block status, at most
-    /// `maxReadChunks` of them (the rest counts as data).
-    private func readRuns(_ request: NBDRequest) async -> [(length: UInt64, isHole: Bool)] {
+    /// The read range as runs of data and holes (zeros) in `worker.readRuns`, from the export's
+    /// block status, at most `maxReadChunks` of them (the rest counts as data).
+    private func findReadRuns(_ request: NBDRequest, worker: NBDRequestWorker) async {
         let state = export!.state
         let end = request.offset + UInt64(request.length)
         var cursor = request.offset
-        var runs: [(length: UInt64, isHole: Bool)] = []
-        runs.reserveCapacity(NBDRequestWorker.maxReadChunks)
+        worker.readRuns.removeAll(keepingCapacity: true)
         while cursor < end {
             var extent: BlockStatusExtent
-            if runs.count == NBDRequestWorker.maxReadChunks - 1 {
+            if worker.readRuns.count == NBDRequestWorker.maxReadChunks - 1 {
                 extent = .opaqueData(lengthBytes: end - cursor)
             } else {
                 do { extent = try await state.chainBlockStatus(offsetBytes: cursor, maxLengthBytes: end - cursor) } catch {
@@ -412,24 +412,25 @@ actor NBDConnection {
             }
             let length = min(extent.lengthBytes, end - cursor)
             let isHole = extent.isZero
-            if let last = runs.last, last.isHole == isHole {
-                runs[runs.count - 1].length += length
+            if let last = worker.readRuns.last, last.isHole == isHole {
+                worker.readRuns[worker.readRuns.count - 1].length += length
             } else {
-                runs.append((length, isHole))
+                worker.readRuns.append((length, isHole))
             }
             cursor += length
         }
-        return runs
     }
 
     /// Answers a read whose data is already in the worker's buffer with data and hole chunks, as
     /// the export's block status split the range (QEMU's nbd_co_send_sparse_read).
-    private func sparseReadReply(_ request: NBDRequest, runs: [(length: UInt64, isHole: Bool)], worker: NBDRequestWorker) {
+    private func sparseReadReply(_ request: NBDRequest, worker: NBDRequestWorker) {
         worker.iovecCount = 0
         worker.splicedBytes = 0
         var offset = request.offset
-        for (index, run) in runs.enumerated() {
-            let done = index == runs.count - 1
+        let count = worker.readRuns.count
+        for index in 0..<count {
+            let run = worker.readRuns[index]
+            let done = index == count - 1
             let headerOffset = index * 32
             if run.isHole {
                 let header = worker.header(at: headerOffset, count: NBDReplyEncoder.offsetHoleBytes)

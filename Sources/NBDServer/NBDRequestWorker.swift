@@ -30,6 +30,12 @@ final class NBDRequestWorker {
     private(set) var pipeCapacity = 0
     /// Bytes of the reply waiting in the pipe, sent after the iovecs.
     var splicedBytes = 0
+    /// A large read's range as runs of data and holes, kept to reuse its storage.
+    var readRuns: [(length: UInt64, isHole: Bool)] = []
+
+    init() {
+        readRuns.reserveCapacity(Self.maxReadChunks)
+    }
 
     deinit {
         free(buffer)

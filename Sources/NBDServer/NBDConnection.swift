@@ -48,6 +48,8 @@ actor NBDConnection {
     private var receiving = false
     private var receiveWaiters: [UnsafeContinuation<Bool, Never>] = []
     private var sending = false
+    /// Requests read and not yet answered (their replies not queued).
+    private var requestsInService = 0
     private var sendFailed = false
     private var pendingReplies: [Int] = []
     private var sendingBatch: [Int] = []
@@ -158,7 +160,9 @@ actor NBDConnection {
             let received = await receiveRequest(into: worker)
             passReceiveTurn()
             guard let (request, verdict) = received else { break }
+            requestsInService += 1
             await serve(request, verdict: verdict, worker: worker)
+            requestsInService -= 1
             let sent = await sendReply(index)
             worker.trim()
             guard sent else { break }
@@ -527,6 +531,10 @@ actor NBDConnection {
             return await withUnsafeContinuation { workers[index].sendWaiter = $0 }
         }
         sending = true
+        // While other requests are being served, let those completing in this loop turn queue
+        // their replies first: one sendmsg then carries them all and the client wakes once for
+        // the lot. Alone (queue depth 1), send at once.
+        if requestsInService > 0 { await queue.executor.yield() }
         while !pendingReplies.isEmpty && !sendFailed {
             swap(&pendingReplies, &sendingBatch)
             var count = 0

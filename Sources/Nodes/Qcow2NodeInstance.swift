@@ -468,6 +468,14 @@ actor Qcow2NodeInstance: BlockNode {
                 }
             }
         }
+        if !isDiscard && request.flags.contains(.noFallback) {
+            // A fast zero (NBD FAST_ZERO, BDRV_REQ_NO_FALLBACK) may only change mappings: partial
+            // clusters need data written, and so does an image without the zero flag that must
+            // keep its clusters allocated (NO_HOLE) or has a backing file showing through.
+            let partial = firstWhole > start || (end > lastWhole && lastWhole >= firstWhole) || lastWhole < firstWhole
+            let needsZeroData = !hasZeroFlag && (backing != nil || !request.flags.contains(.mayUnmap))
+            if partial || needsZeroData { return .notSupported }
+        }
         if !isDiscard {
             let headEnd = min(firstWhole, end)
             if headEnd > start {
@@ -478,7 +486,8 @@ actor Qcow2NodeInstance: BlockNode {
                 let status = await zeroPart(from: lastWhole, to: end)
                 guard status.isOK else { return status }
             }
-            if !canDeallocate && lastWhole > firstWhole {
+            // Without a zero flag, zeros that must stay allocated (NO_HOLE) are written out.
+            if (!canDeallocate || (!hasZeroFlag && !request.flags.contains(.mayUnmap))) && lastWhole > firstWhole {
                 return await writeZeros(length: Int(lastWhole - firstWhole), at: firstWhole)
             }
         }

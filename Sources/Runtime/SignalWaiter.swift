@@ -8,12 +8,14 @@ import Glibc
 public final class SignalWaiter: Sendable {
     private let readFd: Int32
     private let writeFd: Int32
+    private let signals: [Int32]
 
     public init(signals: [Int32]) throws(SystemError) {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw SystemError("pipe for signals", errno: errno) }
         readFd = fds[0]
         writeFd = fds[1]
+        self.signals = signals
         // The handler must never block (a full pipe just drops the byte: one pending is enough);
         // the read end stays blocking, since io_uring polls it and would hand back EAGAIN otherwise.
         _ = fcntl(writeFd, F_SETFL, O_NONBLOCK)
@@ -27,6 +29,12 @@ public final class SignalWaiter: Sendable {
     /// Waits for one of the signals; returns its number. Must run on a queue executor.
     public nonisolated(nonsending) func wait() async throws(SystemError) -> Int32 {
         let executor = RingSocket.currentExecutor("SignalWaiter.wait")
+        // A parent may have started us with the signals blocked (a spawning thread's mask is
+        // inherited), which would leave them pending for ever: this executor's own thread takes them.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         let fd = readFd
         let byte = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
         defer { byte.deallocate() }

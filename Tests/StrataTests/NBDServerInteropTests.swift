@@ -48,7 +48,7 @@ import Testing
         // Unaligned and odd-sized: the export takes any byte range.
         try await tool("qemu-io", ["-f", "raw", "-c", "write -P 0x42 12345 777", unix])
         #expect(try await QemuTool.io("read -P 0x42 12345 777", unix))
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
         // Everything acknowledged is in the file once the server has stopped.
         #expect(try await QemuTool.io("read -P 0xa5 0 12345", image))
         #expect(try await QemuTool.io("read -P 0x42 12345 777", image))
@@ -102,7 +102,7 @@ import Testing
                 print("errno", e.errnum)
             """)
         #expect(refused.contains("errno \(EPERM)"), "\(refused)")
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
     }
 
     @Test func convertIntoAWritableExportAndNbdinfoFlags() async throws {
@@ -149,7 +149,7 @@ import Testing
         try await tool("nbdinfo", ["--can", "multi-conn", server.uri("readonly")])
 
         try await tool("qemu-img", ["convert", "-n", "-f", "qcow2", "-O", "raw", source, server.uri("writable")])
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
         try await tool("qemu-img", ["compare", "-f", "qcow2", "-F", "raw", source, target])
     }
 
@@ -180,7 +180,7 @@ import Testing
         try await tool("cmp", [source, local])
         try await tool("nbdcopy", [local, server.uri("dst")])
         try await tool("nbdcopy", [server.uri("src"), server.uri("dst")])
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
         try await tool("cmp", [source, target])
     }
 
@@ -247,7 +247,7 @@ import Testing
             """)
         #expect(v2Result.contains("fast-zero errno \(ENOTSUP)") && v2Result.contains("still 5555") && v2Result.contains("zeroed 0000"),
                 "\(v2Result)")
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
         try await tool("qemu-img", ["check", v2])
         #expect(try await QemuTool.io("read -P 0x07 8k 4k", image))
     }
@@ -261,7 +261,7 @@ import Testing
                                             "--size=32m", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1"])
         #expect(!output.contains("verify: bad"), "\(output)")
         #expect(output.contains("err= 0"), "\(output)")
-        #expect(try await server.stop() == 0)
+        try await server.expectCleanStop()
     }
 
     @Test func sigtermFinishesInFlightWritesAndFlushes() async throws {
@@ -287,7 +287,7 @@ import Testing
                 """])
         }
         try await Task.sleep(nanoseconds: 1_500_000_000)
-        #expect(try await server.stop() == 0, "\(server.standardError)")
+        try await server.expectCleanStop()
         let result = try await writer.value
         #expect(result.output.contains("flushed"), "\(result.output)")
         try await tool("qemu-img", ["check", image])

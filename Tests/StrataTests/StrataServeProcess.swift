@@ -82,6 +82,12 @@ final class StrataServeProcess {
         return process.terminationStatus
     }
 
+    /// SIGTERM; the server must exit 0 (its standard error goes into the failure).
+    func expectCleanStop() async throws {
+        let status = try await stop()
+        #expect(status == 0 && process.terminationReason == .exit, "strata serve exited \(status) (\(process.terminationReason == .exit ? "exit" : "signal")): \(standardError)")
+    }
+
     /// Open descriptors of the server now.
     func openDescriptors() -> Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1

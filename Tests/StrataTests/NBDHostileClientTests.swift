@@ -2,233 +2,248 @@ import Foundation
 import Glibc
 import Testing
 
-/// Clients that break the protocol, vanish or flood: each gets the protocol's error or is
-/// disconnected, the server keeps serving everyone else, and its descriptors and memory stay flat.
-@Suite(.serialized) struct NBDHostileClientTests {
-    let scratch: ScratchDirectory
-
-    init() throws { scratch = try ScratchDirectory("nbd-hostile") }
-
+/// A hand-rolled NBD client on a blocking socket: it says exactly the bytes a test wants.
+private struct RawNBDClient {
+    let fd: Int32
     static let optionMagic: UInt64 = 0x4948_4156_454F_5054
-    static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
-    static let requestMagic: UInt32 = 0x2560_9513
+    static let replyMagic: UInt64 = 0x0003_e889_0455_65a9
 
-    /// A blocking Unix socket with a 10 s receive timeout, so a test fails instead of hanging.
-    final class Client {
-        let fd: Int32
-
-        init(path: String) throws {
-            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, byte) in path.utf8.enumerated() { raw[i] = byte } }
-            let result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard result == 0 else { close(fd); throw ServeFailure("connect \(path): errno \(errno)") }
-            var timeout = timeval(tv_sec: 10, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        }
-
-        deinit { close(fd) }
-
-        func send(_ bytes: [UInt8]) {
-            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        }
-
-        /// Exactly `count` bytes, or nil when the server closed (or the timeout passed) first.
-        func receive(_ count: Int) -> [UInt8]? {
-            var bytes = [UInt8](repeating: 0, count: count)
-            var done = 0
-            while done < count {
-                let got = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, 0) }
-                if got <= 0 { return nil }
-                done += got
-            }
-            return bytes
-        }
-
-        /// True when the server hung up (EOF, or a reset) rather than leaving the socket open.
-        func sawHangUp() -> Bool {
-            var byte: UInt8 = 0
-            return recv(fd, &byte, 1, 0) <= 0 && errno != EAGAIN
-        }
-
-        /// Reads the greeting and sends client flags FIXED_NEWSTYLE | NO_ZEROES.
-        func greet() throws {
-            let greeting = try #require(receive(18))
-            #expect(Array(greeting[0..<8]) == Array("NBDMAGIC".utf8))
-            send(be32(3))
-        }
-
-        func option(_ option: UInt32, _ data: [UInt8] = []) {
-            send(be64(NBDHostileClientTests.optionMagic) + be32(option) + be32(UInt32(data.count)) + data)
-        }
-
-        /// One option reply: (option, type, data).
-        func optionReply() throws -> (UInt32, UInt32, [UInt8]) {
-            let header = try #require(receive(20))
-            #expect(load64(header, 0) == NBDHostileClientTests.optionReplyMagic)
-            let length = Int(load32(header, 16))
-            return (load32(header, 8), load32(header, 12), length > 0 ? try #require(receive(length)) : [])
-        }
-
-        /// Ends the handshake with EXPORT_NAME ""; returns the export size.
-        func enterTransmission() throws -> UInt64 {
-            option(1)
-            let reply = try #require(receive(10))
-            return load64(reply, 0)
-        }
-
-        func request(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32) {
-            send(be32(NBDHostileClientTests.requestMagic) + be16(flags) + be16(type) + be64(cookie) + be64(offset) + be32(length))
-        }
-
-        /// A simple reply: (error, cookie).
-        func simpleReply() throws -> (UInt32, UInt64) {
-            let reply = try #require(receive(16))
-            #expect(load32(reply, 0) == 0x6744_6698)
-            return (load32(reply, 4), load64(reply, 8))
-        }
+    init?(_ server: NBDServerProcess) {
+        guard case .unix(let path) = server.endpoints[0], let fd = NBDSocket.connectUnix(path) else { return nil }
+        self.fd = fd
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    func startServer(_ extra: [String] = []) async throws -> (StrataServeProcess, String) {
-        let image = scratch.path("disk.raw")
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "raw", image, "16M"])
-        let socket = scratch.path("hostile.sock")
-        let server = try await StrataServeProcess.start(["--image", image, "--format", "raw", "--nbd", "unix:\(socket)"] + extra, in: scratch)
-        return (server, socket)
+    func close() { _ = Glibc.close(fd) }
+
+    static func be<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+    static func load(_ bytes: [UInt8], _ at: Int, _ count: Int) -> UInt64 { bytes[at..<at + count].reduce(0) { $0 << 8 | UInt64($1) } }
+
+    func send(_ bytes: [UInt8]) -> Bool { NBDSocket.sendAll(fd, bytes) }
+    func receive(_ count: Int) -> [UInt8]? { NBDSocket.receiveExactly(fd, count, timeout: 10) }
+
+    /// Greeting: NBDMAGIC, IHAVEOPT, handshake flags (FIXED_NEWSTYLE required).
+    func greeting() -> Bool {
+        guard let bytes = receive(18) else { return false }
+        return Self.load(bytes, 0, 8) == 0x4e42_444d_4147_4943 && Self.load(bytes, 8, 8) == Self.optionMagic && bytes[17] & 1 == 1
     }
 
-    /// A well-behaved client still gets its data.
-    func expectServing(_ server: StrataServeProcess) async throws {
-        try await QemuTool.require("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 4k 4k", "-c", "read -P 0x3c 4k 4k", server.uri()])
+    func option(_ option: UInt32, _ data: [UInt8]) -> Bool {
+        send(Self.be(Self.optionMagic) + Self.be(option) + Self.be(UInt32(data.count)) + data)
     }
 
-    @Test func brokenHandshakesAreRefusedOrDisconnected() async throws {
-        let (server, socket) = try await startServer()
-        // Unknown client flags: disconnect.
-        do {
-            let client = try Client(path: socket)
-            _ = try #require(client.receive(18))
-            client.send(be32(0xffff_fff0))
-            #expect(client.sawHangUp())
-        }
-        // Wrong option magic: disconnect.
-        do {
-            let client = try Client(path: socket)
-            try client.greet()
-            client.send(be64(0x1122_3344_5566_7788) + be32(7) + be32(0))
-            #expect(client.sawHangUp())
-        }
-        // Truncated option, then the client goes away.
-        do {
-            let client = try Client(path: socket)
-            try client.greet()
-            client.send(Array(be64(NBDHostileClientTests.optionMagic).prefix(5)))
-        }
-        // Unknown option: ERR_UNSUP and the handshake goes on; a huge option is refused
-        // (ERR_TOO_BIG) without being buffered; then EXPORT_NAME reaches transmission.
-        do {
-            let client = try Client(path: socket)
-            try client.greet()
-            client.option(0xdead, [1, 2, 3])
-            let (option, type, _) = try client.optionReply()
-            #expect(option == 0xdead && type == 0x8000_0001)
-            client.option(6, [UInt8](repeating: 0x41, count: 100_000))  // NBD_OPT_INFO with a 100 kB body
-            let (_, bigType, _) = try client.optionReply()
-            #expect(bigType & 0x8000_0000 != 0, "an oversized option must be refused, got \(bigType)")
-            #expect(try client.enterTransmission() == 16 << 20)
-        }
-        try await expectServing(server)
-        try await server.expectCleanStop()
+    /// One option reply: (option, type, data).
+    func optionReply() -> (option: UInt32, type: UInt32, data: [UInt8])? {
+        guard let header = receive(20), Self.load(header, 0, 8) == Self.replyMagic else { return nil }
+        let length = Int(Self.load(header, 16, 4))
+        guard let data = length == 0 ? [] : receive(length) else { return nil }
+        return (UInt32(Self.load(header, 8, 4)), UInt32(Self.load(header, 12, 4)), data)
     }
 
-    @Test func badRequestsGetErrorsOrADisconnectAndOthersKeepGoing() async throws {
-        let (server, socket) = try await startServer()
-        let client = try Client(path: socket)
-        try client.greet()
-        _ = try client.enterTransmission()
-        // Unknown command: EINVAL, connection continues.
-        client.request(type: 99, cookie: 1, offset: 0, length: 512)
-        #expect(try client.simpleReply() == (UInt32(EINVAL), 1))
-        // Read past the end: EINVAL; a read over the 32 MiB maximum: EINVAL.
-        client.request(type: 0, cookie: 2, offset: 16 << 20, length: 512)
-        #expect(try client.simpleReply() == (UInt32(EINVAL), 2))
-        client.request(type: 0, cookie: 3, offset: 0, length: 64 << 20)
-        #expect(try client.simpleReply() == (UInt32(EINVAL), 3))
-        // Write past the end: ENOSPC, after the payload was read and dropped.
-        client.request(type: 1, cookie: 4, offset: (16 << 20) - 100, length: 4096)
-        client.send([UInt8](repeating: 0xab, count: 4096))
-        #expect(try client.simpleReply() == (UInt32(ENOSPC), 4))
-        // Still in step: a good read.
-        client.request(type: 0, cookie: 5, offset: 0, length: 512)
-        #expect(try client.simpleReply() == (0, 5))
-        #expect(client.receive(512) == [UInt8](repeating: 0, count: 512))
-        // Wrong request magic: the stream is out of step, so the server hangs up.
-        client.send([UInt8](repeating: 0x55, count: 28))
-        #expect(client.sawHangUp())
-
-        // A write too large to drain (64 MiB): disconnect.
-        let huge = try Client(path: socket)
-        try huge.greet()
-        _ = try huge.enterTransmission()
-        huge.request(type: 1, cookie: 9, offset: 0, length: 64 << 20)
-        #expect(huge.sawHangUp())
-
-        // A client that vanishes halfway through a write's payload: nothing of it lands.
-        do {
-            let vanishing = try Client(path: socket)
-            try vanishing.greet()
-            _ = try vanishing.enterTransmission()
-            vanishing.request(type: 1, cookie: 10, offset: 1 << 20, length: 65536)
-            vanishing.send([UInt8](repeating: 0x99, count: 30000))
+    /// NBD_OPT_GO for `name`; returns the export size from INFO_EXPORT on ACK.
+    func go(_ name: String) -> UInt64? {
+        guard option(7, Self.be(UInt32(name.utf8.count)) + Array(name.utf8) + Self.be(UInt16(0))) else { return nil }
+        var size: UInt64?
+        while let reply = optionReply() {
+            if reply.type == 3, reply.data.count >= 12, Self.load(reply.data, 0, 2) == 0 { size = Self.load(reply.data, 2, 8) }
+            if reply.type == 1 { return size }
+            if reply.type & 0x8000_0000 != 0 { return nil }
         }
-        try await expectServing(server)
-        #expect(try await QemuTool.io("read -P 0 1M 64k", server.uri()))
-        try await server.expectCleanStop()
+        return nil
     }
 
-    @Test func thousandsOfDroppedConnectionsLeaveDescriptorsAndMemoryFlat() async throws {
-        let (server, socket) = try await startServer(["--handshake-limit", "2"])
-        try await expectServing(server)
-        let descriptors = server.openDescriptors()
-        let resident = server.residentKiB()
-        for round in 0..<2000 {
-            let client = try Client(path: socket)
-            switch round % 4 {
-            case 0: break  // connect and leave
-            case 1: _ = client.receive(18)  // read the greeting, leave
-            case 2:
-                try client.greet()
-                client.option(0xbeef, [UInt8](repeating: 1, count: 64))
-            default:
-                try client.greet()
-                _ = try client.enterTransmission()
-                client.request(type: 0, cookie: UInt64(round), offset: 0, length: 4096)
-            }
-        }
-        // A client that connects and says nothing is cut off after the handshake limit.
-        let silent = try Client(path: socket)
-        _ = silent.receive(18)
-        let started = Date()
-        #expect(silent.sawHangUp())
-        #expect(Date().timeIntervalSince(started) < 6, "the handshake limit did not cut the silent client off")
+    /// Greeting, client flags FIXED_NEWSTYLE|NO_ZEROES, GO: the export size (no structured replies: simple replies only).
+    func negotiate(_ name: String) -> UInt64? {
+        guard greeting(), send(Self.be(UInt32(3))) else { return nil }
+        return go(name)
+    }
 
-        try await expectServing(server)
-        var settled = server.openDescriptors()
-        for _ in 0..<100 where settled != descriptors {
-            try await Task.sleep(nanoseconds: 50_000_000)
-            settled = server.openDescriptors()
-        }
-        #expect(settled == descriptors, "descriptors: \(descriptors) before, \(settled) after")
-        #expect(server.residentKiB() - resident < 32 << 10, "RSS grew from \(resident) KiB to \(server.residentKiB()) KiB")
-        try await server.expectCleanStop()
+    func request(_ type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = []) -> Bool {
+        send(Self.be(UInt32(0x2560_9513)) + Self.be(flags) + Self.be(type) + Self.be(cookie) + Self.be(offset) + Self.be(length) + payload)
+    }
+
+    /// A simple reply: (error, cookie), then `dataBytes` of read data when the error is 0.
+    func simpleReply(dataBytes: Int = 0) -> (error: UInt32, cookie: UInt64, data: [UInt8])? {
+        guard let header = receive(16), Self.load(header, 0, 4) == 0x6744_6698 else { return nil }
+        let error = UInt32(Self.load(header, 4, 4))
+        let data = error == 0 && dataBytes > 0 ? receive(dataBytes) : []
+        guard let data else { return nil }
+        return (error, Self.load(header, 8, 8), data)
     }
 }
 
-private func be16(_ value: UInt16) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
-private func be32(_ value: UInt32) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
-private func be64(_ value: UInt64) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
-private func load32(_ bytes: [UInt8], _ at: Int) -> UInt32 { bytes[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
-private func load64(_ bytes: [UInt8], _ at: Int) -> UInt64 { bytes[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
+/// `strata serve` against clients that misbehave: every bad input gets the spec's answer (an
+/// error reply, ERR_UNSUP, or a closed connection), and the server keeps serving fresh clients
+/// with its fd count back at the baseline and its RSS flat.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct NBDHostileClientTests {
+    static let size: UInt64 = 16 << 20
+
+    private func withServer(_ name: String, _ body: (NBDServerProcess) async throws -> Void) async throws {
+        let scratch = try ScratchDirectory("nbd-hostile-\(name)")
+        let image = scratch.path("disk.raw")
+        try await QemuTool.require("qemu-img", ["create", "-f", "raw", image, "16M"])
+        try await QemuTool.require("qemu-io", ["-f", "raw", "-c", "write -P 0x5c 0 1M", image])
+        let server = try NBDTestServer.start([.init(name: "disk", image: image, writable: true)], on: .unix(scratch.path("s.sock")), scratch: scratch)
+        try await body(server)
+        let stopped = server.stop()
+        #expect(stopped.inTime && stopped.status == 0, "exit \(stopped.status): \(server.log.suffix(2000))")
+    }
+
+    /// A fresh client negotiates, reads the pattern back, writes, and leaves with NBD_CMD_DISC.
+    private func expectServesFreshClient(_ server: NBDServerProcess, _ label: String) {
+        guard let client = RawNBDClient(server) else { Issue.record("\(label): cannot connect"); return }
+        defer { client.close() }
+        #expect(client.negotiate("disk") == Self.size, "\(label): handshake")
+        #expect(client.request(0, cookie: 77, offset: 4096, length: 4096))
+        let reply = client.simpleReply(dataBytes: 4096)
+        #expect(reply?.error == 0 && reply?.cookie == 77 && reply?.data == [UInt8](repeating: 0x5c, count: 4096), "\(label): read")
+        _ = client.request(2, cookie: 78, offset: 0, length: 0)
+    }
+
+    @Test func unknownOptionsGetErrUnsupAndTheHandshakeGoesOn() async throws {
+        try await withServer("options") { server in
+            let client = try #require(RawNBDClient(server))
+            defer { client.close() }
+            #expect(client.greeting() && client.send(RawNBDClient.be(UInt32(3))))
+            for option: UInt32 in [0x7777, 0x1234_5678, 100] {
+                #expect(client.option(option, [1, 2, 3, 4, 5]))
+                let reply = client.optionReply()
+                #expect(reply?.option == option && reply?.type == 0x8000_0001, "option \(option): \(String(describing: reply))")
+            }
+            // STARTTLS without TLS configured: a policy refusal (or UNSUP), never a hang-up.
+            #expect(client.option(5, []))
+            let tls = client.optionReply()
+            #expect(tls?.type == 0x8000_0002 || tls?.type == 0x8000_0001, "\(String(describing: tls))")
+            #expect(client.go("disk") == Self.size)
+            #expect(client.request(0, cookie: 1, offset: 0, length: 512))
+            #expect(client.simpleReply(dataBytes: 512)?.data == [UInt8](repeating: 0x5c, count: 512))
+        }
+    }
+
+    @Test func wrongMagicsAndTruncatedHandshakesAreDropped() async throws {
+        try await withServer("magic") { server in
+            // Wrong option magic: disconnect.
+            var client = try #require(RawNBDClient(server))
+            #expect(client.greeting() && client.send(RawNBDClient.be(UInt32(3))))
+            #expect(client.send(RawNBDClient.be(UInt64(0x1122_3344_5566_7788)) + RawNBDClient.be(UInt32(7)) + RawNBDClient.be(UInt32(0))))
+            #expect(NBDSocket.closedByPeer(client.fd), "wrong option magic")
+            client.close()
+            // Unknown client flags: disconnect.
+            client = try #require(RawNBDClient(server))
+            #expect(client.greeting() && client.send(RawNBDClient.be(UInt32(0x8000_0003))))
+            #expect(NBDSocket.closedByPeer(client.fd), "unknown client flags")
+            client.close()
+            // Wrong request magic in transmission: disconnect.
+            client = try #require(RawNBDClient(server))
+            #expect(client.negotiate("disk") == Self.size)
+            #expect(client.send([UInt8](repeating: 0xAB, count: 28)))
+            #expect(NBDSocket.closedByPeer(client.fd), "wrong request magic")
+            client.close()
+            // Truncated: half a greeting reply, half an option header, half a request header.
+            for cut in [2, 9, 30] {
+                client = try #require(RawNBDClient(server))
+                _ = client.greeting()
+                var bytes = RawNBDClient.be(UInt32(3)) + RawNBDClient.be(RawNBDClient.optionMagic) + RawNBDClient.be(UInt32(7)) + RawNBDClient.be(UInt32(100))
+                bytes = Array(bytes.prefix(cut))
+                _ = client.send(bytes)
+                client.close()
+            }
+            client = try #require(RawNBDClient(server))
+            _ = client.negotiate("disk")
+            _ = client.send(Array(RawNBDClient.be(UInt32(0x2560_9513)) + [0, 0, 0]))
+            client.close()
+            // An unknown export name on GO: an error reply, not a dropped connection.
+            client = try #require(RawNBDClient(server))
+            #expect(client.greeting() && client.send(RawNBDClient.be(UInt32(3))))
+            #expect(client.option(7, RawNBDClient.be(UInt32(5)) + Array("ghost".utf8) + RawNBDClient.be(UInt16(0))))
+            let reply = client.optionReply()
+            #expect(reply.map { $0.type & 0x8000_0000 != 0 } == true, "GO for an unknown export: \(String(describing: reply))")
+            client.close()
+            expectServesFreshClient(server, "after bad handshakes")
+        }
+    }
+
+    @Test func badRequestsGetErrorsAndTheConnectionGoesOn() async throws {
+        try await withServer("requests") { server in
+            let client = try #require(RawNBDClient(server))
+            defer { client.close() }
+            #expect(client.negotiate("disk") == Self.size)
+            // Unknown command: EINVAL.
+            #expect(client.request(0x55, cookie: 1, offset: 0, length: 512))
+            var reply = client.simpleReply()
+            #expect(reply?.error == 22 && reply?.cookie == 1, "unknown command: \(String(describing: reply))")
+            // Unknown flag bits: EINVAL.
+            #expect(client.request(0, flags: 0x4000, cookie: 2, offset: 0, length: 512))
+            reply = client.simpleReply(dataBytes: 512)
+            #expect(reply?.error == 22 && reply?.cookie == 2, "unknown flags: \(String(describing: reply))")
+            // Oversized read (64 MiB): EINVAL (or EOVERFLOW).
+            #expect(client.request(0, cookie: 3, offset: 0, length: 64 << 20))
+            reply = client.simpleReply()
+            #expect((reply?.error == 22 || reply?.error == 75) && reply?.cookie == 3, "oversized read: \(String(describing: reply))")
+            // Past the end: read EINVAL, write ENOSPC (its payload drained), offsets near 2^64 too.
+            #expect(client.request(0, cookie: 4, offset: Self.size, length: 512))
+            reply = client.simpleReply()
+            #expect(reply?.error == 22 && reply?.cookie == 4, "read past end: \(String(describing: reply))")
+            #expect(client.request(1, cookie: 5, offset: Self.size - 256, length: 512, payload: [UInt8](repeating: 1, count: 512)))
+            reply = client.simpleReply()
+            #expect(reply?.error == 28 && reply?.cookie == 5, "write past end: \(String(describing: reply))")
+            #expect(client.request(0, cookie: 6, offset: UInt64.max - 100, length: 512))
+            reply = client.simpleReply()
+            #expect(reply?.error == 22 && reply?.cookie == 6, "read at 2^64-101: \(String(describing: reply))")
+            // Still in step: a good read after all of it.
+            #expect(client.request(0, cookie: 7, offset: 0, length: 4096))
+            reply = client.simpleReply(dataBytes: 4096)
+            #expect(reply?.error == 0 && reply?.cookie == 7 && reply?.data == [UInt8](repeating: 0x5c, count: 4096), "good read after bad ones")
+        }
+    }
+
+    @Test func oversizedWritesAndVanishingClientsAreDropped() async throws {
+        try await withServer("vanish") { server in
+            // A WRITE announcing ~2 GiB: too big to drain, the server hangs up.
+            var client = try #require(RawNBDClient(server))
+            #expect(client.negotiate("disk") == Self.size)
+            #expect(client.request(1, cookie: 1, offset: 0, length: 0x7FFF_0000, payload: [UInt8](repeating: 9, count: 4096)))
+            #expect(NBDSocket.closedByPeer(client.fd), "oversized write")
+            client.close()
+            // Half a write payload, then gone; then a header alone, then gone.
+            for sent in [0, 1000, 65535] {
+                client = try #require(RawNBDClient(server))
+                #expect(client.negotiate("disk") == Self.size)
+                #expect(client.request(1, cookie: 2, offset: 1 << 20, length: 65536, payload: [UInt8](repeating: 7, count: sent)))
+                client.close()
+            }
+            expectServesFreshClient(server, "after vanishing writers")
+        }
+    }
+
+    /// 2000 connections opened and dropped (every fifth mid-handshake, every seventh after GO):
+    /// the server serves a fresh client, its fd count returns to the baseline, RSS stays within +32 MiB.
+    @Test func twoThousandDroppedConnectionsLeaveNoTrace() async throws {
+        try await withServer("churn") { server in
+            expectServesFreshClient(server, "baseline")
+            try await Task.sleep(for: .milliseconds(200))
+            let fdBaseline = server.openFDCount
+            let rssBaseline = server.rssKiB
+            for index in 0..<2000 {
+                guard let client = RawNBDClient(server) else { Issue.record("connection \(index) refused"); break }
+                if index % 5 == 0 {
+                    _ = client.greeting()
+                    _ = client.send(RawNBDClient.be(UInt32(3)) + RawNBDClient.be(RawNBDClient.optionMagic))
+                } else if index % 7 == 0 {
+                    _ = client.negotiate("disk")
+                }
+                client.close()
+            }
+            expectServesFreshClient(server, "after 2000 connections")
+            var fds = server.openFDCount
+            for _ in 0..<100 where fds != fdBaseline {
+                try await Task.sleep(for: .milliseconds(50))
+                fds = server.openFDCount
+            }
+            #expect(fds == fdBaseline, "open fds: \(fdBaseline) before, \(fds) after")
+            let rss = server.rssKiB
+            #expect(rss - rssBaseline < 32 << 10, "RSS \(rssBaseline) KiB before, \(rss) KiB after")
+        }
+    }
+}

@@ -14,7 +14,7 @@ let package = Package(
     name: "Strata",
     products: [
         .executable(name: "strata", targets: ["StrataCLI"]),
-        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine"]),
+        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataNBD", "StrataNBDClient", "StrataEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -37,6 +37,12 @@ let package = Package(
         .target(name: "StrataNodes", dependencies: ["CZlib", "CZstd", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
         // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
         .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
+        // The `nbd` protocol node: an NBD client whose sockets run on the queue executors' rings.
+        .target(
+            name: "StrataNBDClient",
+            dependencies: ["StrataNBD", "StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")],
+            path: "Sources/NBDClient", swiftSettings: swiftSettings
+        ),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",
@@ -45,7 +51,7 @@ let package = Package(
         ),
         .target(
             name: "StrataEngine",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataNBDClient"],
             path: "Sources/Engine", swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -66,7 +72,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDClient"],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

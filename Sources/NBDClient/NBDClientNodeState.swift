@@ -122,6 +122,9 @@ final class NBDClientNodeState: NodeState {
         }
     }
 
+    /// Connections made so far (tests check the connection model with it).
+    var connectionCount: Int { connections.withLock { $0.count } }
+
     func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
         NBDClientInstance(state: self, connection: connection(for: queue), queue: queue)
     }

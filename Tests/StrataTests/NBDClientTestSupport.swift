@@ -33,10 +33,15 @@ final class NBDServerProcess: @unchecked Sendable {
         throw SystemError("\(description) did not start listening", errno: ETIMEDOUT)
     }
 
-    /// SIGTERM (or `signal`), then waits for the process to end.
-    func stop(signal: Int32 = SIGTERM) {
-        if process.isRunning { kill(process.processIdentifier, signal) }
-        process.waitUntilExit()
+    /// Kills the server and waits for it to end. SIGKILL: a child started from a test thread may
+    /// inherit a mask blocking SIGTERM, and waitUntilExit spun forever on it here; the page
+    /// cache keeps whatever the server wrote.
+    func stop(signal: Int32 = SIGKILL) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, signal)
+        for _ in 0..<500 where process.isRunning { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        while process.isRunning { usleep(10_000) }
     }
 
     private static func canConnect(unixPath: String) -> Bool {

@@ -14,7 +14,7 @@ let package = Package(
     name: "Strata",
     products: [
         .executable(name: "strata", targets: ["StrataCLI"]),
-        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer"]),
+        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer", "StrataNBDClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -39,6 +39,12 @@ let package = Package(
         .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
         // The NBD export server: connections served on the queue executors' rings.
         .target(name: "StrataNBDServer", dependencies: ["CStrataShim", "StrataNBD", "StrataRuntime", "StrataGraph"], path: "Sources/NBDServer", swiftSettings: swiftSettings),
+        // The `nbd` protocol node: an NBD client whose sockets run on the queue executors' rings.
+        .target(
+            name: "StrataNBDClient",
+            dependencies: ["StrataNBD", "StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")],
+            path: "Sources/NBDClient", swiftSettings: swiftSettings
+        ),
         .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
         .target(
             name: "StrataDevices",
@@ -47,7 +53,7 @@ let package = Package(
         ),
         .target(
             name: "StrataEngine",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataNBDClient"],
             path: "Sources/Engine", swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -68,7 +74,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer", "StrataNBDClient"],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

@@ -1,5 +1,6 @@
 import StrataFilters
 import StrataGraph
+import StrataNBDClient
 import StrataNodes
 
 /// Every driver and filter the command line knows, by name: adding one is one line here.
@@ -7,6 +8,7 @@ public enum DriverCatalog {
     public static let registry = DriverRegistry([
         CopyOnReadFilter.descriptor,
         FileNode.descriptor,
+        NBDClientNode.descriptor,
         NullNode.descriptor,
         Qcow2Node.descriptor,
         RawNode.descriptor,

@@ -1,5 +1,6 @@
 import Glibc
 import StrataGraph
+import StrataNBDClient
 import StrataNodes
 import StrataRuntime
 import Synchronization
@@ -178,6 +179,14 @@ public final class ImageSession: Sendable {
         var seen: Set<String> = []
         var filename = path
         var format = options.format
+        if NBDURI.isURI(path) {
+            // An export reached through the nbd protocol node. QEMU probes the format through the
+            // connection; raw unless given is enough here, and no backing chain is followed.
+            _ = try NBDURI(path)
+            let resolved = format ?? "raw"
+            guard resolved == "raw" || resolved == "qcow2" else { throw ImageSessionError.unknownFormat(resolved) }
+            return [ImageLayer(filename: path, format: resolved, nodeName: "img0", fileNodeName: "img0-file", probe: ImageProbe(format: .raw))]
+        }
         while true {
             let depth = layers.count
             guard depth < maxChainDepth else { throw ImageSessionError.backingChainTooDeep(path) }
@@ -210,11 +219,19 @@ public final class ImageSession: Sendable {
         for (depth, layer) in layers.enumerated().reversed() {
             // Backing images are only read, as QEMU opens them.
             let layerReadOnly = readOnly || depth > 0
-            actions.append(add([
-                "driver": "file", "node-name": .string(layer.fileNodeName), "filename": .string(layer.filename),
-                "cache": .string(options.cacheMode), "read-only": .bool(layerReadOnly),
-                "locking": .string(options.forceShare ? "off" : "auto"),
-            ]))
+            if NBDURI.isURI(layer.filename) {
+                // Cache mode and image locks belong to the server's side of an NBD export.
+                actions.append(add([
+                    "driver": "nbd", "node-name": .string(layer.fileNodeName), "filename": .string(layer.filename),
+                    "read-only": .bool(layerReadOnly),
+                ]))
+            } else {
+                actions.append(add([
+                    "driver": "file", "node-name": .string(layer.fileNodeName), "filename": .string(layer.filename),
+                    "cache": .string(options.cacheMode), "read-only": .bool(layerReadOnly),
+                    "locking": .string(options.forceShare ? "off" : "auto"),
+                ]))
+            }
             var node: [String: JSONValue] = [
                 "driver": .string(layer.format), "node-name": .string(layer.nodeName), "file": .string(layer.fileNodeName),
                 "read-only": .bool(layerReadOnly),

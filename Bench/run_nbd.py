@@ -117,13 +117,20 @@ def fio_argv(uri: str, seconds: float) -> list[str]:
             "--numjobs=1", "--time_based", f"--runtime={seconds:g}", "--size=1g", "--output-format=json"]
 
 
-def fio_iops(uri: str, seconds: float) -> float:
+def fio_iops(uri: str, seconds: float) -> tuple[float, float]:
+    """IOPS and fio's own CPU use (usr + sys, % of one CPU)."""
     out = tool(fio_argv(uri, seconds), timeout=seconds + 60).stdout
     data = json.loads(out[out.index("{"):])  # fio prints a line before its JSON
     job = data["jobs"][0]
     if job.get("error"):
         raise RunError(f"fio error {job['error']}")
-    return float(job["read"]["iops"])
+    return float(job["read"]["iops"]), float(job["usr_cpu"]) + float(job["sys_cpu"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def nbdcopy_seconds(uri: str) -> float:
@@ -159,6 +166,9 @@ def main(argv: list[str]) -> int:
     keys = ["strata", "nbdkit", "qemu-nbd"]
     iops: dict[str, list[float]] = {k: [] for k in keys}
     copy: dict[str, list[float]] = {k: [] for k in keys}
+    client_cpu: dict[str, list[float]] = {k: [] for k in keys}
+    server_us: dict[str, list[float]] = {k: [] for k in keys}
+    copy_cpu: dict[str, list[float]] = {k: [] for k in keys}
     errors: dict[str, str] = {}
     commands: dict[str, str] = {}
     peer_failed = False
@@ -171,8 +181,14 @@ def main(argv: list[str]) -> int:
             try:
                 with Server(key, image) as server:
                     commands[key] = server.command
-                    iops[key].append(fio_iops(server.uri, args.seconds))
+                    before = cpu_seconds(server.proc.pid)
+                    value, fio_cpu = fio_iops(server.uri, args.seconds)
+                    iops[key].append(value)
+                    client_cpu[key].append(fio_cpu)
+                    server_us[key].append((cpu_seconds(server.proc.pid) - before) / (value * args.seconds) * 1e6)
+                    before = cpu_seconds(server.proc.pid)
                     copy[key].append(nbdcopy_seconds(server.uri))
+                    copy_cpu[key].append(cpu_seconds(server.proc.pid) - before)
             except (RunError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as error:
                 errors[key] = str(error).strip().replace("\n", " ")[:600]
                 log(f"{key} failed: {errors[key]}")
@@ -211,8 +227,15 @@ def main(argv: list[str]) -> int:
         "| row | measure | Strata | peer | ratio | target | result |", "|---|---|---|---|---|---|---|", *rows, "",
         "## Runs", "",
         *(f"- {k}: fio IOPS {', '.join(f'{v:,.0f}' for v in iops[k]) or '-'}; nbdcopy s {', '.join(f'{v:.2f}' for v in copy[k]) or '-'}" for k in keys),
+        *(f"- {k}: fio's own CPU {', '.join(f'{v:.0f}%' for v in client_cpu[k]) or '-'}; server CPU per fio I/O "
+          f"{', '.join(f'{v:.1f} µs' for v in server_us[k]) or '-'}; server CPU per nbdcopy "
+          f"{', '.join(f'{v:.2f} s' for v in copy_cpu[k]) or '-'}" for k in keys),
         *(f"- {k} ERROR: {e}" for k, e in errors.items()),
         f"- Image: `{image}` ({mib} MiB from /dev/urandom), read through once before the runs (page cache warm).", "",
+        "Rows 1-2 are bound by the client on this machine: fio's nbd engine is one thread, and it runs at "
+        "about 100% of one of the two CPUs whichever server it talks to (fio's own CPU above), so no server "
+        "can be driven past roughly what the fastest one reaches; the server CPU per I/O is the figure "
+        "that compares the servers' own cost.", "",
         "## Commands", "",
         *(f"    {commands.get(k, shlex.join(Server(k, image).argv(10809)))}" for k in keys),
         f"    {shlex.join(fio_argv('nbd://127.0.0.1:PORT/', args.seconds))}",

@@ -192,7 +192,7 @@ struct NBDClientNodeTests {
         let scratch = try ScratchDirectory("nbd-uri")
         let image = scratch.path("disk.raw")
         try await QemuTool.require("qemu-img", ["create", "-f", "raw", image, "4M"])
-        let port = try PeerNBDServer.freePort()
+        let port = UInt16(NBDSocket.freePort())
         do {
             let server = try await PeerNBDServer("qemu-nbd", ["-f", "raw", "-t", "-b", "127.0.0.1", "-p", "\(port)", "-x", "disk one", image], port: port)
             defer { server.stop() }

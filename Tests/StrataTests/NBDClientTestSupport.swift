@@ -33,28 +33,6 @@ final class PeerNBDServer: @unchecked Sendable {
         _ = server.stop(signal: signal, timeout: 5)
     }
 
-    private static func canConnect(unixPath: String) -> Bool {
-        guard FileManager.default.fileExists(atPath: unixPath) else { return false }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = unixAddress(unixPath)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
-    }
-
-    private static func canConnect(port: UInt16) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
-
     static func unixAddress(_ path: String) -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -62,13 +40,6 @@ final class PeerNBDServer: @unchecked Sendable {
             for (index, byte) in path.utf8.prefix(raw.count - 1).enumerated() { raw[index] = byte }
         }
         return address
-    }
-
-    /// A TCP port that was free a moment ago (the kernel's pick for port 0).
-    static func freePort() throws -> UInt16 {
-        let listener = try RingListener.tcp(host: "127.0.0.1", port: 0)
-        defer { listener.close() }
-        return listener.port ?? 10809
     }
 }
 

@@ -96,6 +96,60 @@ struct NBDClientNodeTests {
         #expect(report["ops"] as? Int == 6000, "\(json)")
     }
 
+    /// reconnect-delay through the command line: qemu-nbd is killed in the middle of a verified
+    /// two-queue load and restarted on the same socket a second later; the requests in flight are
+    /// resent, the new ones wait, and the run ends with no failed request and no bad read.
+    @Test func reconnectDelayCarriesALoadAcrossAServerRestart() async throws {
+        try Self.require("qemu-nbd")
+        let harness = try NodeTestHarness("nbd-restart")
+        defer { harness.shutdown() }
+        let socket = harness.path("s.sock")
+        let image = try harness.createFile("disk.raw", size: 16 << 20)
+        let arguments = ["-f", "raw", "-t", "-k", socket, image]
+        var server = try await PeerNBDServer("qemu-nbd", arguments, unixPath: socket)
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(socket)"},"reconnect-delay":20}"#
+        let bench = Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "8", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "4", "--json"])
+        }
+        try await Task.sleep(nanoseconds: 1_200_000_000)
+        server.stop()
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        server = try await PeerNBDServer("qemu-nbd", arguments, unixPath: socket)
+        defer { server.stop() }
+        let result = try await bench.value
+        try #require(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("reconnecting") && result.output.contains("reconnected"), "\(result.output)")
+        let json = try #require(result.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(report["failed"] as? Int == 0, "\(json)")
+        #expect(report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+    }
+
+    /// Writes, write-zeroes (allocated and unmapped), discard and flush through `strata io` over
+    /// the nbd node against qemu-nbd: the served file holds exactly what was asked.
+    @Test func writesZeroesAndDiscardThroughTheCommandLine() async throws {
+        try Self.require("qemu-nbd")
+        let harness = try NodeTestHarness("nbd-io-zero")
+        defer { harness.shutdown() }
+        let image = try harness.createFile("disk.raw", size: 4 << 20)
+        let socket = harness.path("s.sock")
+        let server = try await PeerNBDServer("qemu-nbd", ["-f", "raw", "-t", "--discard=unmap", "-k", socket, image], unixPath: socket)
+        defer { server.stop() }
+        let result = try await strata(["io", "-c", "write -P 0x77 0 4M", "-c", "write -z 64k 128k", "-c", "write -z -u 1M 1M",
+                                       "-c", "discard 3M 1M", "-c", "flush", "-c", "read -P 0 64k 128k", "-c", "read -P 0x77 2M 1M",
+                                       "nbd+unix:///?socket=\(socket)"])
+        #expect(result.status == 0 && !result.output.contains("Pattern verification failed"), "\(result.output)")
+        server.stop()
+        #expect(try await QemuTool.io("read -P 0x77 0 64k", image))
+        #expect(try await QemuTool.io("read -P 0 64k 128k", image))
+        #expect(try await QemuTool.io("read -P 0x77 192k 832k", image))
+        #expect(try await QemuTool.io("read -P 0 1M 1M", image))
+        #expect(try await QemuTool.io("read -P 0x77 2M 1M", image))
+        #expect(try await QemuTool.io("read -P 0 3M 1M", image))
+    }
+
     /// Write-zeroes (kept allocated, and allowed to unmap), discard and flush on qemu-nbd; the
     /// file shows them. On nbdkit without zero support (nozero filter) write-zeroes falls back to
     /// written zeros, and the no-fallback flag is refused with ENOTSUP.
@@ -368,6 +422,20 @@ struct NBDClientNodeTests {
 
     /// Replies a correct server cannot send (a wrong magic, an unknown cookie) fail the request
     /// with EIO and take the connection down: no crash, no hang, and later requests fail too.
+    /// The same misbehaving server met through the command line (the path CI exercises): the
+    /// read fails with EIO, the fault is named once, and the process ends normally.
+    @Test(arguments: [FakeNBDServer.Behaviour.wrongMagic, .unknownCookie])
+    func hostileRepliesFailCleanlyThroughTheCommandLine(behaviour: FakeNBDServer.Behaviour) async throws {
+        let harness = try NodeTestHarness("nbd-hostile-cli")
+        defer { harness.shutdown() }
+        let fake = FakeNBDServer(path: harness.path("fake.sock"), behaviour: behaviour)
+        defer { fake.stop() }
+        let result = try await strata(["io", "-r", "-c", "read 0 4k", "nbd+unix:///?socket=\(fake.path)"])
+        #expect(result.status != 0 && result.status < 128, "strata io exited \(result.status): \(result.output)")
+        #expect(result.output.contains("Input/output error"), "\(result.output)")
+        #expect(result.output.contains("nbd node"), "the fault should be named: \(result.output)")
+    }
+
     @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"), arguments: [FakeNBDServer.Behaviour.wrongMagic, .unknownCookie])
     func hostileRepliesFailWithEIO(behaviour: FakeNBDServer.Behaviour) async throws {
         let harness = try NodeTestHarness("nbd-hostile")

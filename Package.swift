@@ -2,6 +2,9 @@
 import PackageDescription
 
 // Module names carry a "Strata" prefix: the toolchain already ships a module called `Runtime`.
+// Every target lists each module its sources import (scripts/test builds with
+// --explicit-target-dependency-import-check=error), and Tests/StrataTests/LayeringTests.swift
+// fails when a lower layer imports a higher one. The layers, lowest first, are in design/README.md.
 let swiftSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
     .unsafeFlags(["-warnings-as-errors"]),
@@ -10,11 +13,21 @@ let swiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 
+let deque: Target.Dependency = .product(name: "DequeModule", package: "swift-collections")
+let histogram: Target.Dependency = .product(name: "Histogram", package: "hdrhistogram-swift")
+
+func strata(_ name: String, _ path: String, _ dependencies: [Target.Dependency]) -> Target {
+    .target(name: name, dependencies: dependencies, path: "Sources/\(path)", swiftSettings: swiftSettings)
+}
+
 let package = Package(
     name: "Strata",
     products: [
         .executable(name: "strata", targets: ["StrataCLI"]),
-        .library(name: "Strata", targets: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer", "StrataNBDClient"]),
+        .library(name: "Strata", targets: [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
+            "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
+        ]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -23,58 +36,68 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
-        .target(
-            name: "CStrataShim",
-            path: "Sources/CStrataShim",
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
-        ),
-        .target(name: "StrataRuntime", dependencies: ["CStrataShim", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Runtime", swiftSettings: swiftSettings),
-        .target(name: "StrataGraph", dependencies: ["StrataRuntime"], path: "Sources/Graph", swiftSettings: swiftSettings),
+        // The only C: liburing, libnuma, CPU pinning, OFD locks, glibc constants Swift cannot import.
+        .target(name: "CStrataShim", path: "Sources/Shims/CStrataShim", linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]),
         // zlib inflates qcow2's compressed clusters.
-        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/Shims/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // zstd decompresses (and compresses) qcow2 clusters of images with compression_type=zstd.
-        .systemLibrary(name: "CZstd", path: "Sources/CZstd", providers: [.apt(["libzstd-dev"])]),
-        .target(name: "StrataNodes", dependencies: ["CZlib", "CZstd", "StrataRuntime", "StrataGraph"], path: "Sources/Nodes", swiftSettings: swiftSettings),
+        .systemLibrary(name: "CZstd", path: "Sources/Shims/CZstd", providers: [.apt(["libzstd-dev"])]),
+
+        // Layer 1: no block concept.
+        strata("StrataRuntime", "Runtime", ["CStrataShim", deque]),
+        strata("StrataFormatting", "Formatting", []),
         // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
-        .target(name: "StrataNBD", dependencies: ["StrataGraph"], path: "Sources/NBD", swiftSettings: swiftSettings),
-        // The NBD export server: connections served on the queue executors' rings.
-        .target(name: "StrataNBDServer", dependencies: ["CStrataShim", "StrataNBD", "StrataRuntime", "StrataGraph"], path: "Sources/NBDServer", swiftSettings: swiftSettings),
+        strata("StrataNBD", "NBD/Codec", []),
+
+        // Layer 2: requests, node contracts, the graph and its transactions.
+        strata("StrataGraph", "Graph", ["StrataRuntime"]),
+
+        // Layer 3: drivers, filters, device models and exports, each knowing only the graph.
+        strata("StrataNodes", "Nodes", ["CStrataShim", "CZlib", "CZstd", "StrataRuntime", "StrataFormatting", "StrataGraph"]),
         // The `nbd` protocol node: an NBD client whose sockets run on the queue executors' rings.
-        .target(
-            name: "StrataNBDClient",
-            dependencies: ["StrataNBD", "StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")],
-            path: "Sources/NBDClient", swiftSettings: swiftSettings
-        ),
-        .target(name: "StrataFilters", dependencies: ["StrataRuntime", "StrataGraph", .product(name: "DequeModule", package: "swift-collections")], path: "Sources/Filters", swiftSettings: swiftSettings),
-        .target(
-            name: "StrataDevices",
-            dependencies: ["CStrataShim", "StrataRuntime", "StrataGraph", .product(name: "Histogram", package: "hdrhistogram-swift")],
-            path: "Sources/Devices", swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "StrataEngine",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataNBDClient"],
-            path: "Sources/Engine", swiftSettings: swiftSettings
-        ),
+        strata("StrataNBDClient", "NBD/Client", ["CStrataShim", "StrataRuntime", "StrataGraph", "StrataNBD", deque]),
+        strata("StrataFilters", "Filters", ["StrataRuntime", "StrataGraph", deque]),
+        // The virtio-blk device model on split virtqueues (the device side only).
+        strata("StrataDevices", "Devices", ["CStrataShim", "StrataRuntime", "StrataGraph"]),
+        // The NBD export server: connections served on the queue executors' rings.
+        strata("StrataNBDServer", "NBD/Server", ["CStrataShim", "StrataRuntime", "StrataGraph", "StrataNBD"]),
+
+        // Layer 4: the guest load generator, the driver side of the device model.
+        strata("StrataLoad", "Load", ["StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", histogram]),
+
+        // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
+        strata("StrataEngine", "Engine", [
+            "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
+        ]),
+
+        // Layer 6: the image toolkit behind `strata img` and `strata io`.
+        strata("StrataImageTools", "ImageTools", [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataEngine", deque,
+        ]),
+
+        // Layer 7: the command line and the bench programs.
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
-                "CStrataShim", "StrataRuntime", "StrataGraph", "StrataNodes", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer", "StrataLoad",
+                "StrataEngine", "StrataImageTools", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "strata-alloc-count",
             dependencies: [
-                "StrataRuntime", "StrataGraph", "StrataDevices", "StrataEngine",
+                "StrataRuntime", "StrataGraph", "StrataLoad", "StrataEngine",
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Bench/AllocationCount", swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataEngine", "StrataNBD", "StrataNBDServer", "StrataNBDClient"],
+            dependencies: [
+                "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
+                "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
+            ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),
     ]

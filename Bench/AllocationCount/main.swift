@@ -5,9 +5,9 @@
 import FoundationEssentials
 import Glibc
 import MallocInterposerSwift
-import StrataDevices
 import StrataEngine
 import StrataGraph
+import StrataLoad
 import StrataRuntime
 
 ThreadAffineExecutors.install()

@@ -103,6 +103,7 @@ public final class ThrottleGroup: Sendable {
         // The default graph's hot path: a group without limits costs one relaxed load and no lock.
         // A request racing with `setLimits` may see the old value; either outcome is correct.
         guard enabled.load(ordering: .relaxed) else { return }
+        assert(bytes >= 0, "a throttled request's size is a byte count")
         let direction = isWrite ? 1 : 0
         let size = UInt64(Swift.max(bytes, 0))
         if state.withLock({ $0.admitIfFree(member: member.id, direction: direction, bytes: size, nowNs: clock.nowNs) }) {

@@ -15,6 +15,9 @@ public final class AsyncLock: Sendable {
 
     public init() {}
 
+    /// Whether some task holds the lock: for assertions of callers that must hold it.
+    public var isHeld: Bool { state.withLock { $0.held } }
+
     public nonisolated(nonsending) func lock() async {
         let acquired = state.withLock { state -> Bool in
             if state.held { return false }

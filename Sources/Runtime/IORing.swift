@@ -45,6 +45,7 @@ final class IORing {
             _ = strata_ring_submit(ring, 0)
             sqe = strata_ring_get_sqe(ring)
         }
+        assert(CompletionKind(rawValue: userData & Self.kindMask) != nil, "an SQE's user data names what its completion resumes")
         strata_sqe_set_data(sqe, userData)
         inFlight += 1
         return sqe!
@@ -68,6 +69,7 @@ final class IORing {
             let count = Int(strata_ring_reap(ring, completedUserData, completedResults, UInt32(reapBatch)))
             if count == 0 { return }
             inFlight -= count
+            assert(inFlight >= 0, "the ring completed more operations than were submitted")
             for index in 0..<count { handle(completedUserData[index], completedResults[index]) }
             if count < reapBatch { return }
         }

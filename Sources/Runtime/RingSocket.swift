@@ -30,6 +30,7 @@ public struct RingSocket: Sendable, Hashable {
 
     /// Receives up to `count` bytes; returns how many arrived, 0 when the peer closed its side.
     public nonisolated(nonsending) func receive(into buffer: UnsafeMutableRawPointer, count: Int) async throws(SystemError) -> Int {
+        assert(count > 0, "a receive asks for at least one byte: 0 would read as the peer's EOF")
         let executor = Self.currentExecutor("receive")
         let fd = self.fd
         let length = min(count, Self.maxTransferBytes)
@@ -58,6 +59,7 @@ public struct RingSocket: Sendable, Hashable {
     /// Sends up to `count` bytes; returns how many the kernel took. MSG_NOSIGNAL turns a send to a
     /// vanished peer into EPIPE instead of a process-killing SIGPIPE.
     public nonisolated(nonsending) func send(from buffer: UnsafeRawPointer, count: Int) async throws(SystemError) -> Int {
+        assert(count > 0, "a send carries at least one byte")
         let executor = Self.currentExecutor("send")
         let fd = self.fd
         let length = min(count, Self.maxTransferBytes)

@@ -1,5 +1,5 @@
-@_spi(ExperimentalCustomExecutors) import _Concurrency
 import Synchronization
+@_spi(ExperimentalCustomExecutors) import _Concurrency
 
 /// The one place Strata uses experimental runtime SPI (Swift 6.3's `_createExecutors`).
 ///

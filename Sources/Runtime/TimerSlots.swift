@@ -33,6 +33,7 @@ final class TimerSlots {
 
     func fire(_ slot: UnsafeMutablePointer<TimerSlot>) {
         let continuation = slot.pointee.continuation
+        assert(continuation != nil, "a timer slot fired twice")
         slot.pointee.continuation = nil
         slot.pointee.nextFree = freeList
         freeList = slot

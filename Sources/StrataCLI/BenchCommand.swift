@@ -1,8 +1,8 @@
 import ArgumentParser
 import FoundationEssentials
-import StrataDevices
-import StrataGraph
 import StrataEngine
+import StrataGraph
+import StrataLoad
 import StrataRuntime
 
 struct BenchCommand: AsyncParsableCommand {
@@ -145,7 +145,7 @@ struct BenchCommand: AsyncParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         } else {
-            print(ReportTable.render(report))
+            print(LoadReportTable.render(report))
         }
         if report.failed > 0 || report.lost > 0 || report.verifyFailures > 0 { throw ExitCode(1) }
     }

@@ -1,3 +1,4 @@
+import StrataImageTools
 import StrataNodes
 
 /// Guesses an image's format from its first bytes, as qemu-img does without `-f`.

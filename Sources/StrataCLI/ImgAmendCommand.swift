@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import StrataImageTools
 import StrataNodes
 
 /// `strata img amend [-f fmt] [-o options] [-q] [-p] [--force] FILE`: changes a qcow2 image's

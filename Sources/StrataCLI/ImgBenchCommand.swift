@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataEngine
+import StrataImageTools
 
 /// `strata img bench`: qemu-img bench's flags and output over an image session.
 struct ImgBenchCommand: AsyncParsableCommand {

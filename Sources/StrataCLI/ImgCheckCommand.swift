@@ -1,4 +1,5 @@
 import ArgumentParser
+import StrataImageTools
 import StrataNodes
 
 /// `strata img check [-f fmt] [-r leaks|all] [--output=human|json] [-q] [-U] FILE`. Exit
@@ -44,7 +45,7 @@ struct ImgCheckCommand: AsyncParsableCommand {
             } catch {
                 throw ImgCommand.fail("Check failed: \(error)")
             }
-            for line in report.messages { FileHandleStandardError.write(line + "\n") }
+            for line in report.messages { StandardError.print(line) }
             if let failure = report.failure { throw ImgCommand.fail("Check failed: \(failure)") }
             if !quiet { print(output == "json" ? report.json : report.human, terminator: output == "json" ? "\n" : "") }
             if report.checkErrors > 0 { throw ImgCommand.fail("Check failed") }

@@ -18,7 +18,7 @@ struct ImgCommand: AsyncParsableCommand {
     }
 
     static func printError(_ message: String) {
-        FileHandleStandardError.write("strata img: \(message)\n")
+        StandardError.print("strata img: \(message)")
     }
 
     /// Runs `body`, turning any error into a clear message and exit status 1.
@@ -29,21 +29,6 @@ struct ImgCommand: AsyncParsableCommand {
             throw exit
         } catch {
             throw fail("\(error)")
-        }
-    }
-}
-
-/// Writes to stderr unbuffered, so messages interleave with stdout as they happen.
-enum FileHandleStandardError {
-    static func write(_ text: String) {
-        var bytes = Array(text.utf8)
-        bytes.withUnsafeMutableBytes { buffer in
-            var done = 0
-            while done < buffer.count {
-                let result = Glibc.write(2, buffer.baseAddress! + done, buffer.count - done)
-                if result <= 0 { return }
-                done += result
-            }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import StrataEngine
+import StrataImageTools
 
 /// `strata img commit`: qemu-img commit over `ImageCommit`.
 struct ImgCommitCommand: AsyncParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataEngine
+import StrataImageTools
 
 /// `strata img compare`: qemu-img compare's options, messages and exit codes
 /// (0 identical, 1 different, 2 error, 3 allocation query failed, 4 read failed).

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import StrataEngine
+import StrataImageTools
 import StrataNodes
 
 /// `strata img convert`: qemu-img convert for any source format this tree reads and target

@@ -1,4 +1,6 @@
 import ArgumentParser
+import StrataFormatting
+import StrataImageTools
 import StrataNodes
 
 /// `strata img create [-f fmt] [-o opts] [-b backing] [-F backing_fmt] [-u] [-q] FILE [SIZE]`.

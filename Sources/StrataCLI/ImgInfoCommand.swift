@@ -1,4 +1,6 @@
 import ArgumentParser
+import StrataFormatting
+import StrataImageTools
 import StrataNodes
 
 /// `strata img info [-f fmt] [--output=human|json] [--backing-chain] [-U] FILE`.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 
 /// `strata img map`: qemu-img map's allocation map, through the backing chain, as human text
 /// or qemu-img 7.2's JSON (start, length, depth, present, zero, data, offset).

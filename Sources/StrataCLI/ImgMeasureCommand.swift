@@ -1,5 +1,7 @@
 import ArgumentParser
 import Glibc
+import StrataFormatting
+import StrataImageTools
 import StrataNodes
 
 /// `strata img measure [--output=human|json] [-O fmt] [-o opts] (--size N | [-f fmt] FILE)`:

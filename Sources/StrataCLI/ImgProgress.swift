@@ -1,5 +1,6 @@
 import Glibc
 import StrataEngine
+import StrataImageTools
 
 /// What the image tools print around their work: qemu-img's progress line and its error lines.
 enum ImgProgress {

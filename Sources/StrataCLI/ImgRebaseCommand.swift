@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataEngine
+import StrataImageTools
 
 /// `strata img rebase`: qemu-img rebase over `ImageRebase`.
 struct ImgRebaseCommand: AsyncParsableCommand {

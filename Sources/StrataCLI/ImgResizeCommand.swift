@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataEngine
+import StrataImageTools
 
 /// `strata img resize`: qemu-img resize over `ImageResize`. A size starting with '-' is taken
 /// as the size, not an option, as qemu-img takes it: options go before the file.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataEngine
+import StrataImageTools
 import StrataNodes
 
 /// `strata img snapshot [-l | -c NAME | -a NAME | -d NAME] [-f fmt] [-q] [-U] FILE`, as qemu-img

@@ -1,7 +1,8 @@
-import CStrataShim
 import ArgumentParser
+import CStrataShim
 import Glibc
 import StrataEngine
+import StrataImageTools
 
 /// `strata io`: qemu-io's command-line interface over an image session. Each -c command runs in
 /// order; a failing command makes the exit status 1 but the rest still run (qemu-io 7.2).

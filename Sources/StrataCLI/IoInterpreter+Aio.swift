@@ -1,5 +1,6 @@
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import StrataRuntime
 
 /// aio_read, aio_write and aio_flush: a request is submitted and the command returns at once;

@@ -1,6 +1,7 @@
 import Glibc
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import StrataRuntime
 
 /// The command interpreter of `strata io`, qemu-io's commands with its flags, output and

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import StrataNBDServer
 import StrataRuntime
 
@@ -72,35 +73,30 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let (actions, exports) = try plan()
-        var servers: [(address: NBDServerAddress, maxConnections: Int)] = []
-        for spec in nbdServers { servers.append(try serverAddress(spec)) }
-        for text in nbdAddresses { servers.append((try NBDServerAddress.parse(short: text), 0)) }
+        var listeners: [StorageDaemon.NBDListener] = []
+        for spec in nbdServers { listeners.append(try serverListener(spec)) }
+        for text in nbdAddresses { listeners.append(StorageDaemon.NBDListener(address: try NBDServerAddress.parse(short: text))) }
 
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        let engine = try Engine(queueCount: queues ?? max(1, min(8, online)), cpus: nil)
-        var settings = NBDServer.Settings()
-        settings.handshakeLimitSeconds = handshakeLimit
-        settings.maxConnections = servers.map(\.maxConnections).max() ?? 0
-        let server = NBDServer(controller: engine.controller, settings: settings) { StandardError.print($0) }
+        let daemon = try StorageDaemon(
+            plan: StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
+                                     nbdExports: exports, handshakeLimitSeconds: handshakeLimit),
+            log: { StandardError.print($0) })
         let signals = try SignalWaiter(signals: Self.terminationSignals)
-        do {
-            try await engine.controller.apply(json: .array(actions))
-            for export in exports { try await server.addExport(export) }
-            var bound: [NBDServerAddress] = []
-            for (address, _) in servers { bound.append(try server.listen(on: address)) }
-            for address in bound { print("strata serve: NBD server listening on \(address)") }
-            fflush(nil)
-            if let pidfile { try writePidfile(pidfile) }
-        } catch {
-            await server.shutdown()
-            await engine.shutdown()
-            throw ValidationError("\(error)")
+        let bound: [NBDServerAddress]
+        do { bound = try await daemon.start() } catch { throw ValidationError("\(error)") }
+        for address in bound { print("strata serve: NBD server listening on \(address)") }
+        fflush(nil)
+        if let pidfile {
+            do { try writePidfile(pidfile) } catch {
+                await daemon.shutdown()
+                throw ValidationError("\(error)")
+            }
         }
-        let control = engine.control
+        let control = daemon.engine.control
         let signal = try await Task(executorPreference: control) { try await signals.wait() }.value
         StandardError.print("strata serve: \(signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM"): finishing in-flight requests")
-        await server.shutdown()
-        await engine.shutdown()
+        await daemon.shutdown()
         if let pidfile { unlink(pidfile) }
     }
 
@@ -130,7 +126,7 @@ struct ServeCommand: AsyncParsableCommand {
         return (actions, exports)
     }
 
-    private func serverAddress(_ spec: String) throws -> (NBDServerAddress, Int) {
+    private func serverListener(_ spec: String) throws -> StorageDaemon.NBDListener {
         let keys = try KeyValueOptions.dictionary(spec, option: "--nbd-server",
                                                   allowed: ["addr.type", "addr.host", "addr.port", "addr.path", "max-connections"])
         var maxConnections = 0
@@ -138,7 +134,7 @@ struct ServeCommand: AsyncParsableCommand {
             guard let value = Int(text), value >= 0 else { throw ValidationError("--nbd-server: max-connections=\(text) is not a count") }
             maxConnections = value
         }
-        return (try NBDServerAddress.parse(keys: keys), maxConnections)
+        return StorageDaemon.NBDListener(address: try NBDServerAddress.parse(keys: keys), maxConnections: maxConnections)
     }
 
     private func writePidfile(_ path: String) throws {

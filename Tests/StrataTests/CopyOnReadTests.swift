@@ -1,6 +1,7 @@
 import Foundation
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import StrataNodes
 import StrataRuntime
 import Testing

@@ -1,6 +1,7 @@
 import Foundation
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import Testing
 
 /// commit, rebase and resize through the engine types the `strata img` commands wrap: each runs

@@ -3,6 +3,7 @@ import StrataDevices
 import StrataEngine
 import StrataFilters
 import StrataGraph
+import StrataLoad
 import StrataRuntime
 import Testing
 
@@ -64,7 +65,9 @@ import Testing
         var same = true
         var differs = false
         for _ in 0..<10_000 {
-            let a = first.next(), b = second.next(), c = other.next()
+            let a = first.next()
+            let b = second.next()
+            let c = other.next()
             if a.operation != b.operation || a.block != b.block { same = false }
             if a.operation != c.operation || a.block != c.block { differs = true }
             #expect(a.block % 2 == 1, "queue 1 of 2 owns the odd blocks")

@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
 import StrataGraph
-@testable import StrataNBDClient
 import StrataRuntime
 import Testing
+
+@testable import StrataNBDClient
 
 /// The `nbd` protocol node against qemu-nbd, nbdkit and a hostile fake server: data lands in the
 /// served image byte-exact, requests overlap, block status shows sparseness, URIs work through

@@ -124,7 +124,8 @@ private let errnoPrelude = """
 
     @Test func allocationDepthOfAQcow2WithBacking() async throws {
         let scratch = try ScratchDirectory("nbd-depth")
-        let base = scratch.path("base.qcow2"), top = scratch.path("top.qcow2")
+        let base = scratch.path("base.qcow2")
+        let top = scratch.path("top.qcow2")
         try await QemuTool.require("qemu-img", ["create", "-f", "qcow2", base, "4M"])
         try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 1 0 1M", base])
         try await QemuTool.require("qemu-img", ["create", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
@@ -163,7 +164,8 @@ private let errnoPrelude = """
             #expect(export["can_multi_conn"] as? Bool == true)
             #expect(export["description"] as? String == "strata-disk")
         }
-        let minimum = export["block_size_minimum"] as? Int ?? 0, preferred = export["block_size_preferred"] as? Int ?? 0
+        let minimum = export["block_size_minimum"] as? Int ?? 0
+        let preferred = export["block_size_preferred"] as? Int ?? 0
         let maximum = export["block_size_maximum"] as? Int ?? 0
         #expect(minimum >= 1 && minimum <= 512 && preferred >= minimum && preferred <= 65536 && maximum >= 1 << 20, "\(export)")
         #expect((export["contexts"] as? [String])?.contains("base:allocation") == true)

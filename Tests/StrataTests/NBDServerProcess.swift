@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StrataNBDServer
 import Testing
 
 /// One NBD server process under test: `strata serve ...`, or a peer (`qemu-nbd`, `nbdkit`) for
@@ -60,7 +61,7 @@ final class NBDServerProcess: @unchecked Sendable {
         environment["PATH"] = "/usr/bin:/usr/local/bin:" + (environment["PATH"] ?? "/bin")
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
+        defer { for pointer in argv + envp { free(pointer) } }
         var child: pid_t = 0
         let spawned = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
         close(pipeFDs[1])

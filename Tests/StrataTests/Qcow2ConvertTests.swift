@@ -39,7 +39,7 @@ import Testing
         var bytes = [UInt8](repeating: 0, count: 6 << 20)
         var state: UInt64 = 42
         for index in 0..<(2 << 20) {
-            state = state &* 6364136223846793005 &+ 1
+            state = state &* 6_364_136_223_846_793_005 &+ 1
             bytes[index] = UInt8(truncatingIfNeeded: state >> 56)
         }
         for index in (2 << 20)..<(4 << 20) { bytes[index] = UInt8(ascii: "a") + UInt8(index % 26) }

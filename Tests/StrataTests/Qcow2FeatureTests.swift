@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
 import StrataGraph
-@testable import StrataNodes
 import StrataRuntime
 import Testing
+
+@testable import StrataNodes
 
 /// The qcow2 features beyond the basic format, against qemu-img / qemu-io 7.2: extended L2
 /// entries (subclusters), external data files (raw or not) and zstd compression. Images qemu

@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
-@testable import StrataNodes
+import StrataFormatting
+import StrataImageTools
 import Testing
+
+@testable import StrataNodes
 
 /// The offline qcow2 tools against qemu-img 7.2: images Strata creates pass `qemu-img check` and
 /// read back the same through `qemu-img info`; Strata's check reports what qemu-img's does on
@@ -102,7 +105,8 @@ import Testing
             }
             #expect(NSDictionary(dictionary: ours) == NSDictionary(dictionary: theirs), "\(text) \(size): \(ours) vs \(theirs)")
             let qemuOfStrata = try jsonObject(try await tool("qemu-img", ["info", "--output=json", strataImage]).output)
-            var a = qemuOfStrata, b = strataInfo
+            var a = qemuOfStrata
+            var b = strataInfo
             a["actual-size"] = nil
             b["actual-size"] = nil
             if var data = (a["format-specific"] as? [String: Any])?["data"] as? [String: Any], data["data-file"] != nil {
@@ -358,7 +362,7 @@ import Testing
         let metadataEnd = min(good.count, 8 * 512)
         var state: UInt64 = 0x5eed_1234_abcd_0001
         func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             return state >> 33
         }
         let deadline = Date().addingTimeInterval(2)

@@ -128,9 +128,11 @@ private actor Sleeper {
 
     @Test func cycleClockAgreesWithTheMonotonicClock() async throws {
         CycleClock.calibrate()
-        let cycleStart = CycleClock.now(), monotonicStart = MonotonicClock.now()
+        let cycleStart = CycleClock.now()
+        let monotonicStart = MonotonicClock.now()
         try await Task.sleep(nanoseconds: 50_000_000)
-        let cycleElapsed = Double(CycleClock.now() - cycleStart), monotonicElapsed = Double(MonotonicClock.now() - monotonicStart)
+        let cycleElapsed = Double(CycleClock.now() - cycleStart)
+        let monotonicElapsed = Double(MonotonicClock.now() - monotonicStart)
         #expect(abs(cycleElapsed - monotonicElapsed) / monotonicElapsed < 0.05)
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import StrataEngine
 import StrataGraph
+import StrataImageTools
 import StrataNodes
 import StrataRuntime
 import Testing
@@ -18,7 +19,8 @@ import Testing
     private func makePipe(holding bytes: Int) throws -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         try #require(pipe(&fds) == 0)
-        #expect(fcntl(fds[1], 1031 /* F_SETPIPE_SZ */, Int32(bytes)) >= bytes)
+        let setPipeSize: Int32 = 1031  // F_SETPIPE_SZ, which Glibc does not export to Swift
+        #expect(fcntl(fds[1], setPipeSize, Int32(bytes)) >= bytes)
         return (fds[0], fds[1])
     }
 

@@ -1,5 +1,6 @@
 import StrataDevices
 import StrataGraph
+import StrataLoad
 import Testing
 
 /// A guest memory with a queue at its start and a data area after it. Guest addresses start well

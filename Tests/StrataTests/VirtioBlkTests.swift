@@ -1,5 +1,6 @@
 import StrataDevices
 import StrataGraph
+import StrataLoad
 import Testing
 
 /// A queue of 16 with its driver, device, request encoder and per-request segment storage, in one
@@ -388,7 +389,7 @@ private final class BlkHarness {
                 switch request.action {
                 case .io: result = .ok
                 case .getID: result = .unsupported
-                case let .complete(status): result = status
+                case .complete(let status): result = status
                 }
                 harness.device.pushUsed(id: head, length: request.complete(result))
             }
@@ -408,7 +409,7 @@ private final class BlkHarness {
 
 extension Result {
     fileprivate var failure: Failure? {
-        if case let .failure(error) = self { return error }
+        if case .failure(let error) = self { return error }
         return nil
     }
 }

@@ -1,0 +1,110 @@
+/// The device's side of a split virtqueue: takes chain heads from the available ring, walks them
+/// through `DescriptorChain` (which validates everything the driver wrote) and returns them on the
+/// used ring. Nothing here allocates; a request costs an acquire load per batch of available
+/// entries and a release store per used entry.
+///
+/// The device does not track which heads are in flight: a driver that publishes a head twice gets
+/// two walks of whatever the table says. Devices that keep per-head state must refuse a head that
+/// is already in flight.
+///
+/// Noncopyable: the shadow indices belong to one owner; a copy would fork them.
+/// Why `@unchecked Sendable` is safe: a noncopyable value has one owner at a time, so moving it to
+/// another isolation domain moves the only handle to this side of the queue.
+public struct VirtqueueDevice: ~Copyable, @unchecked Sendable {
+    public let queue: SplitVirtqueue
+    /// VIRTIO_F_EVENT_IDX negotiated: notifications use used_event/avail_event, not flags.
+    public let eventIndex: Bool
+    /// The most descriptors an indirect table may hold; larger tables are `.badIndirectTable`.
+    public let maxIndirectEntries: Int
+
+    /// last_avail_idx: the next available-ring position to consume.
+    @usableFromInline var lastAvailableIndex: UInt16
+    /// avail.idx as last read, so a batch costs one acquire load.
+    @usableFromInline var cachedAvailableIndex: UInt16
+    /// used.idx as this device last wrote it.
+    @usableFromInline var usedIndex: UInt16
+    @usableFromInline var usedAtLastNotification: UInt16
+
+    /// A device starting at ring position 0 (a freshly initialized queue). The default indirect
+    /// limit is QEMU's VIRTQUEUE_MAX_SIZE, which Linux guests stay within.
+    public init(queue: SplitVirtqueue, eventIndex: Bool = false, maxIndirectEntries: Int = 1024) {
+        precondition(maxIndirectEntries >= 1 && maxIndirectEntries <= 65536)
+        self.queue = queue
+        self.eventIndex = eventIndex
+        self.maxIndirectEntries = maxIndirectEntries
+        lastAvailableIndex = 0
+        cachedAvailableIndex = 0
+        usedIndex = 0
+        usedAtLastNotification = 0
+    }
+
+    /// The head of the next available chain, or nil when the driver published nothing new. The
+    /// head is not checked here: `chain(head:)` rejects one out of range.
+    @inlinable
+    public mutating func popAvail() throws(VirtqueueError) -> UInt16? {
+        if lastAvailableIndex == cachedAvailableIndex {
+            let published = queue.loadAvailableIndexAcquire()
+            // More than N entries ahead would overwrite ring slots not yet consumed.
+            guard Int(published &- lastAvailableIndex) <= queue.size else { throw .availableIndexOverrun }
+            cachedAvailableIndex = published
+            if published == lastAvailableIndex { return nil }
+        }
+        let head = queue.loadAvailableEntry(lastAvailableIndex)
+        lastAvailableIndex &+= 1
+        return head
+    }
+
+    /// A validating walk over the chain that starts at `head`.
+    @inlinable @inline(__always)
+    public func chain(head: UInt16) -> DescriptorChain {
+        DescriptorChain(queue: queue, head: head, maxIndirectEntries: UInt32(maxIndirectEntries))
+    }
+
+    /// Returns a chain: the element first, then a release store of used.idx so the driver that
+    /// acquires the index sees the element and the bytes written into its buffers. `length` is
+    /// the number of bytes written into the chain's device-writable buffers.
+    @inlinable @inline(__always)
+    public mutating func pushUsed(id: UInt16, length: UInt32) {
+        assert(Int(id) < queue.size, "used element \(id) names no descriptor of a \(queue.size)-entry queue")
+        queue.storeUsedElement(usedIndex, id: UInt32(id), length: length)
+        usedIndex &+= 1
+        queue.storeUsedIndexRelease(usedIndex)
+    }
+
+    /// Whether the driver must be notified about chains used since the last call: vring_need_event
+    /// on used_event with EVENT_IDX, else unless avail flags say NO_INTERRUPT.
+    @inlinable
+    public mutating func needsNotification() -> Bool {
+        SplitVirtqueue.storeLoadFence()  // used.idx must be visible before reading used_event
+        let old = usedAtLastNotification
+        let new = usedIndex
+        usedAtLastNotification = new
+        guard new != old else { return false }
+        if eventIndex {
+            return SplitVirtqueue.needsEvent(eventIndex: queue.loadUsedEvent(), newIndex: new, oldIndex: old)
+        }
+        return queue.loadAvailableFlags() & SplitVirtqueue.availableNoInterrupt == 0
+    }
+
+    /// EVENT_IDX: asks for a kick once the driver writes available entry `index`; usually
+    /// `nextAvailableIndex`, before going idle. Fenced, so rechecking the available ring after it
+    /// cannot miss an entry the driver added while it did not yet see the new event.
+    @inlinable
+    public func setAvailableEvent(_ index: UInt16) {
+        queue.storeAvailableEvent(index)
+        SplitVirtqueue.storeLoadFence()
+    }
+
+    /// Without EVENT_IDX: sets or clears VIRTQ_USED_F_NO_NOTIFY.
+    @inlinable
+    public func suppressAvailableNotifications(_ suppress: Bool) {
+        queue.storeUsedFlags(suppress ? SplitVirtqueue.usedNoNotify : 0)
+        SplitVirtqueue.storeLoadFence()
+    }
+
+    /// last_avail_idx: the available position the next `popAvail` reads.
+    @inlinable public var nextAvailableIndex: UInt16 { lastAvailableIndex }
+
+    /// used.idx as last written.
+    @inlinable public var publishedUsedIndex: UInt16 { usedIndex }
+}

@@ -1,0 +1,72 @@
+import StrataGraph
+import StrataNBDServer
+import StrataRuntime
+
+/// qemu-storage-daemon's job put together in one place: an engine, a graph built from blockdev-add
+/// actions, and the exports over it. The command line turns its options into a `Plan`; the daemon
+/// assembles and runs it, and a control plane will change it later through the same engine.
+public final class StorageDaemon: Sendable {
+    /// One `--nbd-server`: where to listen, and the connection limit (0: none).
+    public struct NBDListener: Sendable {
+        public var address: NBDServerAddress
+        public var maxConnections: Int
+
+        public init(address: NBDServerAddress, maxConnections: Int = 0) {
+            precondition(maxConnections >= 0, "a connection limit is a count")
+            self.address = address
+            self.maxConnections = maxConnections
+        }
+    }
+
+    /// Everything the daemon serves, as the command line gave it.
+    public struct Plan: Sendable {
+        public var queueCount: Int
+        public var blockdevActions: [JSONValue]
+        public var nbdListeners: [NBDListener]
+        public var nbdExports: [NBDExportOptions]
+        public var handshakeLimitSeconds: Double
+
+        public init(queueCount: Int, blockdevActions: [JSONValue], nbdListeners: [NBDListener], nbdExports: [NBDExportOptions],
+                    handshakeLimitSeconds: Double = 10) {
+            self.queueCount = queueCount
+            self.blockdevActions = blockdevActions
+            self.nbdListeners = nbdListeners
+            self.nbdExports = nbdExports
+            self.handshakeLimitSeconds = handshakeLimitSeconds
+        }
+    }
+
+    public let engine: Engine
+    public let nbdServer: NBDServer
+    private let plan: Plan
+
+    public init(plan: Plan, log: @escaping @Sendable (String) -> Void) throws {
+        precondition(plan.queueCount >= 1, "a daemon needs a queue")
+        precondition(plan.handshakeLimitSeconds >= 0, "a handshake limit is a duration")
+        self.plan = plan
+        engine = try Engine(queueCount: plan.queueCount, cpus: nil)
+        var settings = NBDServer.Settings()
+        settings.handshakeLimitSeconds = plan.handshakeLimitSeconds
+        settings.maxConnections = plan.nbdListeners.map(\.maxConnections).max() ?? 0
+        nbdServer = NBDServer(controller: engine.controller, settings: settings, log: log)
+    }
+
+    /// Builds the graph, adds the exports and starts listening; returns the bound addresses (a
+    /// port 0 resolved). On failure everything started is shut down before the error is thrown.
+    public func start() async throws -> [NBDServerAddress] {
+        do {
+            try await engine.controller.apply(json: .array(plan.blockdevActions))
+            for export in plan.nbdExports { try await nbdServer.addExport(export) }
+            return try plan.nbdListeners.map { try nbdServer.listen(on: $0.address) }
+        } catch {
+            await shutdown()
+            throw error
+        }
+    }
+
+    /// Stops reading requests, answers what was read, flushes writable exports, then stops the engine.
+    public func shutdown() async {
+        await nbdServer.shutdown()
+        await engine.shutdown()
+    }
+}

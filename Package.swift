@@ -26,7 +26,7 @@ let package = Package(
         .executable(name: "strata", targets: ["StrataCLI"]),
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
-            "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
+            "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools", "StrataControl",
         ]),
     ],
     dependencies: [
@@ -70,9 +70,12 @@ let package = Package(
             "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
         ]),
 
-        // Layer 6: the image toolkit behind `strata img` and `strata io`.
+        // Layer 6: the image toolkit behind `strata img` and `strata io`, and the QMP control plane.
         strata("StrataImageTools", "ImageTools", [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataEngine", deque,
+        ]),
+        strata("StrataControl", "Control", [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer", "StrataEngine", deque,
         ]),
 
         // Layer 7: the command line and the bench programs.
@@ -80,7 +83,7 @@ let package = Package(
             name: "StrataCLI",
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer", "StrataLoad",
-                "StrataEngine", "StrataImageTools", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "StrataEngine", "StrataImageTools", "StrataControl", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
         ),
@@ -97,6 +100,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
                 "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
+                "StrataControl",
             ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),

@@ -181,15 +181,19 @@ def loadavg() -> str:
         return "unknown"
 
 
-def build_facts() -> dict[str, str]:
-    facts: dict[str, str] = {}
+def commit_measured() -> str:
+    """The commit the tables measure: HEAD, flagged when the tracked tree differs from it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
-        facts["Strata commit"] = (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
+        return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
     except OSError:
-        facts["Strata commit"] = "unknown"
+        return "unknown"
+
+
+def build_facts() -> dict[str, str]:
+    facts: dict[str, str] = {"Strata commit": commit_measured()}
     strata = REPO / STRATA
     if strata.exists():
         built = datetime.datetime.fromtimestamp(strata.stat().st_mtime, datetime.timezone.utc)

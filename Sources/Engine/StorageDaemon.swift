@@ -55,7 +55,7 @@ public final class StorageDaemon: Sendable {
     /// port 0 resolved). On failure everything started is shut down before the error is thrown.
     public func start() async throws -> [NBDServerAddress] {
         do {
-            try await engine.controller.apply(json: .array(plan.blockdevActions))
+            if !plan.blockdevActions.isEmpty { try await engine.controller.apply(json: .array(plan.blockdevActions)) }
             for export in plan.nbdExports { try await nbdServer.addExport(export) }
             return try plan.nbdListeners.map { try nbdServer.listen(on: $0.address) }
         } catch {

@@ -67,6 +67,31 @@ public struct ThrottleLimits: Sendable, Equatable {
     /// Whether any bucket limits anything (QEMU's throttle_enabled).
     public var isEnabled: Bool { buckets.contains { $0.avg > 0 } }
 
+    /// Every key of QEMU's ThrottleLimits with its value, as `qom-get` of a group's `limits` shows them.
+    public var options: [String: UInt64] {
+        var options: [String: UInt64] = ["iops-size": iopsSize]
+        for bucket in Bucket.allCases {
+            options[bucket.optionKey] = self[bucket].avg
+            options[bucket.optionKey + "-max"] = self[bucket].max
+            options[bucket.optionKey + "-max-length"] = self[bucket].maxLength
+        }
+        return options
+    }
+
+    /// These limits with the keys in `changes` set to new values, validated whole (QEMU's
+    /// throttle_group_set_limits: `qom-set` of `limits` changes only the keys it names).
+    public func merging(_ changes: [String: JSONValue], nodeName: String) throws(GraphError) -> ThrottleLimits {
+        var merged: [String: JSONValue] = options.mapValues { .int(Int64($0)) }
+        for (key, value) in changes {
+            guard merged[key] != nil else { throw .unexpectedOption(node: nodeName, option: key) }
+            merged[key] = value
+        }
+        var reader = OptionReader(nodeName: nodeName, options: merged)
+        let limits = try ThrottleLimits(parsing: &reader)
+        try reader.finish()
+        return limits
+    }
+
     /// Reads QEMU's ThrottleLimits keys from `reader` and validates them. `optionPrefix` goes in
     /// front of every key in error messages ("limits." when the keys sit in a nested object).
     /// Does not call `finish()`: the caller owns the reader.

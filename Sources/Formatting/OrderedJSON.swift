@@ -1,9 +1,11 @@
 /// A JSON value whose objects keep their key order, printed as qemu-img prints JSON (4-space
 /// indent), so `strata img` output lines up with qemu-img's field for field.
 public indirect enum OrderedJSON: Sendable, Equatable {
+    case null
     case bool(Bool)
     case int(Int64)
     case uint(UInt64)
+    case double(Double)
     case string(String)
     case array([OrderedJSON])
     case object([(String, OrderedJSON)])
@@ -14,16 +16,29 @@ public indirect enum OrderedJSON: Sendable, Equatable {
         let pad = String(repeating: " ", count: indent + 4)
         let close = String(repeating: " ", count: indent)
         switch self {
-        case .bool(let value): return value ? "true" : "false"
-        case .int(let value): return "\(value)"
-        case .uint(let value): return "\(value)"
-        case .string(let value): return JSONText.quote(value)
+        case .null, .bool, .int, .uint, .double, .string: return compactText()
         case .array(let items):
             guard !items.isEmpty else { return "[]" }
             return "[\n" + items.map { pad + $0.text(indent: indent + 4) }.joined(separator: ",\n") + "\n\(close)]"
         case .object(let fields):
             guard !fields.isEmpty else { return "{}" }
             return "{\n" + fields.map { "\(pad)\(JSONText.quote($0.0)): \($0.1.text(indent: indent + 4))" }.joined(separator: ",\n") + "\n\(close)}"
+        }
+    }
+
+    /// One line, with QEMU's separators (`{"return": {}}`, `{"a": 1, "b": [2, 3]}`): how QMP
+    /// writes a message unless the monitor is pretty.
+    public func compactText() -> String {
+        switch self {
+        case .null: return "null"
+        case .bool(let value): return value ? "true" : "false"
+        case .int(let value): return "\(value)"
+        case .uint(let value): return "\(value)"
+        case .double(let value): return value.isFinite ? "\(value)" : "null"
+        case .string(let value): return JSONText.quote(value)
+        case .array(let items): return "[" + items.map { $0.compactText() }.joined(separator: ", ") + "]"
+        case .object(let fields):
+            return "{" + fields.map { "\(JSONText.quote($0.0)): \($0.1.compactText())" }.joined(separator: ", ") + "}"
         }
     }
 }

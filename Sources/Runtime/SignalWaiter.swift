@@ -26,6 +26,14 @@ public final class SignalWaiter: Sendable {
         }
     }
 
+    /// Wakes `wait` as if `signal` had arrived: how a daemon's own stop request (QMP `quit`) takes
+    /// the same shutdown path as SIGTERM. Safe from any thread.
+    public func post(_ signal: Int32) {
+        precondition(signal >= 0 && signal < 256, "a posted signal fits the pipe's one byte")
+        var byte = UInt8(signal)
+        _ = write(writeFd, &byte, 1)
+    }
+
     /// Waits for one of the signals; returns its number. Must run on a queue executor.
     public nonisolated(nonsending) func wait() async throws(SystemError) -> Int32 {
         let executor = RingSocket.currentExecutor("SignalWaiter.wait")

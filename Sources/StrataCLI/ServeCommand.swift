@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import StrataControl
 import StrataEngine
 import StrataGraph
 import StrataImageTools
@@ -28,6 +29,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     /// Signals that end the daemon cleanly.
     static let terminationSignals = [SIGTERM, SIGINT, SIGHUP]
+    /// Posted to the signal waiter by QMP `quit` (no real signal has number 0).
+    static let quitSignal: Int32 = 0
 
     @Option(name: .customLong("blockdev"), help: "A node as blockdev-add JSON or key=value list (repeatable).")
     var blockdevs: [String] = []
@@ -35,6 +38,12 @@ struct ServeCommand: AsyncParsableCommand {
     var nbdServers: [String] = []
     @Option(name: .customLong("export"), help: "type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on|off][,description=TEXT][,allocation-depth=on|off] (repeatable).")
     var exportSpecs: [String] = []
+    @Option(name: .customLong("chardev"), help: "socket,id=ID,path=PATH,server=on,wait=off (or host=H,port=P): a monitor socket (repeatable).")
+    var chardevs: [String] = []
+    @Option(name: .customLong("monitor"), help: "chardev=ID[,mode=control][,pretty=on|off]: serve QMP on that socket (repeatable).")
+    var monitorSpecs: [String] = []
+    @Option(name: .customLong("object"), help: "throttle-group,id=ID,limits.iops-total=N,...: a throttle group (repeatable).")
+    var objects: [String] = []
     @Option(help: "Write the daemon's process ID here once it serves; removed at exit.")
     var pidfile: String?
 
@@ -58,9 +67,11 @@ struct ServeCommand: AsyncParsableCommand {
 
     func validate() throws {
         if image == nil {
-            if blockdevs.isEmpty { throw ValidationError("give --image, or the graph with --blockdev") }
-            if nbdServers.isEmpty { throw ValidationError("give --nbd-server (or --image with --nbd)") }
-            if exportSpecs.isEmpty { throw ValidationError("give at least one --export type=nbd,...") }
+            // With a monitor, everything may come later over QMP, as with qemu-storage-daemon.
+            let controlled = !monitorSpecs.isEmpty
+            if blockdevs.isEmpty && !controlled { throw ValidationError("give --image, or the graph with --blockdev, or a --monitor") }
+            if nbdServers.isEmpty && !controlled { throw ValidationError("give --nbd-server (or --image with --nbd)") }
+            if exportSpecs.isEmpty && !controlled { throw ValidationError("give at least one --export type=nbd,...") }
             if !nbdAddresses.isEmpty { throw ValidationError("--nbd goes with --image; use --nbd-server with --blockdev") }
         } else {
             if !blockdevs.isEmpty || !exportSpecs.isEmpty { throw ValidationError("give --image or --blockdev/--export, not both") }
@@ -73,6 +84,7 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let (actions, exports) = try plan()
+        let control = try ServeMonitorOptions(chardevs: chardevs, monitors: monitorSpecs, objects: objects)
         var listeners: [StorageDaemon.NBDListener] = []
         for spec in nbdServers { listeners.append(try serverListener(spec)) }
         for text in nbdAddresses { listeners.append(StorageDaemon.NBDListener(address: try NBDServerAddress.parse(short: text))) }
@@ -83,19 +95,39 @@ struct ServeCommand: AsyncParsableCommand {
                                      nbdExports: exports, handshakeLimitSeconds: handshakeLimit),
             log: { StandardError.print($0) })
         let signals = try SignalWaiter(signals: Self.terminationSignals)
+        let monitor = QMPMonitor(daemon: daemon) { signals.post(Self.quitSignal) }
+        do {
+            // Groups first: --blockdev throttle nodes may name them.
+            for group in control.throttleGroups { try await monitor.addThrottleGroup(id: group.id, limits: group.limits) }
+        } catch {
+            await daemon.shutdown()
+            throw ValidationError("\(error)")
+        }
         let bound: [NBDServerAddress]
-        do { bound = try await daemon.start() } catch { throw ValidationError("\(error)") }
+        do { bound = try await daemon.start() } catch { throw ValidationError("\(error)") }  // start() shut the daemon down
+        do {
+            for address in control.monitors {
+                print("strata serve: QMP monitor listening on \(try await monitor.listen(on: address))")
+            }
+        } catch {
+            await monitor.shutdown()
+            await daemon.shutdown()
+            throw ValidationError("\(error)")
+        }
         for address in bound { print("strata serve: NBD server listening on \(address)") }
         fflush(nil)
         if let pidfile {
             do { try writePidfile(pidfile) } catch {
+                await monitor.shutdown()
                 await daemon.shutdown()
                 throw ValidationError("\(error)")
             }
         }
-        let control = daemon.engine.control
-        let signal = try await Task(executorPreference: control) { try await signals.wait() }.value
-        StandardError.print("strata serve: \(signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM"): finishing in-flight requests")
+        let executor = daemon.engine.control
+        let signal = try await Task(executorPreference: executor) { try await signals.wait() }.value
+        let cause = signal == Self.quitSignal ? "quit" : signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM"
+        StandardError.print("strata serve: \(cause): finishing in-flight requests")
+        await monitor.shutdown()
         await daemon.shutdown()
         if let pidfile { unlink(pidfile) }
     }

@@ -24,6 +24,7 @@ import Testing
         ("StrataLoad", "Sources/Load", 4),
         ("StrataEngine", "Sources/Engine", 5),
         ("StrataImageTools", "Sources/ImageTools", 6),
+        ("StrataControl", "Sources/Control", 6),
         ("StrataCLI", "Sources/StrataCLI", 7),
         ("strata-alloc-count", "Bench/AllocationCount", 7),
     ]

@@ -3,7 +3,7 @@ import FoundationEssentials
 /// A parsed JSON document. Options arrive as QEMU's blockdev-add JSON, on the command line now
 /// and over QMP later, so one parser and one value type serve both.
 public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible, ExpressibleByStringLiteral,
-    ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
+    ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral {
     case null
     case bool(Bool)
     case int(Int64)
@@ -15,6 +15,10 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible, Ex
     public init(stringLiteral value: String) { self = .string(value) }
     public init(integerLiteral value: Int64) { self = .int(value) }
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.singleValueContainer()

@@ -30,6 +30,10 @@ public actor GraphController {
     private var collectedSwitches: [(queue: Int, backend: String, timeNs: UInt64)] = []
     private var switchesDone: CheckedContinuation<Void, Never>?
     private let clock: any IOClock
+    /// Transactions and attachments one at a time: `apply` suspends (opening nodes, waiting for
+    /// queues to switch) and the actor would otherwise interleave a second one with it, computing
+    /// both from the same graph value and losing one's switches.
+    private let transactionLock = AsyncLock()
 
     public init(registry: DriverRegistry, control: QueueExecutor, queues: [QueueContext], clock: any IOClock = MonotonicClock()) {
         self.control = control
@@ -70,6 +74,8 @@ public actor GraphController {
     /// Applies a transaction: all of it or, on any error, none of it.
     @discardableResult
     public func apply(_ edits: [GraphEdit]) async throws -> TransactionReport {
+        await transactionLock.lock()
+        defer { transactionLock.unlock() }
         let startNs = clock.nowNs
         let (next, nextPermissions) = try model.applying(edits)
         for attachment in attachments where next.backends[attachment.backendName] == nil {
@@ -169,6 +175,8 @@ public actor GraphController {
 
     /// Attaches a device queue or export connection and installs its backend's current root.
     public func attach(_ attachment: any GraphAttachment) async throws {
+        await transactionLock.lock()
+        defer { transactionLock.unlock() }
         precondition(!attachments.contains { $0 === attachment }, "\(attachment.backendName) on queue \(attachment.queueIndex) attached twice")
         precondition(attachment.queueIndex >= 0 && attachment.queueIndex < queues.count, "queue \(attachment.queueIndex) does not exist")
         let version = try makeVersion(for: attachment, number: versionNumber)
@@ -220,6 +228,7 @@ public actor GraphController {
     /// to the control executor. (A task-group child would resume as a generic job on the busy queue
     /// thread that ran `install`, and wait there behind the queue's requests: measured 6-8 ms.)
     private func distribute(version: UInt64) async -> [(queue: Int, backend: String, timeNs: UInt64)] {
+        precondition(switchesDone == nil && switchesOutstanding == 0, "one version is distributed at a time (transactionLock)")
         var prepared: [(any GraphAttachment, GraphVersion)] = []
         for attachment in attachments {
             guard let built = try? makeVersion(for: attachment, number: version) else { continue }

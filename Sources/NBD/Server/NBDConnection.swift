@@ -79,7 +79,7 @@ actor NBDConnection {
         export = served
         port = served.ports[queue.index]
         phase = .transmission
-        server.handshakeFinished(number)
+        server.handshakeFinished(number, exportID: served.options.id)
         startWorker()
     }
 

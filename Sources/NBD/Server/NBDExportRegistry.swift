@@ -16,6 +16,14 @@ final class NBDExportRegistry: NBDExportCatalog {
 
     var all: [NBDServerExport] { exports.withLock { $0 } }
 
+    /// Takes the export with `id` out of the handshake's view; connections already on it go on.
+    func remove(id: String) -> NBDServerExport? {
+        exports.withLock { list in
+            guard let index = list.firstIndex(where: { $0.options.id == id }) else { return nil }
+            return list.remove(at: index)
+        }
+    }
+
     /// The export behind a negotiated name ("" is the first export, the default).
     func served(named name: String) -> NBDServerExport? {
         exports.withLock { list in name.isEmpty ? list.first : list.first { $0.options.name == name } }

@@ -24,6 +24,16 @@ public final class NBDServer: Sendable {
         var connection: NBDConnection
         var fd: Int32
         var handshakeDeadlineNs: UInt64?
+        /// The export the client chose, once the handshake is done.
+        var exportID: String?
+    }
+
+    /// How `removeExport` treats clients still on the export (QEMU's BlockExportRemoveMode).
+    public enum RemoveMode: String, Sendable {
+        /// Wait for them to disconnect.
+        case safe
+        /// Disconnect them.
+        case hard
     }
 
     private struct State {
@@ -119,7 +129,8 @@ public final class NBDServer: Sendable {
             do {
                 socket = try await listener.accept()
             } catch {
-                if isShuttingDown { return }
+                // Shut down, or stopped by stopListening (which forgets the listener first).
+                if isShuttingDown || !state.withLock({ $0.listeners.contains { $0 === listener } }) { return }
                 if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
                     // Out of descriptors or memory: wait for connections to end instead of spinning.
                     log("NBD server: accept: \(error); retrying in 100 ms")
@@ -170,8 +181,58 @@ public final class NBDServer: Sendable {
         }
     }
 
-    func handshakeFinished(_ number: Int) {
-        state.withLock { $0.connections[number]?.handshakeDeadlineNs = nil }
+    func handshakeFinished(_ number: Int, exportID: String) {
+        state.withLock { state in
+            state.connections[number]?.handshakeDeadlineNs = nil
+            state.connections[number]?.exportID = exportID
+        }
+    }
+
+    /// The exports served now, in the order they were added.
+    public var exportOptions: [NBDExportOptions] { exports.all.map(\.options) }
+
+    /// Whether any listener is open (`nbd-server-start` was given and not stopped).
+    public var isListening: Bool { state.withLock { !$0.listeners.isEmpty } }
+
+    /// Removes export `id`: new clients no longer see it at once; once no client uses it (at
+    /// once with `.hard`, which disconnects them), a writable export is flushed, detached from
+    /// the graph, and `removed` runs (QMP's BLOCK_EXPORT_DELETED). Returns without waiting.
+    public func removeExport(id: String, mode: RemoveMode, removed: @escaping @Sendable () async -> Void) throws(NBDServerError) {
+        guard let export = exports.remove(id: id) else { throw .noSuchExport(id) }
+        if mode == .hard {
+            state.withLock { state in
+                for entry in state.connections.values where entry.exportID == id { _ = Glibc.shutdown(entry.fd, Int32(SHUT_RDWR)) }
+            }
+        }
+        let control = controller.control
+        Task(executorPreference: control) {
+            while self.state.withLock({ $0.connections.values.contains { $0.exportID == id } }) {
+                await control.sleep(untilNs: MonotonicClock.now() + 10_000_000)
+            }
+            await self.retire(export)
+            await removed()
+        }
+    }
+
+    /// Flushes a writable export and takes its ports and backend out of the graph.
+    private func retire(_ export: NBDServerExport) async {
+        if export.options.writable {
+            let status = await export.ports[0].submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+            if !status.isOK { log("NBD export '\(export.options.name)': flush at removal failed: \(status)") }
+        }
+        for port in export.ports { await controller.detach(port) }
+        _ = try? await controller.apply(json: .object(["type": "backend-del", "data": .object(["id": .string(export.options.id)])]))
+    }
+
+    /// Closes every listener (QMP's nbd-server-stop); connections and exports stay.
+    public func stopListening() async {
+        let (listeners, loops) = state.withLock { state in
+            defer { state.listeners = []; state.acceptLoops = [] }
+            return (state.listeners, state.acceptLoops)
+        }
+        for listener in listeners { listener.shutdown() }
+        for loop in loops { await loop.value }
+        for listener in listeners { listener.close() }
     }
 
     func connectionEnded(_ number: Int) {

@@ -1,0 +1,128 @@
+import StrataFormatting
+import StrataGraph
+import StrataNBDServer
+
+/// The NBD server and exports: nbd-server-start/stop, nbd-server-add/remove (QEMU's older
+/// forms), block-export-add/del, query-block-exports, with BLOCK_EXPORT_DELETED on removal.
+enum ExportCommands {
+    static let all: [QMPCommand] = [
+        QMPCommand("nbd-server-start") { monitor, arguments in
+            let address = try arguments.object("addr")
+            _ = try arguments.optionalInteger("max-connections")
+            if try arguments.optionalString("tls-creds") != nil { throw QMPError("TLS is not supported by this NBD server") }
+            try arguments.finish()
+            let server = monitor.daemon.nbdServer
+            guard !server.isListening else { throw QMPError("NBD server already running") }
+            _ = try server.listen(on: try Self.legacyAddress(address))
+            return .emptyObject
+        },
+        QMPCommand("nbd-server-stop") { monitor, arguments in
+            try arguments.finish()
+            let server = monitor.daemon.nbdServer
+            guard server.isListening else { throw QMPError("NBD server not running") }
+            await server.stopListening()
+            return .emptyObject
+        },
+        QMPCommand("block-export-add") { monitor, arguments in
+            let type = try arguments.string("type")
+            guard type == "nbd" else { throw QMPError("Parameter 'type' does not accept value '\(type)'") }
+            let id = try arguments.string("id")
+            let node = try arguments.string("node-name")
+            let writable = try arguments.optionalBool("writable") ?? false
+            let name = try arguments.optionalString("name")
+            let description = try arguments.optionalString("description") ?? ""
+            let allocationDepth = try arguments.optionalBool("allocation-depth") ?? false
+            _ = try arguments.optionalBool("writethrough")
+            try arguments.finish()
+            try await monitor.addNBDExport(NBDExportOptions(id: id, nodeName: node, name: name, description: description, writable: writable,
+                                                            allocationDepth: allocationDepth))
+            return .emptyObject
+        },
+        QMPCommand("nbd-server-add") { monitor, arguments in
+            let device = try arguments.string("device")
+            let name = try arguments.optionalString("name") ?? device
+            let writable = try arguments.optionalBool("writable") ?? false
+            let description = try arguments.optionalString("description") ?? ""
+            try arguments.finish()
+            try await monitor.addNBDExport(NBDExportOptions(id: name, nodeName: device, name: name, description: description, writable: writable,
+                                                            allocationDepth: false))
+            return .emptyObject
+        },
+        QMPCommand("block-export-del") { monitor, arguments in
+            let id = try arguments.string("id")
+            let mode = try Self.removeMode(try arguments.optionalString("mode"))
+            try arguments.finish()
+            try monitor.removeNBDExport(id: id, mode: mode)
+            return .emptyObject
+        },
+        QMPCommand("nbd-server-remove") { monitor, arguments in
+            let name = try arguments.string("name")
+            let mode = try Self.removeMode(try arguments.optionalString("mode"))
+            try arguments.finish()
+            try monitor.removeNBDExport(id: name, mode: mode)
+            return .emptyObject
+        },
+        QMPCommand("query-block-exports") { monitor, arguments in
+            try arguments.finish()
+            return .array(monitor.daemon.nbdServer.exportOptions.map { export in
+                .object([("type", .string("nbd")), ("id", .string(export.id)), ("node-name", .string(export.nodeName)),
+                         ("shutting-down", .bool(false))])
+            })
+        },
+    ]
+
+    /// SocketAddressLegacy: `{"type": "unix", "data": {"path": P}}` or `{"type": "inet", "data":
+    /// {"host": H, "port": P}}`.
+    static func legacyAddress(_ address: [String: JSONValue]) throws(QMPError) -> NBDServerAddress {
+        var outer = QMPArguments(address)
+        let type = try outer.string("type")
+        var data = QMPArguments(try outer.object("data"))
+        try outer.finish()
+        switch type {
+        case "unix":
+            let path = try data.string("path")
+            _ = try data.optionalBool("abstract")
+            try data.finish()
+            return .unix(path: path)
+        case "inet":
+            let host = try data.string("host")
+            let port = try data.string("port")
+            for key in ["numeric", "to", "ipv4", "ipv6", "keep-alive"] { _ = data.value(key) }
+            try data.finish()
+            guard let number = UInt16(port) else { throw QMPError("Invalid port '\(port)'") }
+            return .inet(host: host, port: number)
+        default:
+            throw QMPError("Parameter 'type' does not accept value '\(type)'")
+        }
+    }
+
+    static func removeMode(_ text: String?) throws(QMPError) -> NBDServer.RemoveMode {
+        guard let text else { return .safe }
+        guard let mode = NBDServer.RemoveMode(rawValue: text) else { throw QMPError("Parameter 'mode' does not accept value '\(text)'") }
+        return mode
+    }
+}
+
+extension QMPMonitor {
+    func addNBDExport(_ options: NBDExportOptions) async throws {
+        let server = daemon.nbdServer
+        guard server.isListening else { throw QMPError("NBD server not running") }
+        guard await daemon.engine.controller.model.nodes[options.nodeName] != nil else {
+            throw QMPError("Cannot find device=\(options.nodeName) nor node_name=\(options.nodeName)")
+        }
+        if server.exportOptions.contains(where: { $0.id == options.id }) {
+            throw QMPError("Block export id '\(options.id)' is already in use")
+        }
+        do { try await server.addExport(options) } catch { throw QMPError("\(error)") }
+    }
+
+    func removeNBDExport(id: String, mode: NBDServer.RemoveMode) throws {
+        do {
+            try daemon.nbdServer.removeExport(id: id, mode: mode) { [weak self] in
+                await self?.emit(QMPEvent("BLOCK_EXPORT_DELETED", data: .object([("id", .string(id))])))
+            }
+        } catch {
+            throw QMPError("Export '\(id)' is not found")
+        }
+    }
+}

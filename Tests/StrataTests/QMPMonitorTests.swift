@@ -1,0 +1,184 @@
+import Foundation
+import Glibc
+import StrataControl
+import StrataGraph
+import Testing
+
+/// `strata serve`'s QMP monitor on its own: hostile and careless clients, Strata's graph edits
+/// over QMP under a verified load, and the `strata qmp` command line.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct QMPMonitorTests {
+    static func daemon(_ scratch: ScratchDirectory, extra: [String] = []) throws -> (NBDServerProcess, String) {
+        let socket = scratch.path("qmp.sock")
+        let process = try QMPDifferentialTests.startDaemon("strata", socket: socket, scratch: scratch, extra: extra)
+        return (process, socket)
+    }
+
+    /// Reads one CRLF- or LF-terminated message from a raw monitor socket.
+    static func readMessage(_ fd: Int32) -> [String: Any]? {
+        var line: [UInt8] = []
+        while true {
+            guard let byte = NBDSocket.receiveExactly(fd, 1) else { return nil }
+            if byte[0] == UInt8(ascii: "\n") {
+                if line.allSatisfy({ $0 == UInt8(ascii: "\r") }) { line = []; continue }
+                return try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]
+            }
+            line.append(byte[0])
+        }
+    }
+
+    static func send(_ fd: Int32, _ text: String) -> Bool { NBDSocket.sendAll(fd, Array((text + "\n").utf8)) }
+
+    @Test func badInputGetsGenericErrorAndTheMonitorLivesOn() throws {
+        let scratch = try ScratchDirectory("qmp-bad")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let fd = try #require(NBDSocket.connectUnix(socket))
+        defer { close(fd) }
+        #expect(Self.readMessage(fd)?["QMP"] != nil)
+        #expect(Self.send(fd, #"{"execute": "qmp_capabilities"}"#))
+        #expect(Self.readMessage(fd)?["return"] != nil)
+        for bad in [#"{"execute": }"#, "}", #"{"execute": 5}"#, #"{"execute": "query-version", "arguments": [1]}"#, "\"text\""] {
+            #expect(Self.send(fd, bad))
+            let reply = try #require(Self.readMessage(fd), "no reply to \(bad)")
+            let error = reply["error"] as? [String: Any]
+            #expect(error?["class"] as? String == "GenericError", "\(bad) -> \(reply)")
+        }
+        // Several messages in one write, and one message split over many.
+        #expect(Self.send(fd, #"{"execute":"query-version","id":1}{"execute":"query-version","id":2}"#))
+        #expect(Self.readMessage(fd)?["id"] as? Int == 1)
+        #expect(Self.readMessage(fd)?["id"] as? Int == 2)
+        for piece in [#"{"exec"#, #"ute": "query-"#, #"version", "id": "split"}"#] { #expect(NBDSocket.sendAll(fd, Array(piece.utf8))) }
+        #expect(Self.readMessage(fd)?["id"] as? String == "split")
+    }
+
+    @Test func anOversizedMessageIsRefusedAndTheConnectionClosed() throws {
+        let scratch = try ScratchDirectory("qmp-big")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let fd = try #require(NBDSocket.connectUnix(socket))
+        defer { close(fd) }
+        _ = Self.readMessage(fd)
+        #expect(Self.send(fd, #"{"execute": "qmp_capabilities"}"#))
+        _ = Self.readMessage(fd)
+        let huge = #"{"execute": "query-version", "arguments": {"x": ""# + String(repeating: "a", count: 2 << 20) + "\"}}"
+        _ = NBDSocket.sendAll(fd, Array(huge.utf8))
+        let reply = Self.readMessage(fd)
+        #expect((reply?["error"] as? [String: Any])?["class"] as? String == "GenericError", "\(String(describing: reply))")
+        #expect(NBDSocket.closedByPeer(fd, timeout: 10))
+        // The daemon serves the next client.
+        let client = try QMPClient(address: socket)
+        #expect(try client.execute("query-version").result != nil)
+    }
+
+    @Test func aThousandDroppedConnectionsLeaveDescriptorsAtBaseline() throws {
+        let scratch = try ScratchDirectory("qmp-many")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let probe = try QMPClient(address: socket)
+        _ = try probe.execute("query-version")
+        let baseline = process.openFDCount
+        for index in 0..<1000 {
+            guard let fd = NBDSocket.connectUnix(socket) else { Issue.record("connection \(index) refused"); return }
+            if index % 2 == 0 { _ = Self.readMessage(fd) }
+            if index % 3 == 0 { _ = Self.send(fd, #"{"execute": "qmp_capabilities"}"#) }
+            close(fd)
+        }
+        #expect(try probe.execute("query-version").result != nil)
+        // Closing is asynchronous in the daemon: wait for the count to come back.
+        var count = process.openFDCount
+        for _ in 0..<500 where count > baseline {
+            usleep(10_000)
+            count = process.openFDCount
+        }
+        #expect(count == baseline, "descriptors: \(baseline) before, \(count) after 1000 connections")
+    }
+
+    @Test func aClientThatNeverReadsBlocksNoOtherClient() async throws {
+        let scratch = try ScratchDirectory("qmp-slow")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let greedy = try #require(NBDSocket.connectUnix(socket))
+        defer { close(greedy) }
+        _ = Self.send(greedy, #"{"execute": "qmp_capabilities"}"#)
+        // Thousands of commands whose replies are never read: the daemon's sends to this client
+        // stall once the socket buffer is full.
+        let flood = String(repeating: #"{"execute": "query-commands"}"#, count: 5000)
+        let writer = Thread { _ = NBDSocket.sendAll(greedy, Array(flood.utf8)) }
+        writer.start()
+        let other = try QMPClient(address: socket)
+        for _ in 0..<20 { #expect(try other.execute("query-version").result != nil) }
+        #expect(try other.execute("blockdev-add", arguments: ["driver": "null-co", "node-name": "n0"]).result != nil)
+    }
+
+    /// The acceptance load: a two-queue NBD export read and written with verification while 20
+    /// filters are inserted and removed, a throttle group's limits change, the file grows and a
+    /// second export comes and goes, all over QMP. Nothing may fail, get lost or read wrong.
+    @Test func liveEditsUnderAVerifiedLoad() async throws {
+        let scratch = try ScratchDirectory("qmp-load")
+        let image = scratch.path("disk.raw")
+        try await QemuTool.require("qemu-img", ["create", "-f", "raw", image, "64M"])
+        let nbdSocket = scratch.path("nbd.sock")
+        let (process, socket) = try Self.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"file","node-name":"proto","filename":"\#(image)"}"#,
+            "--blockdev", "driver=raw,node-name=fmt,file=proto",
+            "--object", "throttle-group,id=tg0,limits.iops-total=0",
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=fmt,name=disk,writable=on",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
+        let bench = Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "6", "--json"])
+        }
+        func ok(_ command: String, _ arguments: [String: JSONValue] = [:]) throws {
+            let reply: QMPClient.Reply
+            do { reply = try client.execute(command, arguments: arguments) } catch {
+                Issue.record("\(command): \(error); daemon log: \(process.log)")
+                throw error
+            }
+            #expect(!reply.isError, "\(command) \(arguments): \(String(describing: reply.error))")
+        }
+        for round in 0..<20 {
+            try ok("x-insert-filter", ["above": "fmt", "filter": ["driver": "throttle", "node-name": .string("t\(round)"), "throttle-group": "tg0"]])
+            if round == 5 { try ok("blockdev-reopen", ["options": [["driver": "throttle", "node-name": "t5", "throttle-group": "tg0", "file": "fmt",
+                                                                     "limits": ["iops-total": 20000]]]]) }
+            if round == 8 { try ok("block_resize", ["node-name": "proto", "size": .int(96 << 20)]) }
+            if round == 10 { try ok("block-export-add", ["type": "nbd", "id": "e1", "node-name": "fmt", "name": "second"]) }
+            if round == 14 { try ok("block-export-del", ["id": "e1"]) }
+            try ok("x-remove-filter", ["node-name": .string("t\(round)")])
+        }
+        #expect(try client.waitForEvent("BLOCK_EXPORT_DELETED", timeoutSeconds: 20) != nil)
+        let result = try await bench.value
+        try #require(result.status == 0, "\(result.output)\n\(process.log)")
+        let json = try #require(result.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(report["failed"] as? Int == 0, "\(json)")
+        #expect(report["lost"] as? Int == 0, "\(json)")
+        #expect(report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        var status = stat()
+        #expect(stat(image, &status) == 0 && status.st_size == 96 << 20)
+    }
+
+    @Test func strataQmpSendsCommandsFromTheCommandLine() async throws {
+        let scratch = try ScratchDirectory("qmp-cli")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let version = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "query-version"])
+        #expect(version.status == 0 && version.output.contains(#""qemu": {"#), "\(version.output)")
+        let add = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "blockdev-add", "driver=null-co", "node-name=n0", "size=1048576"])
+        #expect(add.status == 0, "\(add.output)")
+        let nodes = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "query-named-block-nodes"])
+        #expect(nodes.status == 0 && nodes.output.contains(#""node-name": "n0""#), "\(nodes.output)")
+        let duplicate = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "blockdev-add", #"{"driver":"null-co","node-name":"n0"}"#])
+        #expect(duplicate.status == 1 && duplicate.output.contains("GenericError"), "\(duplicate.output)")
+        let unknown = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "no-such-command"])
+        #expect(unknown.status == 1 && unknown.output.contains("CommandNotFound"), "\(unknown.output)")
+        let quit = try await QemuTool.run(CommandLineTests.binary, ["qmp", socket, "quit"])
+        #expect(quit.status == 0, "\(quit.output)")
+        let stopped = process.stop(timeout: 20)
+        #expect(stopped.inTime && stopped.status == 0, "\(stopped) \(process.log)")
+    }
+}

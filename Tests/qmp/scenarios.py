@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""QMP scenarios run the same way against qemu-storage-daemon and `strata serve`.
+
+Usage: scenarios.py SOCKET WORKDIR OUTPUT
+The daemon is already listening on SOCKET (a Unix monitor socket). Every step is recorded as
+{"step": name, "outcome": "ok" | ERROR-CLASS, ...observations}; the transcript goes to OUTPUT as
+JSON in OUTPUT. The caller runs this against both daemons and compares the transcripts, so anything this
+records must be what QEMU's documentation promises, not an implementation detail.
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from qemu.qmp import QMPClient, ExecuteError
+
+SOCKET, WORKDIR, OUTPUT = sys.argv[1], sys.argv[2], sys.argv[3]
+transcript = []
+
+
+def record(step, outcome, **observations):
+    transcript.append({"step": step, "outcome": outcome, **observations})
+
+
+def raw_exchange():
+    """Talks to the monitor without a client library: greeting, negotiation, bad input."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(SOCKET)
+    stream = sock.makefile("rwb", buffering=0)
+
+    def read_message():
+        while True:
+            line = stream.readline()
+            if not line:
+                return None
+            line = line.strip()
+            if line:
+                return json.loads(line)
+
+    def send(text):
+        stream.write(text.encode() + b"\n")
+
+    greeting = read_message()
+    version = greeting["QMP"]["version"]
+    record("greeting", "ok", has_qemu_version=all(isinstance(version["qemu"][k], int) for k in ("major", "minor", "micro")),
+           capabilities_is_list=isinstance(greeting["QMP"]["capabilities"], list))
+    send('{"execute": "query-version", "id": "early"}')
+    reply = read_message()
+    record("command before qmp_capabilities", reply["error"]["class"], id=reply.get("id"),
+           desc=reply["error"]["desc"])
+    send('{"execute": "qmp_capabilities"}')
+    record("qmp_capabilities", "ok" if read_message().get("return") == {} else "bad")
+    send('{"execute": "qmp_capabilities"}')
+    reply = read_message()
+    record("second qmp_capabilities", reply["error"]["class"], desc=reply["error"]["desc"])
+    send('{"execute": "no-such-command", "id": 7}')
+    reply = read_message()
+    record("unknown command", reply["error"]["class"], id=reply.get("id"))
+    send('[1, 2]')
+    reply = read_message()
+    record("input not an object", reply["error"]["class"], desc=reply["error"]["desc"])
+    send('{"execute": "query-version", "arguments": {"bogus": 1}}')
+    reply = read_message()
+    record("unexpected argument", reply["error"]["class"], desc=reply["error"]["desc"])
+    send('{"execute": "query-version", "id": {"nested": [1, "x"]}}')
+    reply = read_message()
+    record("id echoed", "ok" if "return" in reply else reply["error"]["class"], id=reply.get("id"))
+    send('{"execute": "query-version", "nonsense": true}')
+    reply = read_message()
+    record("unexpected member", reply["error"]["class"])
+    send('{"execute": "query-version"}')
+    reply = read_message()
+    record("monitor alive after bad input", "ok" if "return" in reply else "bad")
+    sock.close()
+
+
+async def command(qmp, step, name, arguments=None, **expect):
+    try:
+        result = await qmp.execute(name, arguments or {})
+        record(step, "ok", **expect)
+        return result
+    except ExecuteError as error:
+        record(step, error.error_class, **expect)
+        return None
+
+
+async def main():
+    raw_exchange()
+    image = os.path.join(WORKDIR, "disk.raw")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", image, "64M"], check=True)
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+
+    qmp = QMPClient("scenarios")
+    await qmp.connect(SOCKET)
+    await command(qmp, "blockdev-add file", "blockdev-add", {"driver": "file", "node-name": "proto", "filename": image})
+    await command(qmp, "blockdev-add raw", "blockdev-add", {"driver": "raw", "node-name": "fmt", "file": "proto"})
+    await command(qmp, "blockdev-add duplicate name", "blockdev-add", {"driver": "null-co", "node-name": "fmt"})
+    await command(qmp, "blockdev-add unknown driver", "blockdev-add", {"driver": "no-such-driver", "node-name": "x1"})
+    await command(qmp, "blockdev-add without node-name", "blockdev-add", {"driver": "null-co"})
+    await command(qmp, "blockdev-add bad option", "blockdev-add", {"driver": "null-co", "node-name": "x2", "bogus": 1})
+    await command(qmp, "blockdev-add null-co", "blockdev-add", {"driver": "null-co", "node-name": "nul", "size": 1048576})
+
+    nodes = await qmp.execute("query-named-block-nodes", {})
+    seen = sorted((n["node-name"], n["drv"], n["ro"], n["file"] == image or n["file"].startswith("null-co://")) for n in nodes)
+    record("query-named-block-nodes", "ok", nodes=seen)
+
+    await command(qmp, "block-export-add before nbd-server-start", "block-export-add",
+                  {"type": "nbd", "id": "e0", "node-name": "fmt", "writable": True})
+    await command(qmp, "nbd-server-start", "nbd-server-start", {"addr": {"type": "unix", "data": {"path": nbd_socket}}})
+    await command(qmp, "nbd-server-start twice", "nbd-server-start", {"addr": {"type": "unix", "data": {"path": nbd_socket + "2"}}})
+    await command(qmp, "block-export-add", "block-export-add", {"type": "nbd", "id": "e0", "node-name": "fmt", "writable": True})
+    await command(qmp, "block-export-add same id", "block-export-add", {"type": "nbd", "id": "e0", "node-name": "nul"})
+    await command(qmp, "block-export-add unknown node", "block-export-add", {"type": "nbd", "id": "e1", "node-name": "missing"})
+    exports = await qmp.execute("query-block-exports", {})
+    record("query-block-exports", "ok", exports=sorted((e["type"], e["id"], e["node-name"], e["shutting-down"]) for e in exports))
+
+    uri = "nbd+unix:///fmt?socket=" + nbd_socket
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "write -P 0xa5 1M 4k", uri],
+                           capture_output=True, text=True)
+    read = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 64k", "-c", "read -P 0xa5 1M 4k", uri],
+                          capture_output=True, text=True)
+    record("qemu-io over the export", "ok" if write.returncode == 0 and read.returncode == 0 else "failed",
+           output=(write.stdout + write.stderr + read.stdout + read.stderr) if write.returncode or read.returncode else "")
+
+    await command(qmp, "blockdev-del of an exported node", "blockdev-del", {"node-name": "fmt"})
+    await command(qmp, "blockdev-del of a node with a parent", "blockdev-del", {"node-name": "proto"})
+    await command(qmp, "block-export-del", "block-export-del", {"id": "e0"})
+    event = None
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                event = received
+                break
+    record("BLOCK_EXPORT_DELETED", "ok" if event else "missing", data=event and event.get("data"),
+           timestamp=bool(event and isinstance(event["timestamp"]["seconds"], int)
+                          and isinstance(event["timestamp"]["microseconds"], int)))
+    await command(qmp, "block-export-del again", "block-export-del", {"id": "e0"})
+    exports = await qmp.execute("query-block-exports", {})
+    record("query-block-exports after removal", "ok", exports=exports)
+
+    await command(qmp, "object-add throttle-group", "object-add",
+                  {"qom-type": "throttle-group", "id": "tg0", "limits": {"iops-total": 1000}})
+    await command(qmp, "object-add same id", "object-add", {"qom-type": "throttle-group", "id": "tg0"})
+    limits = await command(qmp, "qom-get limits", "qom-get", {"path": "tg0", "property": "limits"})
+    record("limits as added", "ok", limits=limits)
+    await command(qmp, "qom-set limits", "qom-set", {"path": "/objects/tg0", "property": "limits", "value": {"iops-total": 2000}})
+    limits = await command(qmp, "qom-get limits again", "qom-get", {"path": "tg0", "property": "limits"})
+    record("limits as set", "ok", limits=limits)
+    await command(qmp, "qom-set total with read", "qom-set", {"path": "tg0", "property": "limits", "value": {"iops-read": 5}})
+    await command(qmp, "qom-get unknown path", "qom-get", {"path": "nothing", "property": "limits"})
+    await command(qmp, "qom-get unknown property", "qom-get", {"path": "tg0", "property": "bogus"})
+    blocks = await command(qmp, "query-block", "query-block", {})
+    record("query-block answer", "ok", blocks=blocks)
+    await command(qmp, "blockdev-add throttle over the group", "blockdev-add",
+                  {"driver": "throttle", "node-name": "thr", "throttle-group": "tg0", "file": "fmt"})
+    await command(qmp, "object-del of a group in use", "object-del", {"id": "tg0"})
+    await command(qmp, "blockdev-del throttle", "blockdev-del", {"node-name": "thr"})
+    await command(qmp, "object-del", "object-del", {"id": "tg0"})
+    await command(qmp, "object-del unknown", "object-del", {"id": "tg0"})
+
+    await command(qmp, "block_resize grows the file", "block_resize", {"node-name": "proto", "size": 128 << 20})
+    record("file size after block_resize", "ok", size=os.stat(image).st_size)
+    await command(qmp, "blockdev-del raw", "blockdev-del", {"node-name": "fmt"})
+    await command(qmp, "blockdev-del file", "blockdev-del", {"node-name": "proto"})
+    await command(qmp, "blockdev-del unknown", "blockdev-del", {"node-name": "proto"})
+    await command(qmp, "nbd-server-stop", "nbd-server-stop", {})
+    await command(qmp, "nbd-server-stop twice", "nbd-server-stop", {})
+    nodes = await qmp.execute("query-named-block-nodes", {})
+    record("nodes left", "ok", nodes=sorted(n["node-name"] for n in nodes))
+    await command(qmp, "quit", "quit", {})
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the daemon is going away, as quit asked
+
+
+try:
+    asyncio.run(main())
+finally:
+    # Also when a step broke the script: the transcript so far says where.
+    with open(OUTPUT, "w") as out:
+        json.dump(transcript, out, indent=1)

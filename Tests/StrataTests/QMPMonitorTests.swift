@@ -162,6 +162,43 @@ import Testing
         #expect(stat(image, &status) == 0 && status.st_size == 96 << 20)
     }
 
+    /// Introspection covers exactly the commands the monitor has (a command added without
+    /// running scripts/generate-qmp-schema fails here), and every type it names is defined.
+    @Test func theSchemaDescribesEveryCommand() throws {
+        let scratch = try ScratchDirectory("qmp-schema")
+        let (process, socket) = try Self.daemon(scratch)
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        guard case .array(let commands)? = try client.execute("query-commands").result,
+              case .array(let entries)? = try client.execute("query-qmp-schema").result else {
+            Issue.record("query-commands or query-qmp-schema gave no array")
+            return
+        }
+        let listed = Set(commands.compactMap { $0.objectValue?["name"] }.compactMap { if case .string(let name) = $0 { name } else { nil } })
+        var described: Set<String> = []
+        var defined: Set<String> = []
+        var referenced: Set<String> = []
+        for entry in entries {
+            guard let fields = entry.objectValue, case .string(let name)? = fields["name"], case .string(let meta)? = fields["meta-type"] else {
+                Issue.record("schema entry without name or meta-type: \(entry)")
+                continue
+            }
+            defined.insert(name)
+            if meta == "command" { described.insert(name) }
+            for key in ["arg-type", "ret-type", "element-type"] { if case .string(let type)? = fields[key] { referenced.insert(type) } }
+            if case .array(let members)? = fields["members"] {
+                for case .object(let member) in members { if case .string(let type)? = member["type"] { referenced.insert(type) } }
+            }
+            if case .array(let variants)? = fields["variants"] {
+                for case .object(let variant) in variants { if case .string(let type)? = variant["type"] { referenced.insert(type) } }
+            }
+        }
+        #expect(listed.count > 20)
+        #expect(listed == described, "in query-commands only: \(listed.subtracting(described)); in the schema only: \(described.subtracting(listed))")
+        #expect(referenced.isSubset(of: defined), "types named but not defined: \(referenced.subtracting(defined))")
+        #expect(defined.contains("BLOCK_EXPORT_DELETED"))
+    }
+
     @Test func strataQmpSendsCommandsFromTheCommandLine() async throws {
         let scratch = try ScratchDirectory("qmp-cli")
         let (process, socket) = try Self.daemon(scratch)

@@ -16,6 +16,10 @@ enum MonitorCommands {
             let names = (monitor.commands.keys + ["qmp_capabilities"]).sorted()
             return .array(names.map { .object([("name", .string($0))]) })
         },
+        QMPCommand("query-qmp-schema") { _, arguments in
+            try arguments.finish()
+            return QMPSchema.entries
+        },
         QMPCommand("quit") { _, arguments in
             try arguments.finish()
             return .emptyObject

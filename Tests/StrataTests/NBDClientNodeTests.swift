@@ -90,8 +90,7 @@ struct NBDClientNodeTests {
         let result = try await strata(["bench", "--blockdev", node, "--queues", "2", "--depth", "32", "--rw", "randrw", "--bs", "4k",
                                        "--verify", "--ops", "3000", "--json"])
         try #require(result.status == 0, "strata bench over \(tool): \(result.output)")
-        let json = try #require(result.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let (report, json) = try benchReport(result.output)
         #expect(report["verify_failures"] as? Int == 0, "\(json)")
         #expect(report["failed"] as? Int == 0, "\(json)")
         #expect(report["ops"] as? Int == 6000, "\(json)")
@@ -121,8 +120,7 @@ struct NBDClientNodeTests {
         let result = try await bench.value
         try #require(result.status == 0, "\(result.output)")
         #expect(result.output.contains("reconnecting") && result.output.contains("reconnected"), "\(result.output)")
-        let json = try #require(result.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let (report, json) = try benchReport(result.output)
         #expect(report["failed"] as? Int == 0, "\(json)")
         #expect(report["verify_failures"] as? Int == 0, "\(json)")
         #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")

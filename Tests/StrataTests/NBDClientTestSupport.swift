@@ -226,3 +226,10 @@ final class NBDTestLog: Sendable {
     func append(_ line: String) { lines.withLock { $0.append(line) } }
     var entries: [String] { lines.withLock { $0 } }
 }
+
+/// The JSON report `strata bench --json` prints last, and the line it came from (for messages).
+func benchReport(_ output: String) throws -> (report: [String: Any], line: String) {
+    let line = try #require(output.split(separator: "\n").last(where: { $0.hasPrefix("{") }), "no JSON report in: \(output)")
+    let report = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    return (report, String(line))
+}

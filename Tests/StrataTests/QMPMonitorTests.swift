@@ -152,8 +152,7 @@ import Testing
         #expect(try client.waitForEvent("BLOCK_EXPORT_DELETED", timeoutSeconds: 20) != nil)
         let result = try await bench.value
         try #require(result.status == 0, "\(result.output)\n\(process.log)")
-        let json = try #require(result.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let (report, json) = try benchReport(result.output)
         #expect(report["failed"] as? Int == 0, "\(json)")
         #expect(report["lost"] as? Int == 0, "\(json)")
         #expect(report["verify_failures"] as? Int == 0, "\(json)")

@@ -12,6 +12,8 @@ public actor QMPMonitor {
     /// The QEMU version Strata's QMP speaks (qemu-storage-daemon 7.2's commands and replies).
     static let qemuVersion = (major: Int64(7), minor: Int64(2), micro: Int64(0))
     static let package = "strata"
+    /// Clients served at once (each holds up to 128 KiB of buffers); QEMU serves one per socket.
+    static let maxSessions = 64
 
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     let daemon: StorageDaemon
@@ -68,6 +70,11 @@ public actor QMPMonitor {
                     continue
                 }
                 return
+            }
+            guard sessions.count < Self.maxSessions else {
+                // Bounded memory: past the limit a client is refused rather than queued.
+                try? await socket.close()
+                continue
             }
             let number = nextSession
             nextSession += 1

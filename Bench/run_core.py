@@ -182,11 +182,12 @@ def loadavg() -> str:
 
 
 def commit_measured() -> str:
-    """The commit the tables measure: HEAD, flagged when the tracked tree differs from it."""
+    """The commit the tables measure: HEAD, flagged when what the binaries are built from
+    (sources, the package manifest) differs from it. Results and scripts do not count."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "Sources", "Package.swift",
+                                "Bench/AllocationCount"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         return (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         return "unknown"

@@ -1,7 +1,20 @@
 /// JSON string quoting for the tools' hand-built output (key order matters to match qemu-img).
 public enum JSONText {
     public static func quote(_ text: String) -> String {
-        var out = "\""
+        var out = ""
+        appendQuoted(text, to: &out)
+        return out
+    }
+
+    /// `quote(text)` appended to `out`; text with nothing to escape is copied whole.
+    public static func appendQuoted(_ text: String, to out: inout String) {
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += "\""
+            out += text
+            out += "\""
+            return
+        }
+        out += "\""
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -18,6 +31,6 @@ public enum JSONText {
                 }
             }
         }
-        return out + "\""
+        out += "\""
     }
 }

@@ -29,16 +29,37 @@ public indirect enum OrderedJSON: Sendable, Equatable {
     /// One line, with QEMU's separators (`{"return": {}}`, `{"a": 1, "b": [2, 3]}`): how QMP
     /// writes a message unless the monitor is pretty.
     public func compactText() -> String {
+        var text = ""
+        text.reserveCapacity(256)
+        writeCompact(into: &text)
+        return text
+    }
+
+    /// `compactText()` appended to `text`: one buffer for the whole message, no intermediate strings.
+    public func writeCompact(into text: inout String) {
         switch self {
-        case .null: return "null"
-        case .bool(let value): return value ? "true" : "false"
-        case .int(let value): return "\(value)"
-        case .uint(let value): return "\(value)"
-        case .double(let value): return value.isFinite ? "\(value)" : "null"
-        case .string(let value): return JSONText.quote(value)
-        case .array(let items): return "[" + items.map { $0.compactText() }.joined(separator: ", ") + "]"
+        case .null: text += "null"
+        case .bool(let value): text += value ? "true" : "false"
+        case .int(let value): text += String(value)
+        case .uint(let value): text += String(value)
+        case .double(let value): text += value.isFinite ? "\(value)" : "null"
+        case .string(let value): JSONText.appendQuoted(value, to: &text)
+        case .array(let items):
+            text += "["
+            for (index, item) in items.enumerated() {
+                if index > 0 { text += ", " }
+                item.writeCompact(into: &text)
+            }
+            text += "]"
         case .object(let fields):
-            return "{" + fields.map { "\(JSONText.quote($0.0)): \($0.1.compactText())" }.joined(separator: ", ") + "}"
+            text += "{"
+            for (index, field) in fields.enumerated() {
+                if index > 0 { text += ", " }
+                JSONText.appendQuoted(field.0, to: &text)
+                text += ": "
+                field.1.writeCompact(into: &text)
+            }
+            text += "}"
         }
     }
 }

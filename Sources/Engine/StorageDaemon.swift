@@ -55,12 +55,27 @@ public final class StorageDaemon: Sendable {
     /// port 0 resolved). On failure everything started is shut down before the error is thrown.
     public func start() async throws -> [NBDServerAddress] {
         do {
-            if !plan.blockdevActions.isEmpty { try await engine.controller.apply(json: .array(plan.blockdevActions)) }
+            if !plan.blockdevActions.isEmpty { try await engine.controller.apply(json: .array(try Self.withBackingChains(plan.blockdevActions))) }
             for export in plan.nbdExports { try await nbdServer.addExport(export) }
             return try plan.nbdListeners.map { try nbdServer.listen(on: $0.address) }
         } catch {
             await shutdown()
             throw error
+        }
+    }
+
+    /// The blockdev-add actions with each qcow2 node's backing chain opened by name where the
+    /// node names none, looking up file nodes among the actions before it.
+    static func withBackingChains(_ actions: [JSONValue]) throws -> [JSONValue] {
+        var byName: [String: [String: JSONValue]] = [:]
+        return try actions.map { action in
+            guard case .object(var fields) = action, fields["type"] == .string("blockdev-add"), case .object(let data)? = fields["data"] else {
+                return action
+            }
+            let expanded = try ImplicitBackingChain.expand(data) { byName[$0] }
+            if case .string(let name)? = data["node-name"] { byName[name] = data }
+            fields["data"] = .object(expanded)
+            return .object(fields)
         }
     }
 

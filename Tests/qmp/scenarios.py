@@ -165,6 +165,46 @@ async def main():
     await command(qmp, "blockdev-del raw", "blockdev-del", {"node-name": "fmt"})
     await command(qmp, "blockdev-del file", "blockdev-del", {"node-name": "proto"})
     await command(qmp, "blockdev-del unknown", "blockdev-del", {"node-name": "proto"})
+    # A qcow2 overlay added without `backing`: its backing chain opens by the names in the images.
+    base, middle, top = (os.path.join(WORKDIR, f"{n}.qcow2") for n in ("base", "middle", "top"))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 64k", base], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", middle], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 4k", middle], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", middle, "-F", "qcow2", top], check=True)
+    await command(qmp, "blockdev-add overlay file", "blockdev-add", {"driver": "file", "node-name": "top-file", "filename": top})
+    await command(qmp, "blockdev-add overlay without backing", "blockdev-add", {"driver": "qcow2", "node-name": "top", "file": "top-file"})
+    nodes = await qmp.execute("query-named-block-nodes", {})
+    mine = [n for n in nodes if n["node-name"] not in ("nul",)]
+    implicit = [n for n in mine if n["node-name"].startswith("#")]
+    top_info = next(n for n in mine if n["node-name"] == "top")
+    record("implicit backing chain", "ok", drivers=sorted(n["drv"] for n in mine), implicit_read_only=all(n["ro"] for n in implicit),
+           implicit_count=len(implicit), depth=top_info["backing_file_depth"],
+           backing=os.path.basename(top_info.get("backing_file") or ""))
+    await command(qmp, "export the overlay", "block-export-add", {"type": "nbd", "id": "e2", "node-name": "top"})
+    uri = "nbd+unix:///top?socket=" + nbd_socket
+    read = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x33 1M 4k",
+                           "-c", "read -P 0x22 1028k 60k", "-c", "read -P 0 2M 64k", uri], capture_output=True, text=True)
+    record("reads through the chain", "ok" if read.returncode == 0 and "verification failed" not in read.stdout else "failed",
+           output=read.stdout + read.stderr if read.returncode else "")
+    await command(qmp, "block-export-del e2", "block-export-del", {"id": "e2"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    await command(qmp, "blockdev-del of an implicit node", "blockdev-del", {"node-name": implicit[0]["node-name"]})
+    await command(qmp, "blockdev-del overlay", "blockdev-del", {"node-name": "top"})
+    await command(qmp, "blockdev-del overlay file", "blockdev-del", {"node-name": "top-file"})
+    nodes = await qmp.execute("query-named-block-nodes", {})
+    record("implicit nodes gone with their parent", "ok", nodes=sorted(n["node-name"] for n in nodes))
+    await command(qmp, "blockdev-add overlay with backing null", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "alone", "backing": None,
+                   "file": {"driver": "file", "filename": top}})
+    nodes = await qmp.execute("query-named-block-nodes", {})
+    record("backing null opens no chain", "ok", count=len(nodes))
+    await command(qmp, "blockdev-del alone", "blockdev-del", {"node-name": "alone"})
+
     await command(qmp, "nbd-server-stop", "nbd-server-stop", {})
     await command(qmp, "nbd-server-stop twice", "nbd-server-stop", {})
     nodes = await qmp.execute("query-named-block-nodes", {})

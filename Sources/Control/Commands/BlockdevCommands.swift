@@ -1,4 +1,5 @@
 import Glibc
+import StrataEngine
 import StrataFormatting
 import StrataGraph
 import StrataNodes
@@ -8,8 +9,14 @@ enum BlockdevCommands {
     static let all: [QMPCommand] = [
         QMPCommand("blockdev-add") { monitor, arguments in
             // The arguments are the node's options; its driver reads and checks every one.
-            let options = arguments.all
-            guard case .string? = options["node-name"] else { throw QMPError("'node-name' must be specified for the root node") }
+            guard case .string? = arguments.all["node-name"] else { throw QMPError("'node-name' must be specified for the root node") }
+            let model = await monitor.daemon.engine.controller.model
+            let options: [String: JSONValue]
+            do {
+                options = try ImplicitBackingChain.expand(arguments.all) { model.nodes[$0]?.options }
+            } catch {
+                throw QMPError("\(error)")
+            }
             try await monitor.apply([.addNode(.object(options))])
             return .emptyObject
         },
@@ -18,10 +25,11 @@ enum BlockdevCommands {
             try arguments.finish()
             let model = await monitor.daemon.engine.controller.model
             guard model.nodes[name] != nil else { throw QMPError("Failed to find node with node-name='\(name)'") }
+            guard !name.hasPrefix("#") else { throw QMPError("Node \(name) is not owned by the monitor") }
             if let user = model.users(of: name).first {
                 throw QMPError("Node '\(name)' is busy: node is used as \(user)")
             }
-            try await monitor.apply([.removeNode(name)])
+            try await monitor.apply(Self.removal(of: name, model: model))
             return .emptyObject
         },
         QMPCommand("blockdev-reopen") { monitor, arguments in
@@ -52,6 +60,26 @@ enum BlockdevCommands {
             return .array(infos)
         },
     ]
+}
+
+extension BlockdevCommands {
+    /// The node and, after it, the implicit nodes (`#blockN`: inline children, a backing chain
+    /// opened by name) that only it used, as QEMU drops them with their last parent.
+    static func removal(of name: String, model: GraphModel) -> [GraphEdit] {
+        var edits: [GraphEdit] = [.removeNode(name)]
+        var removed: Set<String> = [name]
+        var pending = model.nodes[name]?.children.map(\.nodeName) ?? []
+        while let child = pending.first {
+            pending.removeFirst()
+            guard child.hasPrefix("#"), !removed.contains(child), let entry = model.nodes[child] else { continue }
+            // Only when every user of the child is going too.
+            guard model.users(of: child).allSatisfy({ removed.contains($0.name) }) else { continue }
+            removed.insert(child)
+            edits.append(.removeNode(child))
+            pending += entry.children.map(\.nodeName)
+        }
+        return edits
+    }
 }
 
 extension QMPMonitor {

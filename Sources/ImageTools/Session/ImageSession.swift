@@ -194,24 +194,13 @@ public final class ImageSession: Sendable {
             let probe = try ImageProbe.probe(path: filename)
             let resolved = format ?? probe.format.rawValue
             guard resolved == "raw" || resolved == "qcow2" else { throw ImageSessionError.unknownFormat(resolved) }
-            guard seen.insert(canonical(filename)).inserted else { throw ImageSessionError.backingLoop(filename) }
+            guard seen.insert(ImageProbe.canonicalPath(filename)).inserted else { throw ImageSessionError.backingLoop(filename) }
             layers.append(ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file", probe: probe))
             guard options.openBackingChain, resolved == "qcow2", probe.format == .qcow2, let backing = probe.backingFileName else { break }
-            filename = backing.hasPrefix("/") ? backing : directory(of: filename) + backing
+            filename = ImageProbe.backingPath(backing, of: filename)
             format = probe.backingFormat
         }
         return layers
-    }
-
-    private static func directory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "" }
-        return String(path[...slash])
-    }
-
-    private static func canonical(_ path: String) -> String {
-        guard let resolved = realpath(path, nil) else { return path }
-        defer { free(resolved) }
-        return String(cString: resolved)
     }
 
     /// blockdev-add actions for the chain, bottom first, and the backend over the top.

@@ -6,7 +6,8 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
     /// The backing node; nil when the option is absent or null (see `backingGiven`).
     let backing: ChildLink?
     /// Whether `backing` appeared at all: null means "no backing" as in QEMU, while absence with
-    /// a backing file named in the image is refused until backing files can be opened by name.
+    /// a backing file named in the image is refused here: the daemon and the monitor fill `backing`
+    /// in first (StrataEngine's ImplicitBackingChain), so only a graph built some other way meets it.
     let backingGiven: Bool
     /// The external data file (QEMU's `data-file`): required by images that keep their data in
     /// one, refused by images that do not.
@@ -82,7 +83,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         let fileSize = fileState.sizeBytes
         let dataState = try dataFileState(header: header, children: children, name: name)
         if let backingName = header.backingFileName, !backingGiven {
-            throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none): opening backing files by name is not supported yet")
+            throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none)")
         }
         let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes)
         let allocator = readOnly ? nil : try await openForWriting(name: name, header: header, metadata: metadata,

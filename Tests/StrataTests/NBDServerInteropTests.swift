@@ -366,7 +366,10 @@ private let errnoPrelude = """
                     print('stopped at', i, e)
                 """])
         }
-        try await Task.sleep(for: .milliseconds(700))
+        // SIGTERM once the writer has had a flush acknowledged (the ledger's first line), not after a guess.
+        for _ in 0..<2000 where ((try? String(contentsOfFile: ledger, encoding: .utf8)) ?? "").isEmpty {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         let stopped = server.stop(timeout: 10)
         _ = try await writer.value
         #expect(stopped.inTime && stopped.status == 0, "status \(stopped.status): \(server.log)")

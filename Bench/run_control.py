@@ -9,7 +9,9 @@ qemu-storage-daemon 7.2, both started with one monitor socket and nothing else.
      while 20 `x-insert-filter` (a throttle filter above the exported node) and 20
      `x-remove-filter` go through QMP; median and worst round trip, and the run must end with 0
      failed, 0 lost and 0 verify failures.
-  3. Null-path IOPS with accounting on every node vs off: not measured, accounting is not built.
+  3. What per-node accounting costs: `strata bench` on the null path (1 queue, 4 KiB randread,
+     QD32; its default graph, raw over null-co, both nodes accounted) with `--accounting on` and
+     `--accounting off`, alternating; on / off IOPS >= 0.9x.
 
 Every figure is the median of --runs runs. Usage: python3 Bench/run_control.py [--runs N] [--calls N]
 """
@@ -144,10 +146,22 @@ def edits_under_load(work: Path) -> tuple[float, float, dict]:
         stop(process)
 
 
+ACCOUNTING_ARGS = ["bench", "--json", "--queues", "1", "--depth", "32", "--bs", "4k", "--rw", "randread", "--seconds", "3"]
+
+
+def accounting_iops(mode: str) -> float:
+    output = subprocess.run([str(REPO / STRATA), *ACCOUNTING_ARGS, "--accounting", mode], check=True, capture_output=True, text=True).stdout
+    report = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    if report["failed"]:
+        raise SystemExit(f"strata bench --accounting {mode}: {report['failed']} failed requests")
+    return float(report["iops"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--accounting-runs", type=int, default=5, help="on/off pairs for row 3 (the null path is noisy here)")
     parser.add_argument("--out", default=str(REPO / "Bench/results/control.md"))
     args = parser.parse_args()
     strata_rt, qsd_rt, apply_median, apply_worst, reports = [], [], [], [], []
@@ -164,6 +178,12 @@ def main() -> int:
             reports.append(report)
             print(f"run {run + 1}: x-insert/remove-filter under load median {typical / 1000:.0f} us, worst {worst / 1000:.0f} us; "
                   f"failed {report['failed']} lost {report['lost']} verify {report['verify_failures']}", flush=True)
+    accounting = {"on": [], "off": []}
+    for run in range(args.accounting_runs):
+        for mode in (("on", "off") if run % 2 == 0 else ("off", "on")):
+            accounting[mode].append(accounting_iops(mode))
+            print(f"run {run + 1}: null path, accounting {mode}: {accounting[mode][-1]:,.0f} IOPS", flush=True)
+    accounting_ratio = median(accounting["on"]) / median(accounting["off"])
     ratio = median(strata_rt) / median(qsd_rt)
     clean = all(r["failed"] == 0 and r["lost"] == 0 and r["verify_failures"] == 0 for r in reports)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -180,17 +200,21 @@ def main() -> int:
         f"| 2b | Same runs: worst of 40 edits | {median(apply_worst) / 1000:,.0f} us | - | - | - | - |",
         f"| 2c | Same runs: failed, lost, verify failures | {sum(r['failed'] for r in reports)}, {sum(r['lost'] for r in reports)}, "
         f"{sum(r['verify_failures'] for r in reports)} | - | - | 0 | {'PASS' if clean else 'FAIL'} |",
-        "| 3 | Null-path IOPS, accounting on every node / off | not measured | - | - | >= 0.9x | accounting not built yet |", "",
+        f"| 3 | Null-path IOPS, accounting on every node / off (median of {args.accounting_runs}) | {median(accounting['on']):,.0f} IOPS | "
+        f"{median(accounting['off']):,.0f} IOPS | {accounting_ratio:.2f}x | >= 0.9x | {'PASS' if accounting_ratio >= 0.9 else 'FAIL'} |", "",
         "## Runs", "",
         f"- Strata round trips (us): {', '.join(f'{v / 1000:.1f}' for v in strata_rt)}",
         f"- qemu-storage-daemon round trips (us): {', '.join(f'{v / 1000:.1f}' for v in qsd_rt)}",
         f"- edit round trips under load, median / worst (us): {', '.join(f'{a / 1000:.0f}/{w / 1000:.0f}' for a, w in zip(apply_median, apply_worst))}",
-        "- load IOPS per run: " + ", ".join(f"{r['iops']:,.0f}" for r in reports), "",
+        "- load IOPS per run: " + ", ".join(f"{r['iops']:,.0f}" for r in reports),
+        "- null path with accounting on (IOPS): " + ", ".join(f"{v:,.0f}" for v in accounting["on"]),
+        "- null path with accounting off (IOPS): " + ", ".join(f"{v:,.0f}" for v in accounting["off"]), "",
         "## Commands", "",
         f"- `{STRATA} serve --queues 2 --chardev socket,id=m0,path=SOCK,server=on,wait=off --monitor chardev=m0`, then 100 x "
         "`blockdev-add driver=null-co`; `qemu-storage-daemon` with the same monitor options.",
         f"- Row 2: `{STRATA} serve` with a file+raw graph exported over NBD, loaded by `{STRATA} bench --blockdev '{{\"driver\":\"nbd\",...}}' "
-        "--queues 2 --depth 16 --rw randrw --bs 4k --verify --seconds 6 --json`.", "",
+        "--queues 2 --depth 16 --rw randrw --bs 4k --verify --seconds 6 --json`.",
+        f"- Row 3: `{STRATA} {shlex.join(ACCOUNTING_ARGS)} --accounting on` and `... --accounting off`.", "",
         "## Machine", "",
         *(f"- {key}: {value}" for key, value in facts.items()), "",
     ]

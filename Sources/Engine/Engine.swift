@@ -9,7 +9,8 @@ public struct Engine: Sendable {
     public let queues: [QueueContext]
     public let controller: GraphController
 
-    public init(queueCount: Int, cpus: [Int]?, submitBatchLimit: UInt32 = 4) throws {
+    /// `accounting: false` keeps no per-node statistics (for measuring what they cost).
+    public init(queueCount: Int, cpus: [Int]?, submitBatchLimit: UInt32 = 4, accounting: Bool = true) throws {
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         control = try QueueExecutor(name: "strata-control")
         var queues: [QueueContext] = []
@@ -19,7 +20,7 @@ public struct Engine: Sendable {
             queues.append(QueueContext(index: index, executor: executor, clock: MonotonicClock()))
         }
         self.queues = queues
-        controller = GraphController(registry: DriverCatalog.registry, control: control, queues: queues)
+        controller = GraphController(registry: DriverCatalog.registry, control: control, queues: queues, accounting: accounting)
     }
 
     public func shutdown() async {

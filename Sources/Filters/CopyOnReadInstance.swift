@@ -12,32 +12,30 @@ actor CopyOnReadInstance: BlockNode {
     static let maxCopyBytes = 1 << 20
 
     nonisolated let unownedExecutor: UnownedSerialExecutor
-    private let child: any BlockNode
-    private let childHandle: NodeHandle
+    private let child: NodeHandle
     /// Nil when the child is no layer of a chain: then there is nothing to copy.
     private nonisolated let layer: (any BackingChainLayer)?
     /// The layers whose data is copied (`bottom` given); nil copies whatever the child lacks.
     private let intermediates: [any NodeState]?
     private let locks: CopyOnReadRangeLock
 
-    init(queue: QueueContext, child: any BlockNode, layer: (any BackingChainLayer)?, intermediates: [any NodeState]?,
+    init(queue: QueueContext, child: NodeHandle, layer: (any BackingChainLayer)?, intermediates: [any NodeState]?,
          locks: CopyOnReadRangeLock) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
-        self.childHandle = NodeHandle(child)
         self.layer = layer
         self.intermediates = intermediates
         self.locks = locks
     }
 
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
-        guard let layer, request.lengthBytes > 0 else { return .forward(to: NodeReference(childHandle)) }
+        guard let layer, request.lengthBytes > 0 else { return .forward(to: NodeReference(child)) }
         switch request.operation {
         case .flush:
-            return .forward(to: NodeReference(childHandle))
+            return .forward(to: NodeReference(child))
         case .read:
             let allocated = layer.cachedAllocation(offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes)
-            return allocated == true ? .forward(to: NodeReference(childHandle)) : .suspend
+            return allocated == true ? .forward(to: NodeReference(child)) : .suspend
         case .spliceRead:
             // Data copied up must pass through memory to be written to the top layer.
             return .complete(.notSupported)

@@ -40,7 +40,7 @@ final class CopyOnReadNodeState: NodeState {
         if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
     }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         guard let childInstance = children.child(file.optionKey) else {
             preconditionFailure("copy-on-read node \(nodeName): no instance of child \(file.nodeName)")
         }

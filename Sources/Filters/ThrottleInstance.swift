@@ -4,16 +4,14 @@ import StrataRuntime
 /// A throttle node on one queue: waits for its group's admission, then forwards to the child.
 actor ThrottleInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
-    private let child: any BlockNode
-    private let childHandle: NodeHandle
+    private let child: NodeHandle
     private let group: ThrottleGroup
     private let member: ThrottleGroup.Member
     private let clock: any IOClock
 
-    init(queue: QueueContext, child: any BlockNode, group: ThrottleGroup, member: ThrottleGroup.Member) {
+    init(queue: QueueContext, child: NodeHandle, group: ThrottleGroup, member: ThrottleGroup.Member) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
-        self.childHandle = NodeHandle(child)
         self.group = group
         self.member = member
         self.clock = queue.clock
@@ -21,7 +19,7 @@ actor ThrottleInstance: BlockNode {
 
     /// A flush, or any request while the group has no limits, goes straight to the child.
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
-        request.operation == .flush || !group.isEnabled ? .forward(to: NodeReference(childHandle)) : .suspend
+        request.operation == .flush || !group.isEnabled ? .forward(to: NodeReference(child)) : .suspend
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {

@@ -57,7 +57,7 @@ final class ThrottleNodeState: NodeState {
         if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
     }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         guard let childInstance = children.child(file.optionKey) else { preconditionFailure("throttle node \(nodeName): no instance of child \(file.nodeName)") }
         return ThrottleInstance(queue: queue, child: childInstance, group: group, member: member)
     }

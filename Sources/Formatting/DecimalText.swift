@@ -10,4 +10,15 @@ public enum DecimalText {
         let fraction = parts.count > 1 ? String(parts[1].prefix(digits)) : ""
         return parts[0] + "." + fraction + String(repeating: "0", count: digits - fraction.count)
     }
+
+    /// An integer with thousands separated by commas: `grouped(1234567)` is "1,234,567".
+    public static func grouped(_ value: Int) -> String {
+        let digits = String(value.magnitude)
+        var text = ""
+        for (index, digit) in digits.enumerated() {
+            if index > 0 && (digits.count - index) % 3 == 0 { text.append(",") }
+            text.append(digit)
+        }
+        return value < 0 ? "-" + text : text
+    }
 }

@@ -54,6 +54,8 @@ struct BenchCommand: AsyncParsableCommand {
     var editsAt: [String] = []
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
+    @Option(help: "Per-node statistics: on (the default) or off, to measure what they cost.")
+    var accounting: OnOff = .on
 
     func validate() throws {
         guard (1...256).contains(queues) else { throw ValidationError("--queues must be between 1 and 256, got \(queues)") }
@@ -128,7 +130,7 @@ struct BenchCommand: AsyncParsableCommand {
         let (actions, rootName) = try graphActions()
         let edits = try parsedEdits()
 
-        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs(), submitBatchLimit: UInt32(submitBatch))
+        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs(), submitBatchLimit: UInt32(submitBatch), accounting: accounting == .on)
         let outcome: Result<LoadReport, Error>
         do {
             var setup: [GraphEdit] = actions.map { .addNode($0) }

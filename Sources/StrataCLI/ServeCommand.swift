@@ -44,6 +44,8 @@ struct ServeCommand: AsyncParsableCommand {
     var monitorSpecs: [String] = []
     @Option(name: .customLong("object"), help: "throttle-group,id=ID,limits.iops-total=N,...: a throttle group (repeatable).")
     var objects: [String] = []
+    @Option(name: .customLong("stats"), help: "unix:PATH[,interval-ms=N]: stream per-node statistics as JSON lines (watch with `strata stats PATH`).")
+    var statsSpecs: [String] = []
     @Option(help: "Write the daemon's process ID here once it serves; removed at exit.")
     var pidfile: String?
 
@@ -77,6 +79,9 @@ struct ServeCommand: AsyncParsableCommand {
             if !blockdevs.isEmpty || !exportSpecs.isEmpty { throw ValidationError("give --image or --blockdev/--export, not both") }
             if nbdAddresses.isEmpty && nbdServers.isEmpty { throw ValidationError("--image needs --nbd HOST:PORT or unix:PATH") }
         }
+        for spec in statsSpecs {
+            do { _ = try StatsStreamAddress(parsing: spec) } catch { throw ValidationError(error.description) }
+        }
         if let queues, !(1...256).contains(queues) { throw ValidationError("--queues must be 1-256, got \(queues)") }
         if !(handshakeLimit >= 0 && handshakeLimit <= 86400) { throw ValidationError("--handshake-limit must be 0-86400 seconds") }
     }
@@ -105,21 +110,32 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let bound: [NBDServerAddress]
         do { bound = try await daemon.start() } catch { throw ValidationError("\(error)") }  // start() shut the daemon down
+        var streams: [StatsStream] = []
+        func stop() async {
+            for stream in streams { await stream.shutdown() }
+            await monitor.shutdown()
+            await daemon.shutdown()
+        }
         do {
             for address in control.monitors {
                 print("strata serve: QMP monitor listening on \(try await monitor.listen(on: address))")
             }
+            for spec in statsSpecs {
+                let address = try StatsStreamAddress(parsing: spec)
+                let stream = StatsStream(address: address, controller: daemon.engine.controller, control: daemon.engine.control)
+                try await stream.start()
+                streams.append(stream)
+                print("strata serve: statistics every \(address.intervalMs) ms on unix:\(address.path)")
+            }
         } catch {
-            await monitor.shutdown()
-            await daemon.shutdown()
+            await stop()
             throw ValidationError("\(error)")
         }
         for address in bound { print("strata serve: NBD server listening on \(address)") }
         fflush(nil)
         if let pidfile {
             do { try writePidfile(pidfile) } catch {
-                await monitor.shutdown()
-                await daemon.shutdown()
+                await stop()
                 throw ValidationError("\(error)")
             }
         }
@@ -127,8 +143,7 @@ struct ServeCommand: AsyncParsableCommand {
         let signal = try await Task(executorPreference: executor) { try await signals.wait() }.value
         let cause = signal == Self.quitSignal ? "quit" : signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM"
         StandardError.print("strata serve: \(cause): finishing in-flight requests")
-        await monitor.shutdown()
-        await daemon.shutdown()
+        await stop()
         if let pidfile { unlink(pidfile) }
     }
 

@@ -63,7 +63,7 @@ final class NodeTestHarness: Sendable {
     }
 
     func instance(_ state: any NodeState, children: [ChildLink: any BlockNode] = [:]) -> any BlockNode {
-        state.makeInstance(queue: QueueContext(index: 0, executor: queue, clock: MonotonicClock()), children: children)
+        state.makeInstance(queue: QueueContext(index: 0, executor: queue, clock: MonotonicClock()), children: children.mapValues { NodeHandle($0) })
     }
 
     /// Runs `body` with the queue executor as task executor, so ring completions resume on its thread.

@@ -193,7 +193,7 @@ import Testing
         try await require("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", image, "\(size)"])
         let stack = try await open(harness, image)
         let context = QueueContext(index: 1, executor: second, clock: MonotonicClock())
-        let secondChildren = stack.children.mapValues { $0.makeInstance(queue: context, children: [:]) }
+        let secondChildren = stack.children.mapValues { NodeHandle($0.makeInstance(queue: context, children: [:])) }
         let nodes = [stack.node, stack.qcow2.makeInstance(queue: context, children: secondChildren)]
         let executors = [harness.queue, second]
         let blocks = size / block

@@ -56,8 +56,8 @@ import Testing
 
     private func instance(_ harness: NodeTestHarness, _ stack: Stack, queue: QueueExecutor) -> any BlockNode {
         let context = QueueContext(index: 0, executor: queue, clock: MonotonicClock())
-        var nodes: [ChildLink: any BlockNode] = [Self.fileLink: stack.file.makeInstance(queue: context, children: [:])]
-        if let base = stack.others.first { nodes[Self.backingLink] = base.makeInstance(queue: context, children: [:]) }
+        var nodes: [ChildLink: NodeHandle] = [Self.fileLink: NodeHandle(stack.file.makeInstance(queue: context, children: [:]))]
+        if let base = stack.others.first { nodes[Self.backingLink] = NodeHandle(base.makeInstance(queue: context, children: [:])) }
         return stack.qcow2.makeInstance(queue: context, children: nodes)
     }
 

@@ -35,8 +35,8 @@ final class TestState: NodeState {
     init(name: String, log: TestNodeLog) { self.name = name; self.log = log }
     var sizeBytes: UInt64 { 1 << 20 }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
-        TestInstance(queue: queue, child: children.values.first, state: self)
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
+        TestInstance(queue: queue, child: children.values.first?.node, state: self)
     }
 
     func applyPermissions(take: Permissions, share: Permissions) async throws {

@@ -123,7 +123,7 @@ private final class RecordingState: NodeState {
     let log = ChildLog()
     var sizeBytes: UInt64 { 1 << 30 }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         RecordingNode(queue: queue, log: log)
     }
 }
@@ -412,7 +412,7 @@ private let validationCases: [ValidationCase] = [
         let privateGroup = try #require(shared.existing(named: ThrottleFilter.sharedObjectName(group: "#t2"), as: ThrottleGroup.self))
         #expect(!privateGroup.isEnabled && privateGroup.memberCount == 1)
 
-        let instance = state0.makeInstance(queue: queue, children: [fileLink: child.makeInstance(queue: queue, children: [:])])
+        let instance = state0.makeInstance(queue: queue, children: [fileLink: NodeHandle(child.makeInstance(queue: queue, children: [:]))])
         // Flushes are not throttled.
         for _ in 0..<50 { #expect(await instance.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0)) == .ok) }
         #expect(group.statistics.admitted == 0 && child.log.count == 50)
@@ -445,7 +445,7 @@ private let validationCases: [ValidationCase] = [
         let third = try parse("t3", #"{"file": "f", "limits": {"iops-total": 1}}"#)
         let state3 = try await third.open(name: "t3", children: [fileLink: child], context: context)
         let group3 = try #require(shared.existing(named: ThrottleFilter.sharedObjectName(group: "#t3"), as: ThrottleGroup.self))
-        let instance3 = state3.makeInstance(queue: queue, children: [fileLink: child.makeInstance(queue: queue, children: [:])])
+        let instance3 = state3.makeInstance(queue: queue, children: [fileLink: NodeHandle(child.makeInstance(queue: queue, children: [:]))])
         let before = child.log.count
         for index in 0..<10 {
             // Started in order on the queue; each runs until it is admitted or queued.

@@ -110,7 +110,7 @@ public final class QMPClient {
         return pending.removeFirst()
     }
 
-    private static func connect(_ address: String) throws -> Int32 {
+    static func connect(_ address: String) throws -> Int32 {
         var path = address
         if path.hasPrefix("unix:") { path.removeFirst(5) }
         if !path.contains("/"), let colon = path.lastIndex(of: ":"), let port = UInt16(path[path.index(after: colon)...]) {

@@ -18,5 +18,5 @@ struct QMPCommand: Sendable {
 /// Every command the monitor knows, by area. `query-commands` lists exactly these.
 enum QMPCommandTable {
     static let all: [QMPCommand] = MonitorCommands.all + BlockdevCommands.all + ExportCommands.all + ObjectCommands.all
-        + TransactionCommands.all
+        + TransactionCommands.all + StatsCommands.all
 }

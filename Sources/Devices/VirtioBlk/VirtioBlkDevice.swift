@@ -8,6 +8,7 @@ public actor VirtioBlkDevice: GraphAttachment {
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     public nonisolated let backendName: String
     public nonisolated let queueIndex: Int
+    private let executor: QueueExecutor
     private var virtqueue: VirtqueueDevice
     private let capacitySectors: UInt64
     private let segmentsPerRequest: Int
@@ -22,6 +23,7 @@ public actor VirtioBlkDevice: GraphAttachment {
     public init(queue: QueueContext, backendName: String, capacityBytes: UInt64, virtqueue: SplitVirtqueue, segmentsPerRequest: Int = 16) {
         precondition(segmentsPerRequest > 0)
         unownedExecutor = queue.executor.asUnownedSerialExecutor()
+        executor = queue.executor
         self.backendName = backendName
         self.queueIndex = queue.index
         self.virtqueue = VirtqueueDevice(queue: virtqueue)
@@ -65,6 +67,10 @@ public actor VirtioBlkDevice: GraphAttachment {
         var target: NodeReference
         var routed: BlockRequest?
         var version: Unmanaged<GraphVersion>
+        /// The nodes routed through so far, `target` included, credited when the request is done.
+        var trail: RouteTrail
+        /// The trail was full: `target` is submitted to through its (accounted) handle.
+        var pastTrailCapacity: Bool
     }
 
     /// What the synchronous part of serving the next available request did.
@@ -113,23 +119,36 @@ public actor VirtioBlkDevice: GraphAttachment {
                 return .completed
             }
             var target = version._withUnsafeGuaranteedRef { $0.rootReference }
+            var trail = RouteTrail()
             guard var routed = request.blockRequest() else {
-                pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version)
+                // Scattered over several buffers: submitted segment by segment through the root's handle.
+                pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version,
+                                                    trail: trail, pastTrailCapacity: true)
                 return .pending(head: head)
             }
-            while true {
+            let turnStartNs = executor.turnStartNs
+            var entered = trail.enter(target, routed, turnStartNs: turnStartNs)
+            while entered {
                 switch target.route(&routed) {
                 case .forward(let next):
                     target = next
+                    entered = trail.enter(target, routed, turnStartNs: turnStartNs)
                 case .complete(let status):
+                    trail.completed(routed, status: status, turnStartNs: turnStartNs)
                     versions.end(version)
                     virtqueue.pushUsed(id: head, length: request.complete(status.isOK ? .ok : .ioError))
                     return .completed
                 case .suspend:
-                    pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version)
+                    trail.suspend(routed)
+                    pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
+                                                        trail: trail, pastTrailCapacity: false)
                     return .pending(head: head)
                 }
             }
+            trail.suspend(routed)
+            pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
+                                                trail: trail, pastTrailCapacity: true)
+            return .pending(head: head)
         }
         return .completed
     }
@@ -139,16 +158,17 @@ public actor VirtioBlkDevice: GraphAttachment {
         guard let pending = pending[Int(head)].take() else { preconditionFailure("no pending request at head \(head)") }
         let status: IOStatus
         if let routed = pending.routed {
-            status = await pending.target.node.submit(routed)
+            status = pending.pastTrailCapacity ? await pending.target.counted.submit(routed) : await pending.target.node.submit(routed)
+            pending.trail.resumed(routed, status: status)
         } else {
-            status = await submitSegments(pending.request, to: pending.target.node)
+            status = await submitSegments(pending.request, to: pending.target.counted)
         }
         versions.end(pending.version)
         virtqueue.pushUsed(id: pending.request.head, length: pending.request.complete(status.isOK ? .ok : .ioError))
     }
 
     /// A request scattered over several guest buffers: one node request per buffer, in order.
-    private func submitSegments(_ request: VirtioBlkRequest, to node: any BlockNode) async -> IOStatus {
+    private func submitSegments(_ request: VirtioBlkRequest, to node: NodeHandle) async -> IOStatus {
         for segment in request.segmentRequests() {
             let status = await node.submit(segment)
             if !status.isOK { return status }

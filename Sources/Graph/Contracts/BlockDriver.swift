@@ -66,8 +66,9 @@ public protocol NodeState: AnyObject, Sendable {
     /// The node's current size in bytes.
     var sizeBytes: UInt64 { get }
     /// Builds this node's instance for one queue, bound to that queue's executor, over the
-    /// children's instances for the same queue.
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode
+    /// children's instances for the same queue. I/O to a child goes through its handle, which
+    /// accounts it to the child.
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode
     /// Applies the permissions the graph now takes and shares on this node (file locks). Throws when
     /// another process holds a conflicting lock; the transaction then aborts.
     func applyPermissions(take: Permissions, share: Permissions) async throws

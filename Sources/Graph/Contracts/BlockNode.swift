@@ -30,13 +30,33 @@ public enum Routing {
     case suspend
 }
 
-/// Holds one node instance so that the request path can reach it through an uncounted reference:
-/// a call through a `let` of a guaranteed object needs no retain, one through an `unowned(unsafe)`
-/// existential does.
+/// One node instance on one queue as the graph built it: the instance and that node's statistics
+/// on that queue (nil when accounting is off, or for instances the control path makes for itself).
+/// Parents hold their children's handles; the request path reaches a node through an uncounted
+/// reference to its handle: a call through a `let` of a guaranteed object needs no retain, one
+/// through an `unowned(unsafe)` existential does.
 public final class NodeHandle: Sendable {
     public let node: any BlockNode
+    public let stats: NodeQueueStats?
+    /// `stats`'s memory, for route trails (this handle keeps it alive).
+    @usableFromInline let statsCells: StatsCells?
 
-    public init(_ node: any BlockNode) { self.node = node }
+    public init(_ node: any BlockNode, stats: NodeQueueStats? = nil) {
+        self.node = node
+        self.stats = stats
+        self.statsCells = stats?.cells
+    }
+
+    /// Serves a request and accounts it to this node: what a parent calls for I/O to a child.
+    public nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
+        guard let stats else { return await node.submit(request) }
+        let startNs = CycleClock.now()
+        stats.start(request, nowNs: startNs)
+        let status = await node.submit(request)
+        let endNs = CycleClock.now()
+        stats.finish(request, status: status, latencyNs: endNs &- startNs, completedNs: endNs)
+        return status
+    }
 }
 
 /// An uncounted reference to a node instance, so routing a request costs no atomic reference-count
@@ -51,9 +71,19 @@ public struct NodeReference {
     /// The node, counted: for the suspending path, which holds it across awaits.
     @inlinable public var node: any BlockNode { handle.takeUnretainedValue().node }
 
+    /// The handle, counted: for an accounted submit on the suspending path.
+    @inlinable public var counted: NodeHandle { handle.takeUnretainedValue() }
+
     @inlinable @inline(__always)
     public func route(_ request: inout BlockRequest) -> Routing {
         handle._withUnsafeGuaranteedRef { $0.node.route(&request) }
+    }
+
+    @inlinable @inline(__always) var statsCells: StatsCells? {
+        handle._withUnsafeGuaranteedRef {
+            assert($0.stats?.owner?.isCurrent ?? true, "a request is routed on the queue whose statistics it writes")
+            return $0.statsCells
+        }
     }
 }
 
@@ -63,14 +93,28 @@ extension BlockNode {
     /// `submit` for nodes whose `route` never suspends on the node itself: follows routes
     /// synchronously and awaits only the first node that has to wait. Requests that complete by
     /// routing alone never suspend, allocate an async frame or touch the executor.
+    /// Every node routed to is accounted (this one is, by the handle its caller submitted through).
     public nonisolated(nonsending) func submitByRouting(_ request: BlockRequest) async -> IOStatus {
         var request = request
         var target: any BlockNode = self
+        var trail = RouteTrail()
+        var turnStartNs: UInt64 = 0
         while true {
             switch target.route(&request) {
-            case .forward(let next): target = next.node
-            case .complete(let status): return status
-            case .suspend: return await target.submit(request)
+            case .forward(let next):
+                if turnStartNs == 0 { turnStartNs = QueueExecutor.current?.turnStartNs ?? CycleClock.now() }
+                guard trail.enter(next, request, turnStartNs: turnStartNs) else {
+                    return await trail.submitPastCapacity(request, to: next)
+                }
+                target = next.node
+            case .complete(let status):
+                trail.completed(request, status: status, turnStartNs: turnStartNs)
+                return status
+            case .suspend:
+                trail.suspend(request)
+                let status = await target.submit(request)
+                trail.resumed(request, status: status)
+                return status
             }
         }
     }

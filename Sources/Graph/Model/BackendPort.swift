@@ -28,7 +28,7 @@ public actor BackendPort: GraphAttachment {
     /// Serves one request; its buffer must stay valid until this returns.
     public func submit(_ request: BlockRequest) async -> IOStatus {
         guard let pinned = versions.begin() else { return .ioError }
-        let root = pinned._withUnsafeGuaranteedRef { $0.root }
+        let root = pinned._withUnsafeGuaranteedRef { $0.rootHandle }
         let status = await root.submit(request)
         versions.end(pinned)
         return status

@@ -23,6 +23,8 @@ public actor GraphController {
     public private(set) var model: GraphModel
     private var states: [String: any NodeState] = [:]
     private var permissions: [String: NodePermissions] = [:]
+    /// Per node, per queue statistics; nil when accounting is off.
+    private var accounting: [String: NodeAccounting]?
     private var attachments: [any GraphAttachment] = []
     private var versionNumber: UInt64 = 0
     private var retirements: [Task<Void, Never>] = []
@@ -35,7 +37,9 @@ public actor GraphController {
     /// both from the same graph value and losing one's switches.
     private let transactionLock = AsyncLock()
 
-    public init(registry: DriverRegistry, control: QueueExecutor, queues: [QueueContext], clock: any IOClock = MonotonicClock()) {
+    public init(registry: DriverRegistry, control: QueueExecutor, queues: [QueueContext], clock: any IOClock = MonotonicClock(),
+                accounting: Bool = true) {
+        self.accounting = accounting ? [:] : nil
         self.control = control
         self.unownedExecutor = control.asUnownedSerialExecutor()
         self.queues = queues
@@ -50,6 +54,28 @@ public actor GraphController {
     }
 
     public var currentVersion: UInt64 { versionNumber }
+
+    public var isAccounting: Bool { accounting != nil }
+
+    /// A node's statistics summed over queues; nil when accounting is off.
+    public func statistics(of name: String) throws(GraphError) -> NodeStatsSnapshot? {
+        guard model.nodes[name] != nil else { throw .noSuchNode(name) }
+        return accounting?[name]?.snapshot()
+    }
+
+    /// Every node's statistics, by name; empty when accounting is off.
+    public func statisticsOfAllNodes() -> [(name: String, driver: String, stats: NodeStatsSnapshot)] {
+        guard let accounting else { return [] }
+        return model.nodes.keys.sorted().compactMap { name in
+            accounting[name].map { (name, model.nodes[name]!.driver, $0.snapshot()) }
+        }
+    }
+
+    /// A node's accounting, to change its custom latency histograms.
+    public func accounting(of name: String) throws(GraphError) -> NodeAccounting? {
+        guard model.nodes[name] != nil else { throw .noSuchNode(name) }
+        return accounting?[name]
+    }
 
     /// The size a backend's root node has now.
     public func backendSizeBytes(_ backend: String) throws(GraphError) -> UInt64 {
@@ -150,8 +176,14 @@ public actor GraphController {
         }
         // Parents close before their children: a format writes back its metadata through its file.
         let retiredStates = model.bottomUpOrder().reversed().filter(removed.contains).compactMap { states[$0] }
-        for name in removed { states[name] = nil }
+        for name in removed {
+            states[name] = nil
+            accounting?[name] = nil
+        }
         states.merge(opened) { _, new in new }
+        if accounting != nil {
+            for name in added { accounting?[name] = NodeAccounting(queues: queues) }
+        }
         assert(Set(states.keys) == Set(next.nodes.keys), "node states match the committed graph")
         model = next
         permissions = nextPermissions
@@ -208,16 +240,21 @@ public actor GraphController {
 
     private func makeVersion(for attachment: any GraphAttachment, number: UInt64) throws(GraphError) -> GraphVersion {
         guard let backend = model.backends[attachment.backendName] else { throw .noSuchBackend(attachment.backendName) }
-        var memo: [String: any BlockNode] = [:]
+        var memo: [String: NodeHandle] = [:]
         let root = instance(backend.nodeName, queue: queues[attachment.queueIndex], memo: &memo)
         return GraphVersion(number: number, root: root)
     }
 
-    private func instance(_ name: String, queue: QueueContext, memo: inout [String: any BlockNode]) -> any BlockNode {
+    /// One handle per node per version and queue: a node under two parents is one instance.
+    private func instance(_ name: String, queue: QueueContext, memo: inout [String: NodeHandle]) -> NodeHandle {
         if let built = memo[name] { return built }
-        var children: [ChildLink: any BlockNode] = [:]
+        var children: [ChildLink: NodeHandle] = [:]
         for link in model.nodes[name]!.children { children[link] = instance(link.nodeName, queue: queue, memo: &memo) }
-        let built = states[name]!.makeInstance(queue: queue, children: children)
+        let stats = accounting.map { table in
+            guard let node = table[name] else { preconditionFailure("node \(name) has no accounting") }
+            return node.perQueue[queue.index]
+        }
+        let built = NodeHandle(states[name]!.makeInstance(queue: queue, children: children), stats: stats)
         memo[name] = built
         return built
     }

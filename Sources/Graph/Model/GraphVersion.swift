@@ -7,16 +7,21 @@ import StrataRuntime
 /// then on `inFlight` is read and written only on that queue's executor thread.
 public final class GraphVersion: @unchecked Sendable {
     public let number: UInt64
-    public let root: any BlockNode
-    private let rootHandle: NodeHandle
+    /// The root instance with its accounting: submit through it and the root is accounted.
+    public let rootHandle: NodeHandle
+    public var root: any BlockNode { rootHandle.node }
     /// `root` without reference counting, for the request path (the version holds its handle).
     public var rootReference: NodeReference { NodeReference(rootHandle) }
     @usableFromInline var inFlight = 0
 
-    public init(number: UInt64, root: any BlockNode) {
+    public init(number: UInt64, root: NodeHandle) {
         self.number = number
-        self.root = root
-        self.rootHandle = NodeHandle(root)
+        self.rootHandle = root
+    }
+
+    /// A version over an unaccounted root, for tests and tools that build instances themselves.
+    public convenience init(number: UInt64, root: any BlockNode) {
+        self.init(number: number, root: NodeHandle(root))
     }
 }
 

@@ -125,7 +125,7 @@ final class NBDClientNodeState: NodeState {
     /// Connections made so far (tests check the connection model with it).
     var connectionCount: Int { connections.withLock { $0.count } }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         NBDClientNodeInstance(state: self, connection: connection(for: queue), queue: queue)
     }
 

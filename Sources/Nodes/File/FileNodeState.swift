@@ -180,7 +180,7 @@ public final class FileNodeState: NodeState {
 
     // MARK: NodeState
 
-    public func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    public func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         FileNodeInstance(state: self, queue: queue)
     }
 

@@ -10,7 +10,7 @@ final class NullNodeState: NodeState {
 
     var sizeBytes: UInt64 { configuration.sizeBytes }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         NullNodeInstance(configuration: configuration, queue: queue)
     }
 }

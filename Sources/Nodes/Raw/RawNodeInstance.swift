@@ -11,11 +11,11 @@ actor RawNodeInstance: BlockNode {
     private let offsetBytes: UInt64
     private let readOnly: Bool
 
-    init(state: RawNodeState, file: any BlockNode, fileState: any NodeState, queue: QueueContext) {
+    init(state: RawNodeState, file: NodeHandle, fileState: any NodeState, queue: QueueContext) {
         self.fileState = fileState
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.state = state
-        self.file = NodeHandle(file)
+        self.file = file
         self.offsetBytes = state.configuration.offsetBytes
         self.readOnly = state.configuration.readOnly
     }

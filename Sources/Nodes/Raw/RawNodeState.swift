@@ -19,7 +19,7 @@ final class RawNodeState: NodeState {
         return configuration.explicitSizeBytes.map { min($0, available) } ?? available
     }
 
-    func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         guard let file = children.child(configuration.file.optionKey) else {
             preconditionFailure("raw instance built without its '\(configuration.file.optionKey)' child")
         }

@@ -16,14 +16,14 @@ struct Qcow2ChildIO {
     var dataFile: NodeHandle? = nil
 
     nonisolated(nonsending) func read(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async throws(Qcow2Failure) {
-        let status = await file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+        let status = await file.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                                          buffer: IOBuffer(base: base, count: length)))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 
     nonisolated(nonsending) func write(from base: UnsafeRawPointer, length: Int, at offset: UInt64,
                                        flags: RequestFlags = []) async throws(Qcow2Failure) {
-        let status = await file.node.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length,
+        let status = await file.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length,
                                                          buffer: IOBuffer(base: UnsafeMutableRawPointer(mutating: base), count: length),
                                                          flags: flags))
         guard status.isOK else { throw Qcow2Failure(status: status) }
@@ -39,19 +39,19 @@ struct Qcow2ChildIO {
     }
 
     nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64, flags: RequestFlags = []) async throws(Qcow2Failure) {
-        let status = await file.node.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags))
+        let status = await file.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 
     /// Makes data written to the external data file durable (nothing without one).
     nonisolated(nonsending) func flushData() async throws(Qcow2Failure) {
         guard let dataFile else { return }
-        let status = await dataFile.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+        let status = await dataFile.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 
     nonisolated(nonsending) func flush() async throws(Qcow2Failure) {
-        let status = await file.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+        let status = await file.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 }

@@ -91,7 +91,7 @@ extension Qcow2NodeInstance {
                     var part = request
                     part.offsetBytes = runHost
                     part.lengthBytes = runLength
-                    let status = await dataIO.file.node.submit(part)
+                    let status = await dataIO.file.submit(part)
                     guard status.isOK else { return moved == 0 || status != .notSupported ? status : IOStatus(errno: EAGAIN) }
                     moved += runLength
                 }
@@ -148,13 +148,13 @@ extension Qcow2NodeInstance {
 
     /// Metadata (L2 tables, compressed clusters) from the `file` child.
     func readFile(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
-        await io.file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+        await io.file.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                             buffer: IOBuffer(base: base, count: length)))
     }
 
     /// Data clusters, from the data file when the image has one.
     func readData(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
-        await dataIO.file.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
+        await dataIO.file.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                                 buffer: IOBuffer(base: base, count: length)))
     }
 
@@ -162,7 +162,7 @@ extension Qcow2NodeInstance {
     func readBacking(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
         let available = offset < backingSizeBytes ? Int(min(UInt64(length), backingSizeBytes - offset)) : 0
         if let backing, available > 0 {
-            let status = await backing.node.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: available,
+            let status = await backing.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: available,
                                                                 buffer: IOBuffer(base: base, count: available)))
             guard status.isOK else { return status }
         }

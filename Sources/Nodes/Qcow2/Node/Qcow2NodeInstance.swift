@@ -50,20 +50,19 @@ actor Qcow2NodeInstance: BlockNode {
     var zstdDecompressor: Qcow2ZstdDecompressor?
     var zstdCompressor: Qcow2ZstdCompressor?
 
-    init(metadata: Qcow2Metadata, allocator: Qcow2Allocator?, file: any BlockNode, fileState: ChildStateReference,
-         dataFile: (any BlockNode)?, backing: (any BlockNode)?, backingSizeBytes: UInt64, queue: QueueContext) {
+    init(metadata: Qcow2Metadata, allocator: Qcow2Allocator?, file: NodeHandle, fileState: ChildStateReference,
+         dataFile: NodeHandle?, backing: NodeHandle?, backingSizeBytes: UInt64, queue: QueueContext) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.executor = queue.executor
         self.metadata = metadata
         self.allocator = allocator
-        let dataHandle = dataFile.map { NodeHandle($0) }
-        self.io = Qcow2ChildIO(file: NodeHandle(file), dataFile: dataHandle)
-        self.dataIO = Qcow2ChildIO(file: dataHandle ?? NodeHandle(file))
+        self.io = Qcow2ChildIO(file: file, dataFile: dataFile)
+        self.dataIO = Qcow2ChildIO(file: dataFile ?? file)
         extendedL2 = metadata.extendedL2
         hasDataFile = metadata.hasDataFile
         rawDataFile = metadata.header.hasRawDataFile
         self.fileState = fileState
-        self.backing = backing.map { NodeHandle($0) }
+        self.backing = backing
         self.backingSizeBytes = backingSizeBytes
         clusterPool = BounceBufferPool(count: 4, bufferSize: metadata.clusterSize, alignment: 4096, numaNode: queue.executor.numaNode)
     }
@@ -111,10 +110,10 @@ actor Qcow2NodeInstance: BlockNode {
                 return error.status
             }
         } else {
-            let status = await io.file.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+            let status = await io.file.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
             guard status.isOK else { return status }
         }
         guard let backing else { return .ok }
-        return await backing.node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+        return await backing.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
     }
 }

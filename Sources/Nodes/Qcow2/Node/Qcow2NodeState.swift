@@ -50,7 +50,7 @@ public final class Qcow2NodeState: NodeState {
     /// Refcount blocks the refcount cache holds at most (0 for a read-only node).
     public var refcountCacheBlocks: Int { allocator?.refcounts.cache.capacity ?? 0 }
 
-    public func makeInstance(queue: QueueContext, children: [ChildLink: any BlockNode]) -> any BlockNode {
+    public func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         guard let fileNode = children.child(configuration.file.optionKey) else {
             preconditionFailure("qcow2 instance built without its 'file' child")
         }

@@ -28,7 +28,7 @@ actor Qcow2OpenReader {
         let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
         defer { memory.deallocate() }
         let request = BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: count, buffer: IOBuffer(base: memory, count: count))
-        let status = await child.node.submit(request)
+        let status = await child.submit(request)
         guard status.isOK else {
             throw .openFailed(node: nodeName, reason: "qcow2: could not read the \(what) at offset \(offset): \(status)")
         }

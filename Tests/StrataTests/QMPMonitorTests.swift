@@ -161,6 +161,54 @@ import Testing
         #expect(stat(image, &status) == 0 && status.st_size == 96 << 20)
     }
 
+    /// block_resize of a qcow2 node while a verified two-queue load runs on it: growing far enough
+    /// that the L1 table moves, writing the new range, and shrinking back. Nothing fails or reads
+    /// wrong, and the image is clean and of the final size afterwards (qemu-img check and info).
+    @Test func qcow2ResizesLiveUnderAVerifiedLoad() async throws {
+        let scratch = try ScratchDirectory("qmp-qcow2-resize")
+        let image = scratch.path("disk.qcow2")
+        // 4 KiB clusters: one L1 entry covers 2 MiB, so 4 GiB needs a table of 4 clusters.
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", image, "64M"])
+        let nbdSocket = scratch.path("nbd.sock")
+        let (process, socket) = try Self.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"file","node-name":"proto","filename":"\#(image)"}"#,
+            "--blockdev", "driver=qcow2,node-name=fmt,file=proto",
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=fmt,name=disk,writable=on",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
+        let bench = Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
+        }
+        func ok(_ command: String, _ arguments: [String: JSONValue]) throws {
+            let reply = try client.execute(command, arguments: arguments)
+            #expect(!reply.isError, "\(command) \(arguments): \(String(describing: reply.error)) \(process.log)")
+        }
+        let uri = "nbd+unix:///disk?socket=\(nbdSocket)"
+        try ok("block_resize", ["node-name": "fmt", "size": .int(4 << 30)])
+        let grown = try await QemuTool.run("qemu-io", ["-f", "raw", "-c", "write -P 0x77 3G 64k", "-c", "read -P 0x77 3G 64k", uri])
+        #expect(grown.status == 0 && !grown.output.contains("fail"), "\(grown.output)")
+        try ok("block_resize", ["node-name": "fmt", "size": .int(64 << 20)])
+        let shrunk = try await QemuTool.run("nbdinfo", ["--size", uri])
+        #expect(shrunk.output.trimmingCharacters(in: .whitespacesAndNewlines) == "\(64 << 20)", "\(shrunk.output)")
+        let odd = try client.execute("block_resize", arguments: ["node-name": "fmt", "size": .int((64 << 20) + 100)])
+        #expect(odd.error?.desc.contains("multiple of 512") == true)
+        let result = try await bench.value
+        try #require(result.status == 0, "\(result.output)\n\(process.log)")
+        let (report, json) = try benchReport(result.output)
+        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        _ = try client.execute("quit")
+        #expect(process.stop(timeout: 20).inTime)
+        let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", image])
+        #expect(check.status == 0 && check.output.contains("No errors were found"), "\(check.output)")
+        let info = try await QemuTool.run("qemu-img", ["info", "--output=json", image])
+        #expect(info.output.contains(#""virtual-size": \#(64 << 20)"#), "\(info.output)")
+    }
+
     /// Introspection covers exactly the commands the monitor has (a command added without
     /// running scripts/generate-qmp-schema fails here), and every type it names is defined.
     @Test func theSchemaDescribesEveryCommand() throws {

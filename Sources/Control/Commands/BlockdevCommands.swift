@@ -168,10 +168,21 @@ extension QMPMonitor {
     }
 
     /// block_resize: a `file` node, or a `raw` node over one, changes size at once (requests in
-    /// flight see the old or the new size, as with QEMU's truncate under I/O).
+    /// flight see the old or the new size, as with QEMU's truncate under I/O); a `qcow2` node
+    /// resizes its image live (Qcow2NodeState+Resize), a shrink waiting for the requests in
+    /// flight past the new end through the controller's barrier.
     func resize(node name: String, to sizeBytes: UInt64) async throws {
-        let model = await daemon.engine.controller.model
+        let controller = daemon.engine.controller
+        let model = await controller.model
         guard var entry = model.nodes[name] else { throw QMPError("Cannot find device='' nor node-name='\(name)'", class: .genericError) }
+        if entry.driver == "qcow2", let state = try? await controller.state(of: name) as? Qcow2NodeState {
+            do {
+                try await state.resize(to: sizeBytes, executor: daemon.engine.control) { await controller.barrier() }
+            } catch {
+                throw QMPError("\(error)")
+            }
+            return
+        }
         if entry.driver == "raw" {
             guard entry.options["offset"] == nil, entry.options["size"] == nil,
                   let file = entry.children.first(where: { $0.role == .file }), let fileEntry = model.nodes[file.nodeName] else {

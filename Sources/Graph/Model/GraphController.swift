@@ -199,6 +199,18 @@ public actor GraphController {
                                  addedNodes: added.sorted(), removedNodes: removed.sorted())
     }
 
+    /// Returns once every request that started on any queue before the call has completed, without
+    /// stopping new ones: every attachment switches to a new version of the same graph, and the
+    /// old versions drain (what QEMU's drained sections give a resize, minus the stall).
+    public func barrier() async {
+        await transactionLock.lock()
+        defer { transactionLock.unlock() }
+        versionNumber += 1
+        let version = versionNumber
+        _ = await distribute(version: version)
+        for attachment in attachments { await attachment.drain(olderThan: version) }
+    }
+
     /// Parses and applies a transaction given as JSON (one action, an array, or `{"actions": [...]}`).
     @discardableResult
     public func apply(json: JSONValue) async throws -> TransactionReport {

@@ -5,7 +5,6 @@ import StrataNBD
 /// and one port into the graph per queue, so a connection on queue i submits on queue i.
 final class NBDServerExport: Sendable {
     let options: NBDExportOptions
-    let advertised: NBDExport
     let state: any NodeState
     let ports: [BackendPort]
 
@@ -17,9 +16,15 @@ final class NBDServerExport: Sendable {
         self.options = options
         self.state = state
         self.ports = ports
+    }
+
+    /// What a client's handshake is told, with the node's size at that moment: a node grown or
+    /// shrunk by block_resize shows its new size to clients that connect afterwards (a connected
+    /// client keeps the size it was told, as NBD has no resize notification).
+    var advertised: NBDExport {
         // Multi-conn is safe: every connection submits into the same node states, so a flush on
         // one reaches the writes another completed (one page cache, one qcow2 metadata cache).
-        advertised = NBDExport(
+        NBDExport(
             name: options.name, description: options.description, sizeBytes: state.sizeBytes, isReadOnly: !options.writable,
             capabilities: [.sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendCache, .sendFastZero],
             blockSize: Self.blockSize, canMultiConn: true,

@@ -34,7 +34,7 @@ extension Qcow2Allocator {
         let nextID = (snapshots.compactMap { Int($0.id) }.max() ?? 0) + 1
         let snapshot = Qcow2Snapshot(l1TableOffset: l1Offset, l1Size: UInt32(active.count), id: "\(nextID)", name: name,
                                      dateSeconds: UInt32(truncatingIfNeeded: now.tv_sec), dateNanoseconds: UInt32(now.tv_nsec),
-                                     diskSize: metadata.header.sizeBytes)
+                                     diskSize: metadata.sizeBytes)
         try await flush(io: io)
         try await replaceSnapshotTable(snapshots + [snapshot], io: io)
         return snapshot
@@ -65,7 +65,7 @@ extension Qcow2Allocator {
             throw Qcow2Failure(status: IOStatus(errno: ENOENT))
         }
         // Resizing the image back is not supported: refuse rather than map the wrong size.
-        if let size = snapshot.diskSize, size != metadata.header.sizeBytes { throw Qcow2Failure(status: .notSupported) }
+        if let size = snapshot.diskSize, size != metadata.sizeBytes { throw Qcow2Failure(status: .notSupported) }
         try await flush(io: io)
         var tree = try await readL1(of: snapshot, io: io)
         tree = Array(tree.prefix(metadata.l1.count)) + Array(repeating: 0, count: max(0, metadata.l1.count - tree.count))

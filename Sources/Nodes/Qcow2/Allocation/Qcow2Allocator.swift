@@ -257,7 +257,7 @@ final class Qcow2Allocator: @unchecked Sendable {
             for index in 0..<count {
                 buffer.storeBytes(of: metadata.l1[first + index].bigEndian, toByteOffset: index * 8, as: UInt64.self)
             }
-            let offset = metadata.header.l1TableOffset + UInt64(first * 8)
+            let offset = metadata.l1TableOffset + UInt64(first * 8)
             try checkOverlap(offset: offset, length: count * 8, kind: .activeL1)
             try await io.write(from: buffer, length: count * 8, at: offset)
         }

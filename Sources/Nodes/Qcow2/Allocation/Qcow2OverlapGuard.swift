@@ -17,7 +17,7 @@ enum Qcow2MetadataKind {
 final class Qcow2OverlapGuard: @unchecked Sendable {
     // Only touched under the allocation lock, except the atomic `corrupt`.
     private let clusterSize: UInt64
-    private let l1Range: Range<UInt64>
+    private var l1Range: Range<UInt64>
     var snapshotRange: Range<UInt64>
     var refcountTableRange: Range<UInt64>
     var l2Tables: Set<UInt64> = []
@@ -34,6 +34,11 @@ final class Qcow2OverlapGuard: @unchecked Sendable {
         l1Range = clusters(header.l1TableOffset, UInt64(header.l1Size) * 8)
         refcountTableRange = clusters(header.refcountTableOffset, UInt64(header.refcountTableClusters) * header.clusterSize)
         snapshotRange = header.snapshotCount == 0 ? 0..<0 : clusters(header.snapshotsOffset, 1)
+    }
+
+    /// The active L1 table moved (a live resize grew it).
+    func moveL1(offset: UInt64, entries: Int) {
+        l1Range = offset..<offset + (UInt64(entries) * 8 + clusterSize - 1) / clusterSize * clusterSize
     }
 
     func check(offset: UInt64, length: Int, kind: Qcow2MetadataKind) throws(Qcow2Failure) {

@@ -85,7 +85,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         if let backingName = header.backingFileName, !backingGiven {
             throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none)")
         }
-        let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes)
+        let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes, growable: !readOnly)
         let allocator = readOnly ? nil : try await openForWriting(name: name, header: header, metadata: metadata,
                                                                   reader: reader, fileSize: fileSize)
         let dataControl = try dataState.map { (state: any NodeState) throws(GraphError) -> Qcow2OpenReader in

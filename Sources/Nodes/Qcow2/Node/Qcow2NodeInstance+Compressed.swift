@@ -11,7 +11,7 @@ extension Qcow2NodeInstance {
         guard let allocator else { return .readOnly }
         let clusterSize = metadata.clusterSize
         guard offset % UInt64(clusterSize) == 0,
-              length == clusterSize || (length < clusterSize && offset + UInt64(length) == metadata.header.sizeBytes) else {
+              length == clusterSize || (length < clusterSize && offset + UInt64(length) == metadata.sizeBytes) else {
             return .invalid
         }
         // Data files hold no compressed clusters (QEMU refuses them too).

@@ -125,7 +125,7 @@ extension Qcow2NodeInstance {
     func zeroSubclusters(from start: UInt64, to end: UInt64) async -> IOStatus {
         let subcluster = UInt64(metadata.subclusterSize)
         let firstWhole = (start + subcluster - 1) / subcluster * subcluster
-        let endWhole = end == metadata.header.sizeBytes ? (end + subcluster - 1) / subcluster * subcluster : end / subcluster * subcluster
+        let endWhole = end == metadata.sizeBytes ? (end + subcluster - 1) / subcluster * subcluster : end / subcluster * subcluster
         guard endWhole > firstWhole else { return await writeZeros(length: Int(end - start), at: start) }
         switch await markSubclustersZero(from: firstWhole, to: endWhole) {
         case .failure(let error):

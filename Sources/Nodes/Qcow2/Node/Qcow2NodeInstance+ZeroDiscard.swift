@@ -12,7 +12,7 @@ extension Qcow2NodeInstance {
         let start = request.offsetBytes
         let end = start + UInt64(request.lengthBytes)
         // The last cluster of the image counts as whole up to the image's end.
-        let size = metadata.header.sizeBytes
+        let size = metadata.sizeBytes
         let firstWhole = (start + clusterSize - 1) / clusterSize * clusterSize
         let lastWhole = end == size ? (end + clusterSize - 1) / clusterSize * clusterSize : end / clusterSize * clusterSize
         let isDiscard = request.operation == .discard

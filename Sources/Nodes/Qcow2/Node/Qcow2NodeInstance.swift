@@ -73,7 +73,7 @@ actor Qcow2NodeInstance: BlockNode {
 
     private func serve(_ request: BlockRequest) async -> IOStatus {
         if request.operation == .flush { return await flush() }
-        let status = request.rangeStatus(sizeBytes: metadata.header.sizeBytes)
+        let status = request.rangeStatus(sizeBytes: metadata.sizeBytes)
         guard status.isOK, request.lengthBytes > 0 else { return status }
         if request.operation.isWrite && !metadata.guestChanged.load(ordering: .relaxed) {
             metadata.guestChanged.store(true, ordering: .relaxed)

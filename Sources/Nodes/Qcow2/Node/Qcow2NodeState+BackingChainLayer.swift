@@ -12,7 +12,7 @@ extension Qcow2NodeState: BackingChainLayer {
     public var allocationUnitBytes: Int { metadata.clusterSize }
 
     public func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
-        let size = metadata.header.sizeBytes
+        let size = metadata.sizeBytes
         guard lengthBytes > 0, offsetBytes < size, UInt64(lengthBytes) <= size - offsetBytes else { return nil }
         // Subclusters and data files need their bitmaps and mappings: block status answers then.
         guard !metadata.extendedL2, !metadata.hasDataFile else { return nil }

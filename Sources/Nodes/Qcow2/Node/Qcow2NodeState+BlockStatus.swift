@@ -6,7 +6,7 @@ import StrataGraph
 /// With extended L2 entries the status is per run of like subclusters.
 extension Qcow2NodeState: BlockStatusQuerying {
     public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        let size = metadata.header.sizeBytes
+        let size = metadata.sizeBytes
         guard offsetBytes < size, maxLengthBytes > 0 else { return .opaqueData(lengthBytes: 0) }
         let end = offsetBytes + min(maxLengthBytes, size - offsetBytes)
         let (l1Index, firstIndex, inCluster) = metadata.locate(offsetBytes)

@@ -7,7 +7,7 @@ import StrataRuntime
 extension Qcow2NodeState {
     public func makeEmpty(executor: QueueExecutor) async throws {
         guard metadata.header.snapshotCount == 0 else { throw Qcow2EditError("Can't empty an image with internal snapshots") }
-        let size = metadata.header.sizeBytes
+        let size = metadata.sizeBytes
         try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
             try await Self.unmap(allocator, from: 0, to: size, io: io)
             try await allocator.flush(io: io)

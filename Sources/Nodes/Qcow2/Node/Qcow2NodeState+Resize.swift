@@ -1,13 +1,18 @@
 import StrataGraph
 import StrataRuntime
 
-/// qemu-img resize for qcow2 (qcow2_co_truncate, preallocation off). Growing writes the new
-/// size, first moving the L1 table to a larger place when the size needs more entries (QEMU's
-/// qcow2_grow_l1_table: new table allocated and written, refcounts durable, header switched,
-/// old table freed). Shrinking unmaps the clusters past the new end (QEMU discards them), drops
-/// the L2 tables no longer needed, writes the size and cuts the file after its last used cluster.
+/// block_resize and qemu-img resize for qcow2 (qcow2_co_truncate, preallocation off), live: queues
+/// keep serving while it runs. Growing writes the new size, first moving the L1 table to a larger
+/// place when the size needs more entries (QEMU's qcow2_grow_l1_table: new table allocated and
+/// written, refcounts durable, header switched, old table freed), and only then lets requests
+/// reach the new range. Shrinking first refuses requests past the new end and waits (`drain`)
+/// until none that started before is in flight, then unmaps the clusters past it (QEMU discards
+/// them), drops the L2 tables no longer needed, writes the size and cuts the file after its last
+/// used cluster. Both hold the allocation lock, so no allocating write runs meanwhile.
 extension Qcow2NodeState {
-    public func resize(to newSize: UInt64, executor: QueueExecutor) async throws {
+    /// `drain` returns once every request that started before the call has completed (the graph
+    /// controller's barrier; nothing for an image no queue serves).
+    public func resize(to newSize: UInt64, executor: QueueExecutor, drain: @Sendable () async -> Void = {}) async throws {
         let header = metadata.header
         guard header.snapshotCount == 0 else { throw Qcow2EditError("Can't resize an image which has snapshots") }
         guard newSize % 512 == 0 else { throw Qcow2EditError("The new size must be a multiple of 512") }
@@ -15,19 +20,29 @@ extension Qcow2NodeState {
         let (rounded, overflow) = newSize.addingReportingOverflow(entryCoverage - 1)
         guard !overflow, rounded / entryCoverage * 8 <= Qcow2Header.maxL1Bytes else { throw Qcow2EditError("File too large") }
         let fileState = file.current
-        if newSize >= header.sizeBytes {
+        let oldSize = metadata.sizeBytes
+        if newSize >= oldSize {
             try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
                 try await Self.grow(allocator, to: newSize, io: io)
             }
-        } else {
-            let lastUsedCluster = try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
-                try await Self.shrink(allocator, to: newSize, io: io)
+            return
+        }
+        metadata.setSize(newSize)
+        await drain()
+        let lastUsedCluster: UInt64
+        do {
+            lastUsedCluster = try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
+                try await Self.shrink(allocator, from: oldSize, to: newSize, io: io)
             }
-            // The file ends after its last cluster in use, as QEMU truncates it.
-            let fileEnd = (lastUsedCluster + 1) * UInt64(metadata.clusterSize)
-            if let fileNode = fileState as? FileNodeState, fileEnd < fileNode.sizeBytes {
-                try await fileNode.resize(to: fileEnd)
-            }
+        } catch {
+            // The size on disk is written last: the image still has the old one.
+            metadata.setSize(oldSize)
+            throw error
+        }
+        // The file ends after its last cluster in use, as QEMU truncates it.
+        let fileEnd = (lastUsedCluster + 1) * UInt64(metadata.clusterSize)
+        if let fileNode = fileState as? FileNodeState, fileEnd < fileNode.sizeBytes {
+            try await fileNode.resize(to: fileEnd)
         }
     }
 
@@ -38,10 +53,11 @@ extension Qcow2NodeState {
 
     private static func grow(_ allocator: Qcow2Allocator, to newSize: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         let metadata = allocator.metadata
-        let header = metadata.header
         try await allocator.flush(io: io)
         let needed = l1Entries(for: newSize, metadata: metadata)
-        if needed > UInt64(header.l1Size) {
+        let diskEntries = metadata.l1DiskEntries
+        let oldOffset = metadata.l1TableOffset
+        if needed > UInt64(diskEntries) {
             let clusterSize = metadata.clusterSize
             let bytes = Int(needed) * 8
             let clusters = (bytes + clusterSize - 1) / clusterSize
@@ -50,10 +66,11 @@ extension Qcow2NodeState {
             defer { table.deallocate() }
             table.initializeMemory(as: UInt8.self, repeating: 0, count: clusters * clusterSize)
             // The table on disk, all of it: entries past those the size needed are kept too.
-            if header.l1Size > 0 { try await io.read(into: table, length: Int(header.l1Size) * 8, at: header.l1TableOffset) }
+            if diskEntries > 0 { try await io.read(into: table, length: diskEntries * 8, at: oldOffset) }
             for index in 0..<metadata.l1.count {
                 table.storeBytes(of: metadata.l1[index].bigEndian, toByteOffset: index * 8, as: UInt64.self)
             }
+            try allocator.checkOverlap(offset: newOffset, length: clusters * clusterSize, kind: .activeL1)
             try await io.write(from: table, length: clusters * clusterSize, at: newOffset)
             // The new table and its refcounts are on disk before the header names it.
             try await allocator.flush(io: io)
@@ -65,23 +82,29 @@ extension Qcow2NodeState {
             for index in 0..<8 { location[4 + index] = UInt8(truncatingIfNeeded: newOffset >> UInt64(8 * (7 - index))) }
             try await io.write(bytes: location, at: 36)
             try await io.flush()
-            let oldClusters = (Int(header.l1Size) * 8 + clusterSize - 1) / clusterSize
-            let oldFirst = header.l1TableOffset >> UInt64(metadata.clusterBits)
-            if header.l1Size > 0 {
+            // From here allocating writes update the new table (they wait for this lock meanwhile).
+            metadata.setL1Table(offset: newOffset, diskEntries: Int(needed))
+            allocator.overlaps.moveL1(offset: newOffset, entries: Int(needed))
+            let oldClusters = (diskEntries * 8 + clusterSize - 1) / clusterSize
+            let oldFirst = oldOffset >> UInt64(metadata.clusterBits)
+            if diskEntries > 0 {
                 for cluster in oldFirst..<oldFirst + UInt64(oldClusters) { try await allocator.refcounts.adjust(cluster, by: -1, io: io) }
             }
             try await allocator.flush(io: io)
         }
+        if Int(needed) > metadata.l1.count { metadata.l1.resize(to: Int(needed)) }
         try await writeHeaderFields([(24, newSize, 8)], io: io)
+        // Durable: requests may reach the new range now.
+        metadata.setSize(newSize)
     }
 
     /// Returns the last cluster of the file still in use.
-    private static func shrink(_ allocator: Qcow2Allocator, to newSize: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
+    private static func shrink(_ allocator: Qcow2Allocator, from oldSize: UInt64, to newSize: UInt64,
+                               io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
         let metadata = allocator.metadata
-        let header = metadata.header
         let clusterSize = UInt64(metadata.clusterSize)
         let keptEnd = (newSize + clusterSize - 1) / clusterSize * clusterSize
-        try await unmap(allocator, from: keptEnd, to: header.sizeBytes, io: io)
+        try await unmap(allocator, from: keptEnd, to: oldSize, io: io)
         try await allocator.flush(io: io)
         // L2 tables wholly past the new end go, their L1 entries cleared first.
         let needed = Int(l1Entries(for: newSize, metadata: metadata))
@@ -89,12 +112,18 @@ extension Qcow2NodeState {
         for index in needed..<metadata.l1.count {
             let table = metadata.l1[index] & Qcow2ClusterMapping.offsetMask
             guard table != 0 else { continue }
-            try await io.write(bytes: [UInt8](repeating: 0, count: 8), at: header.l1TableOffset + UInt64(index * 8))
+            try await io.write(bytes: [UInt8](repeating: 0, count: 8), at: metadata.l1TableOffset + UInt64(index * 8))
             metadata.l1.store(0, at: index)
-            freedTables.append(table >> UInt64(metadata.clusterBits))
+            freedTables.append(table)
         }
         try await io.flush()
-        for cluster in freedTables { try await allocator.refcounts.adjust(cluster, by: -1, io: io) }
+        metadata.l1.resize(to: needed)
+        for table in freedTables {
+            // The cluster may come back as another table or as data: nothing may still name it.
+            metadata.l2Cache.evict(tableOffset: table)
+            allocator.overlaps.l2Tables.remove(table)
+            try await allocator.refcounts.adjust(table >> UInt64(metadata.clusterBits), by: -1, io: io)
+        }
         try await allocator.flush(io: io)
         try await writeHeaderFields([(24, newSize, 8)], io: io)
         var last = max(allocator.refcounts.endCluster, 1) - 1

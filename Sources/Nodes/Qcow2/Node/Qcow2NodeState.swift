@@ -32,7 +32,7 @@ public final class Qcow2NodeState: NodeState {
     }
 
     /// The virtual size from the header.
-    public var sizeBytes: UInt64 { metadata.header.sizeBytes }
+    public var sizeBytes: UInt64 { metadata.sizeBytes }
 
     /// 2 (compat=0.10) or 3 (compat=1.1).
     public var version: UInt32 { metadata.header.version }

@@ -137,6 +137,20 @@ final class Qcow2L2Cache: Sendable {
         }
     }
 
+    /// Forgets the (clean) table at `tableOffset`: its cluster was freed (a shrink), and may come
+    /// back as another table or as data. Allocation lock held.
+    func evict(tableOffset: UInt64) {
+        slots.withLock { slots in
+            guard let slot = slots.slotOfOffset.removeValue(forKey: tableOffset) else { return }
+            precondition(!slots.dirty[slot], "a dirty L2 table is written back before its cluster is freed")
+            // Lock-free readers holding the slot see the counter move and the offset gone.
+            sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+            slotTable[slot].store(0, ordering: .relaxed)
+            sequence[slot].wrappingAdd(1, ordering: .releasing)
+            lastUse[slot].store(0, ordering: .relaxed)
+        }
+    }
+
     func contains(tableOffset: UInt64) -> Bool {
         slots.withLock { $0.slotOfOffset[tableOffset] != nil }
     }

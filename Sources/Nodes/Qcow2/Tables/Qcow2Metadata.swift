@@ -15,7 +15,17 @@ final class Qcow2Metadata: Sendable {
     /// QEMU's MIN_REFCOUNT_CACHE_SIZE, also its default: 4 clusters of refcount blocks.
     static let minRefcountCacheBlocks = 4
 
+    /// The header as opened; what a live resize changes is in `sizeBytes` and `l1TableOffset`.
     let header: Qcow2Header
+    private let sizeStorage: Atomic<UInt64>
+    private let l1OffsetStorage: Atomic<UInt64>
+    private let l1DiskEntriesStorage: Atomic<Int>
+    /// The virtual size now: block_resize changes it while queues run.
+    var sizeBytes: UInt64 { sizeStorage.load(ordering: .acquiring) }
+    /// Where the active L1 table is now (a grow may move it); changed under the allocation lock.
+    var l1TableOffset: UInt64 { l1OffsetStorage.load(ordering: .acquiring) }
+    /// Entries the L1 table on disk has room for (`l1_size`), which may exceed what the size needs.
+    var l1DiskEntries: Int { l1DiskEntriesStorage.load(ordering: .acquiring) }
     let clusterBits: UInt32
     let clusterSize: Int
     let l2Entries: Int
@@ -38,9 +48,13 @@ final class Qcow2Metadata: Sendable {
     let l2Cache: Qcow2L2Cache
 
     /// Loads the L1 table through `reader`; `l2CacheBytes` bounds the L2 cache (at least two
-    /// tables, as QEMU, and never more than the image has).
-    init(header: Qcow2Header, reader: Qcow2OpenReader, l2CacheBytes: Int) async throws(GraphError) {
+    /// tables, as QEMU, and never more than the image has). A `growable` table has room for the
+    /// largest size qcow2 allows.
+    init(header: Qcow2Header, reader: Qcow2OpenReader, l2CacheBytes: Int, growable: Bool) async throws(GraphError) {
         self.header = header
+        sizeStorage = Atomic(header.sizeBytes)
+        l1OffsetStorage = Atomic(header.l1TableOffset)
+        l1DiskEntriesStorage = Atomic(Int(header.l1Size))
         clusterBits = header.clusterBits
         clusterSize = Int(header.clusterSize)
         extendedL2 = header.hasExtendedL2
@@ -57,17 +71,25 @@ final class Qcow2Metadata: Sendable {
         bytes.withUnsafeBytes { raw in
             for index in 0..<needed { l1[index] = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) }
         }
-        self.l1 = Qcow2L1Table(l1)
+        self.l1 = Qcow2L1Table(l1, capacity: growable ? Int(Qcow2Header.maxL1Bytes / 8) : nil)
         let tables = max(2, l2CacheBytes / clusterSize)
         l2Cache = Qcow2L2Cache(capacity: max(1, min(tables, needed)), tableBytes: clusterSize)
     }
 
     /// The L1 index, L2 index and offset inside the cluster of a guest offset.
     func locate(_ guestOffset: UInt64) -> (l1Index: Int, l2Index: Int, inCluster: Int) {
-        assert(guestOffset < header.sizeBytes, "guest offset \(guestOffset) past the virtual size: requests are range-checked first")
         let cluster = guestOffset >> UInt64(clusterBits)
         assert(Int(cluster >> l2Bits) < l1.count, "the L1 table covers the virtual size")
         return (Int(cluster >> l2Bits), Int(cluster & UInt64(l2Entries - 1)),
                 Int(guestOffset & UInt64(clusterSize - 1)))
+    }
+
+    /// Publishes a new virtual size (the resize has made it durable, or is about to shrink).
+    func setSize(_ newSize: UInt64) { sizeStorage.store(newSize, ordering: .releasing) }
+
+    /// Publishes the L1 table's new place on disk (allocation lock held).
+    func setL1Table(offset: UInt64, diskEntries: Int) {
+        l1OffsetStorage.store(offset, ordering: .releasing)
+        l1DiskEntriesStorage.store(diskEntries, ordering: .releasing)
     }
 }

@@ -70,15 +70,21 @@ let package = Package(
             "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
         ]),
 
-        // Layer 6: the image toolkit behind `strata img` and `strata io`, and the QMP control plane.
+        // Layer 6: the image toolkit behind `strata img` and `strata io`.
         strata("StrataImageTools", "ImageTools", [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataEngine", deque,
         ]),
+
+        // Layer 7: jobs: QEMU's job state machine and the jobs that run under it.
+        strata("StrataJobs", "Jobs", ["StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataImageTools"]),
+
+        // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [
-            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer", "StrataEngine", deque,
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer", "StrataEngine",
+            "StrataJobs", deque,
         ]),
 
-        // Layer 7: the command line and the bench programs.
+        // Layer 9: the command line and the bench programs.
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
@@ -100,7 +106,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
                 "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
-                "StrataControl",
+                "StrataJobs", "StrataControl",
             ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),

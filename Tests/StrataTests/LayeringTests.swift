@@ -24,9 +24,10 @@ import Testing
         ("StrataLoad", "Sources/Load", 4),
         ("StrataEngine", "Sources/Engine", 5),
         ("StrataImageTools", "Sources/ImageTools", 6),
-        ("StrataControl", "Sources/Control", 6),
-        ("StrataCLI", "Sources/StrataCLI", 7),
-        ("strata-alloc-count", "Bench/AllocationCount", 7),
+        ("StrataJobs", "Sources/Jobs", 7),
+        ("StrataControl", "Sources/Control", 8),
+        ("StrataCLI", "Sources/StrataCLI", 9),
+        ("strata-alloc-count", "Bench/AllocationCount", 9),
     ]
 
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -86,6 +86,65 @@ async def command(qmp, step, name, arguments=None, **expect):
         return None
 
 
+async def statuses(qmp, job_id, until):
+    """The JOB_STATUS_CHANGE statuses of `job_id`, in order, up to and including `until`."""
+    seen = []
+    async with asyncio.timeout(30):
+        async for event in qmp.events:
+            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == job_id:
+                seen.append(event["data"]["status"])
+                if event["data"]["status"] == until:
+                    return seen
+    return seen
+
+
+def job_list(infos):
+    return [{k: v for k, v in info.items()} for info in infos]
+
+
+async def jobs(qmp):
+    """blockdev-create as a job, and the job verbs' errors."""
+    created = os.path.join(WORKDIR, "created.qcow2")
+    await command(qmp, "blockdev-create file", "blockdev-create",
+                  {"job-id": "j0", "options": {"driver": "file", "filename": created, "size": 0}})
+    record("blockdev-create file statuses", "ok", statuses=await statuses(qmp, "j0", "concluded"))
+    record("query-jobs after create", "ok", jobs=job_list(await qmp.execute("query-jobs", {})))
+    await command(qmp, "job-dismiss j0", "job-dismiss", {"id": "j0"})
+    record("dismissed", "ok", statuses=await statuses(qmp, "j0", "null"))
+    await command(qmp, "blockdev-add the new file", "blockdev-add", {"driver": "file", "node-name": "f9", "filename": created})
+    await command(qmp, "blockdev-create qcow2", "blockdev-create",
+                  {"job-id": "j1", "options": {"driver": "qcow2", "file": "f9", "size": 64 << 20, "cluster-size": 65536}})
+    record("blockdev-create qcow2 statuses", "ok", statuses=await statuses(qmp, "j1", "concluded"))
+    record("query-jobs after qcow2", "ok", jobs=job_list(await qmp.execute("query-jobs", {})))
+    record("query-block-jobs for a create job", "ok", jobs=await qmp.execute("query-block-jobs", {}))
+    await command(qmp, "job-pause of a concluded job", "job-pause", {"id": "j1"})
+    await command(qmp, "job-dismiss j1", "job-dismiss", {"id": "j1"})
+    await command(qmp, "job-dismiss again", "job-dismiss", {"id": "j1"})
+    await command(qmp, "blockdev-create raw with options", "blockdev-create",
+                  {"job-id": "j2", "options": {"driver": "raw", "file": "f9", "size": 1}})
+    await command(qmp, "blockdev-create empty job id", "blockdev-create",
+                  {"job-id": "", "options": {"driver": "file", "filename": created + ".2", "size": 0}})
+    await command(qmp, "blockdev-create on a missing node", "blockdev-create",
+                  {"job-id": "j3", "options": {"driver": "qcow2", "file": "nothing", "size": 65536}})
+    record("failed create statuses", "ok", statuses=await statuses(qmp, "j3", "concluded"))
+    record("query-jobs with an error", "ok", jobs=job_list(await qmp.execute("query-jobs", {})))
+    await command(qmp, "blockdev-create same job id", "blockdev-create",
+                  {"job-id": "j3", "options": {"driver": "file", "filename": created + ".3", "size": 0}})
+    await command(qmp, "job-dismiss j3", "job-dismiss", {"id": "j3"})
+    await command(qmp, "blockdev-create in a missing directory", "blockdev-create",
+                  {"job-id": "j4", "options": {"driver": "file", "filename": "/nonexistent/dir/x", "size": 0}})
+    record("create in a missing directory", "ok", statuses=await statuses(qmp, "j4", "concluded"),
+           jobs=job_list(await qmp.execute("query-jobs", {})))
+    await command(qmp, "job-dismiss j4", "job-dismiss", {"id": "j4"})
+    await command(qmp, "job-cancel unknown", "job-cancel", {"id": "nothing"})
+    await command(qmp, "block-job-cancel unknown", "block-job-cancel", {"device": "nothing"})
+    await command(qmp, "block-job-set-speed unknown", "block-job-set-speed", {"device": "nothing", "speed": 1})
+    await command(qmp, "query-jobs when none", "query-jobs", {}, jobs=[])
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", created], capture_output=True, text=True).stdout)
+    record("created image", "ok", format=info.get("format"), size=info.get("virtual-size"), cluster=info.get("cluster-size"))
+    await command(qmp, "blockdev-del the new file", "blockdev-del", {"node-name": "f9"})
+
+
 async def main():
     raw_exchange()
     image = os.path.join(WORKDIR, "disk.raw")
@@ -217,6 +276,8 @@ async def main():
     nodes = await qmp.execute("query-named-block-nodes", {})
     record("backing null opens no chain", "ok", count=len(nodes))
     await command(qmp, "blockdev-del alone", "blockdev-del", {"node-name": "alone"})
+
+    await jobs(qmp)
 
     await command(qmp, "nbd-server-stop", "nbd-server-stop", {})
     await command(qmp, "nbd-server-stop twice", "nbd-server-stop", {})

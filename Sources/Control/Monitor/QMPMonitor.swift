@@ -2,7 +2,9 @@ import Glibc
 import StrataEngine
 import StrataFormatting
 import StrataGraph
+import StrataJobs
 import StrataRuntime
+import Synchronization
 
 /// The QMP control plane of a storage daemon: listeners, client sessions, the command table and
 /// event delivery. It lives on the control executor, where the graph controller lives, so a
@@ -26,6 +28,8 @@ public actor QMPMonitor {
     let commands: [String: QMPCommand]
     /// Throttle groups made by object-add, by id.
     var objects: [String: QMPObject] = [:]
+    /// The daemon's jobs; their events go to every client.
+    let jobs: JobManager
 
     /// `onQuit` runs once a client's `quit` has been answered: the daemon then stops as on SIGTERM.
     public init(daemon: StorageDaemon, onQuit: @escaping @Sendable () -> Void) {
@@ -33,6 +37,9 @@ public actor QMPMonitor {
         self.onQuit = onQuit
         unownedExecutor = daemon.engine.control.asUnownedSerialExecutor()
         commands = Dictionary(uniqueKeysWithValues: QMPCommandTable.all.map { ($0.name, $0) })
+        let relay = JobEventRelay()
+        jobs = JobManager(control: daemon.engine.control) { event in await relay.monitor?.emit(QMPEvent(event.name, data: event.data)) }
+        relay.monitor = self
     }
 
     /// Starts listening; a Unix socket is created mode 0600 (an existing socket file is replaced,
@@ -118,5 +125,18 @@ public actor QMPMonitor {
         listeners = []
         for session in sessions.values { _ = Glibc.shutdown(session.socketFD, Int32(SHUT_RDWR)) }
         for task in Array(sessionTasks.values) { await task.value }
+    }
+}
+
+/// Hands job events to the monitor, which the job manager (made in the monitor's init) cannot
+/// capture directly.
+private final class JobEventRelay: Sendable {
+    private let target = Mutex<WeakMonitor>(WeakMonitor())
+
+    private struct WeakMonitor { weak var monitor: QMPMonitor? }
+
+    var monitor: QMPMonitor? {
+        get { target.withLock { $0.monitor } }
+        set { target.withLock { $0.monitor = newValue } }
     }
 }

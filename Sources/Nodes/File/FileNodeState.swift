@@ -121,6 +121,14 @@ public final class FileNodeState: NodeState {
         size.store(newSizeBytes, ordering: .releasing)
     }
 
+    /// Reads the file's size again after something else changed it (blockdev-create writing an
+    /// image into the file through its own descriptor).
+    public func refreshSize() throws {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemError("fstat '\(path)'", errno: errno) }
+        size.store(UInt64(info.st_size), ordering: .releasing)
+    }
+
     // MARK: Write-through (the guest's write cache enable bit)
 
     /// When on, every write and write-zeroes completes only after a flush that followed it completed.

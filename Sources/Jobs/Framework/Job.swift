@@ -1,0 +1,201 @@
+import StrataFormatting
+import StrataRuntime
+
+/// One job: QEMU's Job around a `JobDriver`, on the control executor. It moves through QEMU's
+/// statuses only as `JobTables` allows, accepts verbs only where the table does, and sends
+/// JOB_STATUS_CHANGE for every move (and the BLOCK_JOB_* events for block jobs), in QEMU's order:
+/// created, running, [paused/ready/standby], waiting, pending, concluded, null on success;
+/// aborting, concluded, null on failure or cancel.
+public actor Job: JobContext {
+    public nonisolated let unownedExecutor: UnownedSerialExecutor
+    public nonisolated let id: String
+    nonisolated let driver: any JobDriver
+    public nonisolated let autoFinalize: Bool
+    public nonisolated let autoDismiss: Bool
+    private let emit: @Sendable (JobEvent) async -> Void
+    private let onDismissed: @Sendable (String) async -> Void
+
+    public private(set) var status: JobStatus = .undefined
+    private var currentProgress: UInt64 = 0
+    private var totalProgress: UInt64 = 0
+    private var speed: UInt64 = 0
+    private var errorText: String?
+    /// User pauses plus internal ones; the job pauses at its next pause point while above 0.
+    private var pauseCount = 0
+    private var userPaused = false
+    public private(set) var isCancelled = false
+    /// block-job-cancel without force: a READY job finishes without its pivot.
+    public private(set) var cancelledWithoutForce = false
+    private var runFinished = false
+    private var resumeWaiters: [CheckedContinuation<Void, Never>] = []
+
+    public nonisolated var type: JobType { driver.type }
+
+    init(id: String, driver: any JobDriver, autoFinalize: Bool, autoDismiss: Bool, control: QueueExecutor,
+         emit: @escaping @Sendable (JobEvent) async -> Void, onDismissed: @escaping @Sendable (String) async -> Void) {
+        self.id = id
+        self.driver = driver
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
+        self.emit = emit
+        self.onDismissed = onDismissed
+        unownedExecutor = control.asUnownedSerialExecutor()
+    }
+
+    // MARK: - Lifecycle
+
+    /// created, then running; the driver's work runs as a task on the control executor.
+    func start() async {
+        await move(to: .created)
+        await move(to: .running)
+        Task { await self.body() }
+    }
+
+    private func body() async {
+        await pausePoint()
+        var failure: (any Error)?
+        if !isCancelled {
+            do { try await driver.run(self) } catch { failure = error }
+        }
+        runFinished = true
+        if isCancelled || failure != nil {
+            await abort(failure)
+        } else {
+            await move(to: .waiting)
+            await move(to: .pending)
+            if autoFinalize {
+                await finalizeNow()
+            } else if driver.isBlockJob {
+                await emit(JobEvent("BLOCK_JOB_PENDING", [("type", .string(type.rawValue)), ("id", .string(id))]))
+            }
+        }
+    }
+
+    private func finalizeNow() async {
+        do {
+            try await driver.commit()
+        } catch {
+            await abort(error)
+            return
+        }
+        if driver.isBlockJob { await emit(blockJobEvent("BLOCK_JOB_COMPLETED", error: nil)) }
+        await move(to: .concluded)
+        if autoDismiss { await dismissNow() }
+    }
+
+    private func abort(_ failure: (any Error)?) async {
+        await move(to: .aborting)
+        await driver.abort()
+        if let failure { errorText = "\(failure)" }
+        if driver.isBlockJob {
+            await emit(failure == nil ? blockJobEvent("BLOCK_JOB_CANCELLED", error: nil) : blockJobEvent("BLOCK_JOB_COMPLETED", error: errorText))
+        }
+        await move(to: .concluded)
+        if autoDismiss { await dismissNow() }
+    }
+
+    private func dismissNow() async {
+        await move(to: .null)
+        await onDismissed(id)
+    }
+
+    private func move(to next: JobStatus) async {
+        precondition(JobTables.allows(status, next), "job \(id): \(status.rawValue) -> \(next.rawValue) is not in QEMU's transition table")
+        status = next
+        await emit(JobEvent("JOB_STATUS_CHANGE", [("id", .string(id)), ("status", .string(next.rawValue))]))
+    }
+
+    private func blockJobEvent(_ name: String, error: String?) -> JobEvent {
+        var fields: [(String, OrderedJSON)] = [
+            ("type", .string(type.rawValue)), ("device", .string(id)), ("len", .uint(totalProgress)),
+            ("offset", .uint(currentProgress)), ("speed", .uint(speed)),
+        ]
+        if let error { fields.append(("error", .string(error))) }
+        return JobEvent(name, fields)
+    }
+
+    // MARK: - JobContext
+
+    public func pausePoint() async {
+        while pauseCount > 0 && !isCancelled {
+            let resumed: JobStatus = status == .ready ? .ready : .running
+            await move(to: status == .ready ? .standby : .paused)
+            await withCheckedContinuation { resumeWaiters.append($0) }
+            await move(to: resumed)
+        }
+    }
+
+    public func setProgress(current: UInt64, total: UInt64) {
+        currentProgress = current
+        totalProgress = total
+    }
+
+    public func becomeReady() async {
+        await move(to: .ready)
+        if driver.isBlockJob { await emit(blockJobEvent("BLOCK_JOB_READY", error: nil)) }
+    }
+
+    private func wakeWaiters() {
+        let waiters = resumeWaiters
+        resumeWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: - Verbs
+
+    private func check(_ verb: JobVerb) throws(JobError) {
+        guard JobTables.accepts(verb, in: status) else { throw .verb(verb, job: id, status: status) }
+    }
+
+    public func pause() throws(JobError) {
+        try check(.pause)
+        guard !userPaused else { throw JobError("Job is already paused") }
+        userPaused = true
+        pauseCount += 1
+    }
+
+    public func resume() throws(JobError) {
+        guard userPaused, pauseCount > 0 else { throw JobError("Can't resume a job that was not paused") }
+        try check(.resume)
+        userPaused = false
+        pauseCount -= 1
+        if pauseCount == 0 { wakeWaiters() }
+    }
+
+    public func cancel(force: Bool) async throws(JobError) {
+        try check(.cancel)
+        isCancelled = true
+        cancelledWithoutForce = !force
+        wakeWaiters()
+        // A job that already ran waits for job-finalize: abort it now.
+        if runFinished && status == .pending { await abort(nil) }
+    }
+
+    public func complete() async throws(JobError) {
+        try check(.complete)
+        guard pauseCount == 0, !isCancelled else { throw JobError("The active block job '\(id)' cannot be completed") }
+        do { try await driver.complete(self) } catch let error as JobError { throw error } catch { throw JobError("\(error)") }
+    }
+
+    public func finalize() async throws(JobError) {
+        try check(.finalize)
+        await finalizeNow()
+    }
+
+    public func dismiss() async throws(JobError) {
+        try check(.dismiss)
+        await dismissNow()
+    }
+
+    public func setSpeed(_ bytesPerSecond: UInt64) throws(JobError) {
+        try check(.setSpeed)
+        speed = bytesPerSecond
+    }
+
+    public func snapshot() -> JobSnapshot {
+        JobSnapshot(id: id, type: type, status: status, currentProgress: currentProgress, totalProgress: totalProgress, speed: speed,
+                    error: errorText, isBlockJob: driver.isBlockJob, isPaused: pauseCount > 0,
+                    isBusy: status == .running || status == .ready, isReady: status == .ready || status == .standby,
+                    autoFinalize: autoFinalize, autoDismiss: autoDismiss)
+    }
+}

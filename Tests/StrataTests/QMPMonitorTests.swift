@@ -209,6 +209,55 @@ import Testing
         #expect(info.output.contains(#""virtual-size": \#(64 << 20)"#), "\(info.output)")
     }
 
+    /// block-stream while a verified two-queue load writes to the streamed node over NBD: the
+    /// copy-on-read filter keeps the job's copies and the guest's writes apart, so nothing the
+    /// guest wrote is overwritten by older chain data; afterwards the image names the base as its
+    /// backing file and is clean.
+    @Test func blockStreamUnderAVerifiedLoad() async throws {
+        let scratch = try ScratchDirectory("qmp-stream-load")
+        let base = scratch.path("base.qcow2")
+        let mid = scratch.path("mid.qcow2")
+        let top = scratch.path("top.qcow2")
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x22 8M 16M", mid])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
+        let nbdSocket = scratch.path("nbd.sock")
+        var nodes: [String] = []
+        for (name, path, backing) in [("base", base, "null"), ("mid", mid, "\"base\""), ("top", top, "\"mid\"")] {
+            nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
+                      "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
+        }
+        let (process, socket) = try Self.daemon(scratch, extra: nodes + [
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
+        let bench = Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
+        }
+        // 32 MiB at 16 MiB/s: the stream runs for about two seconds of the load.
+        let start = try client.execute("block-stream", arguments: ["job-id": "s0", "device": "top", "base-node": "base", "speed": .int(16 << 20)])
+        #expect(!start.isError, "\(String(describing: start.error)) \(process.log)")
+        let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
+        #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
+        let result = try await bench.value
+        try #require(result.status == 0, "\(result.output)\n\(process.log)")
+        let (report, json) = try benchReport(result.output)
+        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        _ = try client.execute("quit")
+        #expect(process.stop(timeout: 20).inTime)
+        let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", top])
+        #expect(check.status == 0 && check.output.contains("No errors were found"), "\(check.output)")
+        let info = try await QemuTool.run("qemu-img", ["info", "--output=json", top])
+        #expect(info.output.contains(#""backing-filename": "\#(base)""#), "\(info.output)")
+    }
+
     /// Introspection covers exactly the commands the monitor has (a command added without
     /// running scripts/generate-qmp-schema fails here), and every type it names is defined.
     @Test func theSchemaDescribesEveryCommand() throws {

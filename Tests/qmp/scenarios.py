@@ -143,6 +143,62 @@ async def jobs(qmp):
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", created], capture_output=True, text=True).stdout)
     record("created image", "ok", format=info.get("format"), size=info.get("virtual-size"), cluster=info.get("cluster-size"))
     await command(qmp, "blockdev-del the new file", "blockdev-del", {"node-name": "f9"})
+    await stream(qmp)
+
+
+async def stream(qmp):
+    """block-stream of a named chain base <- mid <- top into top, down to base."""
+    paths = {name: os.path.join(WORKDIR, f"s-{name}.qcow2") for name in ("base", "mid", "top")}
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["base"], "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 64k", paths["base"]],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["base"], "-F", "qcow2", paths["mid"]], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 4k", "-c", "write -P 0x55 4M 128k", paths["mid"]],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["mid"], "-F", "qcow2", paths["top"]], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 4k", paths["top"]], check=True, capture_output=True)
+    for name, backing in (("base", None), ("mid", "s-base"), ("top", "s-mid")):
+        await command(qmp, f"blockdev-add {name} file", "blockdev-add", {"driver": "file", "node-name": f"s-{name}-file", "filename": paths[name]})
+        await command(qmp, f"blockdev-add {name}", "blockdev-add",
+                      {"driver": "qcow2", "node-name": f"s-{name}", "file": f"s-{name}-file", "backing": backing})
+    await command(qmp, "block-stream unknown device", "block-stream", {"job-id": "s9", "device": "nothing"})
+    await command(qmp, "block-stream base-node not below", "block-stream", {"job-id": "s9", "device": "s-top", "base-node": "s-top-file"})
+    await command(qmp, "block-stream base and base-node", "block-stream",
+                  {"job-id": "s9", "device": "s-top", "base": paths["base"], "base-node": "s-base"})
+    await command(qmp, "block-stream without job-id", "block-stream", {"device": "s-top", "base-node": "s-base"})
+    await command(qmp, "block-stream", "block-stream", {"job-id": "s0", "device": "s-top", "base-node": "s-base"})
+    completed = None
+    seen = []
+    async with asyncio.timeout(30):
+        async for event in qmp.events:
+            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == "s0":
+                seen.append(event["data"]["status"])
+                if event["data"]["status"] == "null":
+                    break
+            elif event["event"].startswith("BLOCK_JOB_"):
+                seen.append(event["event"])
+                if event["event"] == "BLOCK_JOB_COMPLETED":
+                    completed = event["data"]
+    record("block-stream statuses and events", "ok", seen=seen,
+           completed=completed and {k: (v if k not in ("len", "offset") else v > 0) for k, v in completed.items()},
+           whole=bool(completed and completed["len"] == completed["offset"]))
+    nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
+    top = nodes.get("s-top", {})
+    record("stream result in the graph", "ok", backing=os.path.basename(top.get("backing_file", "")), depth=top.get("backing_file_depth"))
+    await command(qmp, "query-block-jobs after the stream", "query-block-jobs", {}, jobs=[])
+    for name in ("top", "mid", "base"):
+        await command(qmp, f"blockdev-del stream {name}", "blockdev-del", {"node-name": f"s-{name}"})
+        await command(qmp, f"blockdev-del stream {name} file", "blockdev-del", {"node-name": f"s-{name}-file"})
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", paths["top"]], capture_output=True, text=True).stdout)
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "--output=json", paths["top"]], capture_output=True, text=True).stdout)
+    read = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x33 1M 4k",
+                           "-c", "read -P 0x22 1028k 60k", "-c", "read -P 0x44 2M 4k", "-c", "read -P 0x55 4M 128k", paths["top"]],
+                          capture_output=True, text=True)
+    check = subprocess.run(["qemu-img", "check", paths["top"]], capture_output=True, text=True)
+    record("streamed image", "ok", backing=os.path.basename(info.get("backing-filename", "")), format=info.get("backing-filename-format"),
+           map=[(m["start"], m["length"], m["depth"], m["data"]) for m in mapped],
+           reads="ok" if read.returncode == 0 and "fail" not in read.stdout else read.stdout + read.stderr,
+           check=check.returncode)
 
 
 async def main():

@@ -18,7 +18,7 @@ public actor Job: JobContext {
     public private(set) var status: JobStatus = .undefined
     private var currentProgress: UInt64 = 0
     private var totalProgress: UInt64 = 0
-    private var speed: UInt64 = 0
+    public private(set) var speed: UInt64
     private var errorText: String?
     /// User pauses plus internal ones; the job pauses at its next pause point while above 0.
     private var pauseCount = 0
@@ -31,12 +31,13 @@ public actor Job: JobContext {
 
     public nonisolated var type: JobType { driver.type }
 
-    init(id: String, driver: any JobDriver, autoFinalize: Bool, autoDismiss: Bool, control: QueueExecutor,
+    init(id: String, driver: any JobDriver, autoFinalize: Bool, autoDismiss: Bool, speed: UInt64, control: QueueExecutor,
          emit: @escaping @Sendable (JobEvent) async -> Void, onDismissed: @escaping @Sendable (String) async -> Void) {
         self.id = id
         self.driver = driver
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
+        self.speed = speed
         self.emit = emit
         self.onDismissed = onDismissed
         unownedExecutor = control.asUnownedSerialExecutor()

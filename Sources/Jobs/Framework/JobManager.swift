@@ -28,9 +28,10 @@ public actor JobManager {
 
     /// Creates and starts a job; it is created and running when this returns.
     @discardableResult
-    public func start(id: String, driver: any JobDriver, autoFinalize: Bool = true, autoDismiss: Bool = true) async throws(JobError) -> Job {
+    public func start(id: String, driver: any JobDriver, autoFinalize: Bool = true, autoDismiss: Bool = true,
+                      speed: UInt64 = 0) async throws(JobError) -> Job {
         try checkNewID(id)
-        let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, control: control,
+        let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: speed, control: control,
                       emit: emit, onDismissed: { [weak self] id in await self?.remove(id) })
         jobs.insert(job, at: 0)
         await job.start()

@@ -4,10 +4,7 @@ import StrataGraph
 /// cluster allocation that uses only the L1 table and the L2 cache, so copy-on-read can route
 /// reads of allocated clusters without suspending.
 extension Qcow2NodeState: BackingChainLayer {
-    public var backingLayer: (nodeName: String, state: any NodeState)? {
-        guard let link = configuration.backing, let backing else { return nil }
-        return (link.nodeName, backing.current)
-    }
+    public var backingLayer: (nodeName: String, state: any NodeState)? { backing }
 
     public var allocationUnitBytes: Int { metadata.clusterSize }
 

@@ -33,6 +33,21 @@ extension Qcow2NodeState {
         }
     }
 
+    /// Runs `body` while no allocating write can run and the metadata caches are written back:
+    /// for changes made to the image file from outside the node (a stream rewriting the backing
+    /// file name in the header).
+    public func whileAllocationLocked<Value: Sendable>(on executor: QueueExecutor,
+                                                      _ body: @escaping @Sendable () async throws -> Value) async throws -> Value {
+        try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
+            try await allocator.flush(io: io)
+            do {
+                return try await body()
+            } catch {
+                throw Qcow2Failure(status: .ioError)
+            }
+        }
+    }
+
     /// Unmaps every cluster of the L2 tables covering `[start, end)` of the guest (entries become
     /// unallocated, QEMU's full discard) and queues their host clusters for freeing.
     static func unmap(_ allocator: Qcow2Allocator, from start: UInt64, to end: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {

@@ -11,7 +11,9 @@ public final class Qcow2NodeState: NodeState {
     let allocator: Qcow2Allocator?
     let file: ChildStateReference
     let dataFile: ChildStateReference?
-    let backing: ChildStateReference?
+    /// The backing child now, by its name in the graph: a relink may point it at another node
+    /// (a stream's new base) or take it away (a stream of the whole chain).
+    private let backingChild: Mutex<(nodeName: String, state: any NodeState)?>
     /// The file child's instance on the control executor: reads metadata at open, writes it back
     /// at close.
     let controlIO: Qcow2OpenReader
@@ -28,8 +30,11 @@ public final class Qcow2NodeState: NodeState {
         self.dataControl = dataControl
         self.file = ChildStateReference(file)
         self.dataFile = dataFile.map { ChildStateReference($0) }
-        self.backing = backing.map { ChildStateReference($0) }
+        backingChild = Mutex(zip2(configuration.backing?.nodeName, backing))
     }
+
+    /// The backing child's name and state, nil without one.
+    var backing: (nodeName: String, state: any NodeState)? { backingChild.withLock { $0 } }
 
     /// The virtual size from the header.
     public var sizeBytes: UInt64 { metadata.sizeBytes }
@@ -58,12 +63,15 @@ public final class Qcow2NodeState: NodeState {
         let dataNode = configuration.dataFile.flatMap { children.child($0.optionKey) }
         // The backing size is read once here, not per request: every relink builds new instances.
         return Qcow2NodeInstance(metadata: metadata, allocator: allocator, file: fileNode, fileState: file,
-                                 dataFile: dataNode, backing: backingNode, backingSizeBytes: backing?.current.sizeBytes ?? 0, queue: queue)
+                                 dataFile: dataNode, backing: backingNode, backingSizeBytes: backing?.state.sizeBytes ?? 0, queue: queue)
     }
 
     public func relink(children: [ChildLink: any NodeState]) {
         if let state = children.child(configuration.file.optionKey) { file.replace(with: state) }
-        if let link = configuration.backing, let state = children.child(link.optionKey) { backing?.replace(with: state) }
+        if let link = configuration.backing {
+            let now = children.first { $0.key.optionKey == link.optionKey }
+            backingChild.withLock { $0 = now.map { ($0.key.nodeName, $0.value) } }
+        }
         if let link = configuration.dataFile, let state = children.child(link.optionKey) { dataFile?.replace(with: state) }
     }
 
@@ -87,4 +95,9 @@ public final class Qcow2NodeState: NodeState {
             try? await fileState.resize(to: end)
         }
     }
+}
+
+private func zip2<A, B>(_ first: A?, _ second: B?) -> (A, B)? {
+    guard let first, let second else { return nil }
+    return (first, second)
 }

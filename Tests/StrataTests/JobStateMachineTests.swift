@@ -106,6 +106,14 @@ import Testing
         #expect(!JobTables.allows(.concluded, .running) && JobTables.allows(.aborting, .concluded))
     }
 
+    @Test func theOpBlockerTableCoversEveryRole() {
+        for role in [JobNodeRole.streamTop, .streamIntermediate, .createTarget] {
+            #expect(OpBlockers.allowed[role] != nil, "\(role) has no row")
+            // As QEMU's block_job_add_bdrv: no job lets another job of its kind start on its nodes.
+            #expect(!OpBlockers.allows(.stream, whileUsedAs: role) && !OpBlockers.allows(.create, whileUsedAs: role))
+        }
+    }
+
     @Test func aJobThatSucceedsGoesThroughQemusStatuses() async throws {
         try await withManager { manager, log in
             let driver = SteppedJob(steps: 3)

@@ -243,6 +243,15 @@ import Testing
         // 32 MiB at 16 MiB/s: the stream runs for about two seconds of the load.
         let start = try client.execute("block-stream", arguments: ["job-id": "s0", "device": "top", "base-node": "base", "speed": .int(16 << 20)])
         #expect(!start.isError, "\(String(describing: start.error)) \(process.log)")
+        // The op blockers: while the stream uses top and mid, nothing else may change them.
+        let resize = try client.execute("block_resize", arguments: ["node-name": "top", "size": .int(64 << 20)])
+        #expect(resize.error?.desc == "Node 'top' is busy: block device is in use by block job: stream (job 's0', stream top)", "\(String(describing: resize.error))")
+        let reopen = try client.execute("blockdev-reopen", arguments: ["options": [["driver": "qcow2", "node-name": "mid", "file": "mid-file", "backing": "base"]]])
+        #expect(reopen.error?.desc.contains("Node 'mid' is busy") == true, "\(String(describing: reopen.error))")
+        let second = try client.execute("block-stream", arguments: ["job-id": "s1", "device": "top"])
+        #expect(second.error?.desc.contains("job 's0'") == true, "\(String(describing: second.error))")
+        let filter = try client.execute("x-insert-filter", arguments: ["above": "top", "filter": ["driver": "copy-on-read", "node-name": "cor9"]])
+        #expect(filter.error?.desc.contains("Node 'top' is busy") == true, "\(String(describing: filter.error))")
         let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
         #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
         let result = try await bench.value
@@ -250,6 +259,8 @@ import Testing
         let (report, json) = try benchReport(result.output)
         #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
         #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        // Once the job has concluded its nodes are free again.
+        #expect(!(try client.execute("blockdev-del", arguments: ["node-name": "mid"]).isError), "mid left the chain at the pivot")
         _ = try client.execute("quit")
         #expect(process.stop(timeout: 20).inTime)
         let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", top])

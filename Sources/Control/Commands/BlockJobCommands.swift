@@ -26,7 +26,8 @@ enum BlockJobCommands {
                                                backingFile: backingFile, filterName: filterName, model: model)
             try await monitor.runJob { jobs throws(JobError) in
                 try await jobs.start(id: id, driver: BlockStreamJob(plan: plan, controller: controller),
-                                     autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed))
+                                     autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
+                                     uses: [(plan.top, .streamTop)] + plan.intermediates.map { ($0, .streamIntermediate) })
             }
             return .emptyObject
         },
@@ -67,10 +68,9 @@ enum StreamPlanning {
         }
         let intermediates = Array(chain[1..<(baseIndex ?? chain.count)])
         let base = baseIndex.map { chain[$0] }
-        let implicit = intermediates.filter { $0.hasPrefix("#") }
         let format = base.flatMap { model.nodes[$0]?.driver }
         let name = backingFile ?? base.map { QMPMonitor.filename(of: $0, model: model) }
         return BlockStreamJob.Plan(top: top, base: base, bottom: intermediates.last, backingFile: name, backingFormat: format,
-                                   filterName: filterName, implicitIntermediates: implicit)
+                                   filterName: filterName, intermediates: intermediates)
     }
 }

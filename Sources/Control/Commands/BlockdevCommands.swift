@@ -2,6 +2,7 @@ import Glibc
 import StrataEngine
 import StrataFormatting
 import StrataGraph
+import StrataJobs
 import StrataNodes
 
 /// Nodes: blockdev-add, blockdev-del, blockdev-reopen, block_resize, query-named-block-nodes.
@@ -83,12 +84,31 @@ extension BlockdevCommands {
 }
 
 extension QMPMonitor {
-    /// Applies graph edits as one transaction, with errors as QMP reports them.
+    /// Applies graph edits as one transaction, with errors as QMP reports them; an edit of a node
+    /// a job uses is refused as the op-blocker table says.
     func apply(_ edits: [GraphEdit]) async throws {
+        for edit in edits {
+            for (operation, node) in Self.operations(of: edit) { try await checkBlockers(operation, on: node) }
+        }
         do {
             try await daemon.engine.controller.apply(edits)
         } catch let error as GraphError {
             throw QMPError("\(error)")
+        }
+    }
+
+    /// What an edit does to which existing nodes, for the op blockers.
+    static func operations(of edit: GraphEdit) -> [(NodeOperation, String)] {
+        switch edit {
+        case .addNode, .addBackend, .removeBackend: return []
+        case .removeNode(let name): return [(.delete, name)]
+        case .insertFilterAbove(let node, _): return [(.filterEdit, node)]
+        case .insertFilterOnEdge(let parent, _, _): return [(.filterEdit, parent)]
+        case .removeFilter(let name): return [(.filterEdit, name)]
+        case .replace(let node, let with): return [(.replace, node), (.replace, with)]
+        case .reopen(let options):
+            guard case .string(let name)? = options.objectValue?["node-name"] else { return [] }
+            return [(.reopen, name)]
         }
     }
 
@@ -172,6 +192,7 @@ extension QMPMonitor {
     /// resizes its image live (Qcow2NodeState+Resize), a shrink waiting for the requests in
     /// flight past the new end through the controller's barrier.
     func resize(node name: String, to sizeBytes: UInt64) async throws {
+        try await checkBlockers(.resize, on: name)
         let controller = daemon.engine.controller
         let model = await controller.model
         guard var entry = model.nodes[name] else { throw QMPError("Cannot find device='' nor node-name='\(name)'", class: .genericError) }

@@ -12,9 +12,13 @@ enum JobCommands {
             let parsed: BlockdevCreateOptions
             do throws(JobError) { parsed = try BlockdevCreateOptions(options) } catch { throw QMPError(error) }
             // QEMU's blockdev-create job waits for job-dismiss (JOB_MANUAL_DISMISS).
+            let targets: [String] = switch parsed {
+            case .file: []
+            case .qcow2(let file, let dataFile, _): [file] + (dataFile.map { [$0] } ?? [])
+            }
             try await monitor.runJob { jobs throws(JobError) in
                 try await jobs.start(id: id, driver: BlockdevCreateJob(options: parsed, controller: monitor.daemon.engine.controller),
-                                     autoFinalize: true, autoDismiss: false)
+                                     autoFinalize: true, autoDismiss: false, uses: targets.map { ($0, .createTarget) })
             }
             return .emptyObject
         },
@@ -97,6 +101,11 @@ extension QMPError {
 }
 
 extension QMPMonitor {
+    /// Refuses `operation` on `node` while a job uses it (OpBlockers).
+    func checkBlockers(_ operation: NodeOperation, on node: String) async throws(QMPError) {
+        do { try await jobs.check(operation, on: node) } catch { throw QMPError(error) }
+    }
+
     /// Runs a job-manager call, with its errors as QMP reports them.
     @discardableResult
     func runJob<T: Sendable>(_ body: @Sendable (JobManager) async throws(JobError) -> T) async throws(QMPError) -> T {

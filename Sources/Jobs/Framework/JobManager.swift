@@ -7,6 +7,8 @@ public actor JobManager {
     private let emit: @Sendable (JobEvent) async -> Void
     /// Newest first, as QEMU lists them.
     private var jobs: [Job] = []
+    /// The nodes each job uses, and how (the op blockers' rows); released when the job concludes.
+    private var claims: [(job: Job, node: String, role: JobNodeRole)] = []
 
     public init(control: QueueExecutor, emit: @escaping @Sendable (JobEvent) async -> Void) {
         self.control = control
@@ -29,11 +31,22 @@ public actor JobManager {
     /// Creates and starts a job; it is created and running when this returns.
     @discardableResult
     public func start(id: String, driver: any JobDriver, autoFinalize: Bool = true, autoDismiss: Bool = true,
-                      speed: UInt64 = 0) async throws(JobError) -> Job {
+                      speed: UInt64 = 0, uses: [(node: String, role: JobNodeRole)] = []) async throws(JobError) -> Job {
         try checkNewID(id)
+        let operation: NodeOperation = driver.type == .create ? .create : .stream
+        for use in uses { try await check(operation, on: use.node) }
+        let emit = self.emit
         let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: speed, control: control,
-                      emit: emit, onDismissed: { [weak self] id in await self?.remove(id) })
+                      emit: { [weak self] event in
+                          await emit(event)
+                          if event.name == "JOB_STATUS_CHANGE", case .object(let fields) = event.data,
+                             fields.contains(where: { $0.0 == "status" && $0.1 == .string(JobStatus.concluded.rawValue) }) {
+                              await self?.release(id)
+                          }
+                      },
+                      onDismissed: { [weak self] id in await self?.remove(id) })
         jobs.insert(job, at: 0)
+        claims += uses.map { (job, $0.node, $0.role) }
         await job.start()
         return job
     }
@@ -50,6 +63,19 @@ public actor JobManager {
     }
 
     public var all: [Job] { jobs }
+
+    /// Refuses `operation` on `node` while a job uses the node in a role the op-blocker table
+    /// does not allow it for.
+    public func check(_ operation: NodeOperation, on node: String) async throws(JobError) {
+        for claim in claims where claim.node == node && !OpBlockers.allows(operation, whileUsedAs: claim.role) {
+            throw JobError("Node '\(node)' is busy: block device is in use by block job: \(claim.job.type.rawValue) (job '\(claim.job.id)', "
+                           + "\(claim.role.rawValue))")
+        }
+    }
+
+    private func release(_ id: String) {
+        claims.removeAll { $0.job.id == id }
+    }
 
     private func remove(_ id: String) {
         jobs.removeAll { $0.id == id }

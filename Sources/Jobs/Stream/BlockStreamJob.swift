@@ -23,18 +23,20 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
         public let backingFile: String?
         public let backingFormat: String?
         public let filterName: String?
-        /// Layers between top and base no other node uses, added implicitly: removed with the stream.
-        public let implicitIntermediates: [String]
+        /// The layers between top and base, top first.
+        public let intermediates: [String]
+        /// Those of them added implicitly (`#blockN`): removed with the stream.
+        public var implicitIntermediates: [String] { intermediates.filter { $0.hasPrefix("#") } }
 
         public init(top: String, base: String?, bottom: String?, backingFile: String?, backingFormat: String?,
-                    filterName: String?, implicitIntermediates: [String]) {
+                    filterName: String?, intermediates: [String]) {
             self.top = top
             self.base = base
             self.bottom = bottom
             self.backingFile = backingFile
             self.backingFormat = backingFormat
             self.filterName = filterName
-            self.implicitIntermediates = implicitIntermediates
+            self.intermediates = intermediates
         }
     }
 

@@ -1,0 +1,45 @@
+/// What a command does to a node, as the op-blocker table knows it (QEMU's BlockOpType, for the
+/// commands Strata has).
+public enum NodeOperation: String, Sendable, CaseIterable {
+    /// block_resize.
+    case resize
+    /// blockdev-reopen, or a transaction's reopen.
+    case reopen
+    /// blockdev-del.
+    case delete
+    /// x-blockdev-replace, as the node replaced or the replacement.
+    case replace
+    /// x-insert-filter or x-remove-filter on or above the node.
+    case filterEdit = "filter-edit"
+    /// block-stream with the node as top or in its chain.
+    case stream
+    /// blockdev-create writing into the node.
+    case create
+}
+
+/// How a job uses a node.
+public enum JobNodeRole: String, Sendable {
+    /// block-stream's top: the node copied into and relinked at the pivot.
+    case streamTop = "stream top"
+    /// A layer block-stream copies from and drops.
+    case streamIntermediate = "stream intermediate"
+    /// The node blockdev-create writes an image into.
+    case createTarget = "create target"
+}
+
+/// The op blockers, as data: while a job uses a node in a role, which operations other commands
+/// may still do to that node. Anything not listed is refused, naming the job and the node
+/// ("Node 'x' is busy: block device is in use by block job: stream (job 's0')"). As QEMU's
+/// block_job_add_bdrv, a job blocks every operation on the nodes it uses; the table is where a
+/// job that can live with one says so.
+public enum OpBlockers {
+    public static let allowed: [JobNodeRole: Set<NodeOperation>] = [
+        .streamTop: [],
+        .streamIntermediate: [],
+        .createTarget: [],
+    ]
+
+    public static func allows(_ operation: NodeOperation, whileUsedAs role: JobNodeRole) -> Bool {
+        allowed[role]?.contains(operation) ?? false
+    }
+}

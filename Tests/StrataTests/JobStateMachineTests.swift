@@ -107,10 +107,11 @@ import Testing
     }
 
     @Test func theOpBlockerTableCoversEveryRole() {
-        for role in [JobNodeRole.streamTop, .streamIntermediate, .createTarget] {
+        for role in [JobNodeRole.streamTop, .streamIntermediate, .commitSource, .commitTarget, .commitOverlay, .createTarget] {
             #expect(OpBlockers.allowed[role] != nil, "\(role) has no row")
             // As QEMU's block_job_add_bdrv: no job lets another job of its kind start on its nodes.
-            #expect(!OpBlockers.allows(.stream, whileUsedAs: role) && !OpBlockers.allows(.create, whileUsedAs: role))
+            #expect(!OpBlockers.allows(.stream, whileUsedAs: role) && !OpBlockers.allows(.commit, whileUsedAs: role)
+                    && !OpBlockers.allows(.create, whileUsedAs: role))
         }
     }
 
@@ -232,11 +233,12 @@ import Testing
                 await #expect(throws: JobError("Invalid job ID '\(bad)'")) { try await manager.start(id: bad, driver: SteppedJob(steps: 1)) }
             }
             let driver = SteppedJob(steps: 1)
-            try await manager.start(id: "ok-1.x_y", driver: driver)
+            let started = try await manager.start(id: "ok-1.x_y", driver: driver)
             await #expect(throws: JobError("Job ID 'ok-1.x_y' already in use")) { try await manager.start(id: "ok-1.x_y", driver: SteppedJob(steps: 1)) }
             await #expect(throws: JobError("Job not found")) { try await manager.job("nothing") }
             await #expect(throws: JobError("Block job 'nothing' not found", class: .deviceNotActive)) { try await manager.blockJob("nothing") }
             driver.release()
+            try await wait(started, for: .null)
         }
     }
 }

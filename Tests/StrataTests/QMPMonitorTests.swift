@@ -269,6 +269,37 @@ import Testing
         #expect(info.output.contains(#""backing-filename": "\#(base)""#), "\(info.output)")
     }
 
+    /// quit while a job runs: the job is cancelled and concludes first (QEMU's job_cancel_sync_all),
+    /// the daemon exits 0, and the chain is as it was, clean.
+    @Test func quitCancelsARunningJob() async throws {
+        let scratch = try ScratchDirectory("qmp-quit-job")
+        let base = scratch.path("base.qcow2")
+        let top = scratch.path("top.qcow2")
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
+        let (process, socket) = try Self.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"file","node-name":"base-file","filename":"\#(base)"}"#,
+            "--blockdev", #"{"driver":"qcow2","node-name":"base","file":"base-file","backing":null}"#,
+            "--blockdev", #"{"driver":"file","node-name":"top-file","filename":"\#(top)"}"#,
+            "--blockdev", #"{"driver":"qcow2","node-name":"top","file":"top-file","backing":"base"}"#,
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        // 1 MiB/s: half a minute of work, far longer than the test waits.
+        let start = try client.execute("block-stream", arguments: ["job-id": "s0", "device": "top", "speed": .int(1 << 20)])
+        #expect(!start.isError, "\(String(describing: start.error))")
+        guard case .array(let jobs)? = try client.execute("query-jobs").result else { Issue.record("no jobs"); return }
+        #expect(jobs.count == 1)
+        _ = try client.execute("quit")
+        let stopped = process.stop(timeout: 20)
+        #expect(stopped.inTime && stopped.status == 0, "\(stopped) \(process.log)")
+        let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", top])
+        #expect(check.status == 0 && check.output.contains("No errors were found"), "\(check.output)")
+        let info = try await QemuTool.run("qemu-img", ["info", "--output=json", top])
+        #expect(info.output.contains(#""backing-filename": "\#(base)""#), "a cancelled stream leaves the chain: \(info.output)")
+    }
+
     /// Introspection covers exactly the commands the monitor has (a command added without
     /// running scripts/generate-qmp-schema fails here), and every type it names is defined.
     @Test func theSchemaDescribesEveryCommand() throws {

@@ -144,6 +144,59 @@ async def jobs(qmp):
     record("created image", "ok", format=info.get("format"), size=info.get("virtual-size"), cluster=info.get("cluster-size"))
     await command(qmp, "blockdev-del the new file", "blockdev-del", {"node-name": "f9"})
     await stream(qmp)
+    await commit(qmp)
+
+
+async def commit(qmp):
+    """block-commit of the middle of a named chain base <- mid <- top into base."""
+    paths = {name: os.path.join(WORKDIR, f"c-{name}.qcow2") for name in ("base", "mid", "top")}
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["base"], "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 64k", paths["base"]],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["base"], "-F", "qcow2", paths["mid"]], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 4k", "-c", "write -P 0x55 4M 128k", "-c", "write -z 8M 64k",
+                    paths["mid"]], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["mid"], "-F", "qcow2", paths["top"]], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 4k", paths["top"]], check=True, capture_output=True)
+    for name, backing in (("base", None), ("mid", "c-base"), ("top", "c-mid")):
+        await command(qmp, f"blockdev-add commit {name} file", "blockdev-add",
+                      {"driver": "file", "node-name": f"c-{name}-file", "filename": paths[name]})
+        await command(qmp, f"blockdev-add commit {name}", "blockdev-add",
+                      {"driver": "qcow2", "node-name": f"c-{name}", "file": f"c-{name}-file", "backing": backing})
+    await command(qmp, "block-commit unknown device", "block-commit", {"job-id": "c9", "device": "nothing", "top-node": "c-mid"})
+    await command(qmp, "block-commit base above top", "block-commit",
+                  {"job-id": "c9", "device": "c-top", "top-node": "c-base", "base-node": "c-mid"})
+    await command(qmp, "block-commit", "block-commit", {"job-id": "c0", "device": "c-top", "top-node": "c-mid", "base-node": "c-base"})
+    completed = None
+    seen = []
+    async with asyncio.timeout(30):
+        async for event in qmp.events:
+            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == "c0":
+                seen.append(event["data"]["status"])
+                if event["data"]["status"] == "null":
+                    break
+            elif event["event"].startswith("BLOCK_JOB_"):
+                seen.append(event["event"])
+                if event["event"] == "BLOCK_JOB_COMPLETED":
+                    completed = event["data"]
+    record("block-commit statuses and events", "ok", seen=seen,
+           completed=completed and {k: (v if k not in ("len", "offset") else v > 0) for k, v in completed.items()},
+           whole=bool(completed and completed["len"] == completed["offset"]))
+    nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
+    top = nodes.get("c-top", {})
+    record("commit result in the graph", "ok", backing=os.path.basename(top.get("backing_file", "")), depth=top.get("backing_file_depth"))
+    for name in ("top", "mid", "base"):
+        await command(qmp, f"blockdev-del commit {name}", "blockdev-del", {"node-name": f"c-{name}"})
+        await command(qmp, f"blockdev-del commit {name} file", "blockdev-del", {"node-name": f"c-{name}-file"})
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", paths["top"]], capture_output=True, text=True).stdout)
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "--output=json", paths["base"]], capture_output=True, text=True).stdout)
+    read = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x33 1M 4k",
+                           "-c", "read -P 0x22 1028k 60k", "-c", "read -P 0x44 2M 4k", "-c", "read -P 0x55 4M 128k",
+                           "-c", "read -P 0 8M 64k", paths["top"]], capture_output=True, text=True)
+    checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("base", "top")]
+    record("committed images", "ok", backing=os.path.basename(info.get("backing-filename", "")), format=info.get("backing-filename-format"),
+           base_map=[(m["start"], m["length"], m["depth"], m["data"], m["zero"]) for m in mapped],
+           reads="ok" if read.returncode == 0 and "fail" not in read.stdout else read.stdout + read.stderr, checks=checks)
 
 
 async def stream(qmp):

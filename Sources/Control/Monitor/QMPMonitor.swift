@@ -114,9 +114,10 @@ public actor QMPMonitor {
         onQuit()
     }
 
-    /// Stops listening and ends every session.
+    /// Stops listening, cancels the jobs (waiting for them to conclude) and ends every session.
     public func shutdown() async {
         stopping = true
+        await jobs.cancelAllAndWait()
         for (listener, loop) in listeners {
             listener.shutdown()
             await loop.value

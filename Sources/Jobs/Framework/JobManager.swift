@@ -33,7 +33,11 @@ public actor JobManager {
     public func start(id: String, driver: any JobDriver, autoFinalize: Bool = true, autoDismiss: Bool = true,
                       speed: UInt64 = 0, uses: [(node: String, role: JobNodeRole)] = []) async throws(JobError) -> Job {
         try checkNewID(id)
-        let operation: NodeOperation = driver.type == .create ? .create : .stream
+        let operation: NodeOperation = switch driver.type {
+        case .create: .create
+        case .commit: .commit
+        default: .stream
+        }
         for use in uses { try await check(operation, on: use.node) }
         let emit = self.emit
         let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: speed, control: control,
@@ -70,6 +74,20 @@ public actor JobManager {
         for claim in claims where claim.node == node && !OpBlockers.allows(operation, whileUsedAs: claim.role) {
             throw JobError("Node '\(node)' is busy: block device is in use by block job: \(claim.job.type.rawValue) (job '\(claim.job.id)', "
                            + "\(claim.role.rawValue))")
+        }
+    }
+
+    /// Cancels every job and waits until each has concluded (QEMU's job_cancel_sync_all at exit),
+    /// so none touches the graph after the daemon shuts it down.
+    public func cancelAllAndWait() async {
+        for job in jobs where JobTables.accepts(.cancel, in: await job.status) { try? await job.cancel(force: true) }
+        for job in jobs {
+            // Bounded: a job's next pause point is at most one chunk of I/O away.
+            for _ in 0..<3000 {
+                let status = await job.status
+                if status == .concluded || status == .null { break }
+                await control.sleep(untilNs: MonotonicClock.now() + 10_000_000)
+            }
         }
     }
 

@@ -13,6 +13,8 @@ public enum NodeOperation: String, Sendable, CaseIterable {
     case filterEdit = "filter-edit"
     /// block-stream with the node as top or in its chain.
     case stream
+    /// block-commit with the node in the committed layers, as base or as the overlay.
+    case commit
     /// blockdev-create writing into the node.
     case create
 }
@@ -23,6 +25,12 @@ public enum JobNodeRole: String, Sendable {
     case streamTop = "stream top"
     /// A layer block-stream copies from and drops.
     case streamIntermediate = "stream intermediate"
+    /// A layer block-commit copies from and drops.
+    case commitSource = "commit source"
+    /// The base block-commit writes into.
+    case commitTarget = "commit target"
+    /// The node above the committed layers, relinked to the base at the pivot.
+    case commitOverlay = "commit overlay"
     /// The node blockdev-create writes an image into.
     case createTarget = "create target"
 }
@@ -36,6 +44,11 @@ public enum OpBlockers {
     public static let allowed: [JobNodeRole: Set<NodeOperation>] = [
         .streamTop: [],
         .streamIntermediate: [],
+        .commitSource: [],
+        .commitTarget: [],
+        // The guest keeps using the overlay; it may even be resized (QEMU lets the active layer
+        // be resized while an intermediate commit runs below it).
+        .commitOverlay: [.resize],
         .createTarget: [],
     ]
 

@@ -76,7 +76,9 @@ let package = Package(
         ]),
 
         // Layer 7: jobs: QEMU's job state machine and the jobs that run under it.
-        strata("StrataJobs", "Jobs", ["StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataImageTools"]),
+        strata("StrataJobs", "Jobs", [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataImageTools",
+        ]),
 
         // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [

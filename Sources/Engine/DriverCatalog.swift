@@ -9,6 +9,7 @@ public enum DriverCatalog {
         CommitTopFilter.descriptor,
         CopyOnReadFilter.descriptor,
         FileNode.descriptor,
+        MirrorTopFilter.descriptor,
         NBDClientNode.descriptor,
         NullNode.descriptor,
         Qcow2Node.descriptor,

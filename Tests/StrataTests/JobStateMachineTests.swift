@@ -107,10 +107,12 @@ import Testing
     }
 
     @Test func theOpBlockerTableCoversEveryRole() {
-        for role in [JobNodeRole.streamTop, .streamIntermediate, .commitSource, .commitTarget, .commitOverlay, .createTarget] {
+        for role in [JobNodeRole.streamTop, .streamIntermediate, .commitSource, .commitTarget, .commitOverlay, .mirrorSource, .mirrorTarget,
+                     .createTarget] {
             #expect(OpBlockers.allowed[role] != nil, "\(role) has no row")
             // As QEMU's block_job_add_bdrv: no job lets another job of its kind start on its nodes.
             #expect(!OpBlockers.allows(.stream, whileUsedAs: role) && !OpBlockers.allows(.commit, whileUsedAs: role)
+                    && !OpBlockers.allows(.mirror, whileUsedAs: role)
                     && !OpBlockers.allows(.create, whileUsedAs: role))
         }
     }

@@ -269,6 +269,53 @@ import Testing
         #expect(info.output.contains(#""backing-filename": "\#(base)""#), "\(info.output)")
     }
 
+    /// blockdev-mirror of an exported node while a verified two-queue load writes it: READY, then
+    /// job-complete moves the export to the target in the middle of the load. The load reads,
+    /// from then on, the target: a write the mirror missed would read back wrong.
+    @Test(arguments: ["background", "write-blocking"])
+    func mirrorPivotsUnderAVerifiedLoad(copyMode: String) async throws {
+        let scratch = try ScratchDirectory("qmp-mirror-load")
+        let source = scratch.path("source.qcow2")
+        let target = scratch.path("target.qcow2")
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", source, "32M"])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", source])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", target, "32M"])
+        let nbdSocket = scratch.path("nbd.sock")
+        let (process, socket) = try Self.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"file","node-name":"source-file","filename":"\#(source)"}"#,
+            "--blockdev", #"{"driver":"qcow2","node-name":"source","file":"source-file"}"#,
+            "--blockdev", #"{"driver":"file","node-name":"target-file","filename":"\#(target)"}"#,
+            "--blockdev", #"{"driver":"qcow2","node-name":"target","file":"target-file"}"#,
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=source,name=disk,writable=on",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
+        let bench = Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
+        }
+        let start = try client.execute("blockdev-mirror", arguments: ["job-id": "m0", "device": "source", "target": "target", "sync": "full",
+                                                                      "copy-mode": .string(copyMode)])
+        #expect(!start.isError, "\(String(describing: start.error))")
+        #expect(try client.waitForEvent("BLOCK_JOB_READY", timeoutSeconds: 60) != nil, "no BLOCK_JOB_READY; \(process.log)")
+        #expect(!(try client.execute("job-complete", arguments: ["id": "m0"]).isError))
+        let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
+        #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
+        guard case .array(let exports)? = try client.execute("query-block-exports").result else { Issue.record("no exports"); return }
+        #expect(exports.first?.objectValue?["node-name"] == .string("target"), "the export moved to the target: \(exports)")
+        let result = try await bench.value
+        try #require(result.status == 0, "\(result.output)\n\(process.log)")
+        let (report, json) = try benchReport(result.output)
+        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        _ = try client.execute("quit")
+        #expect(process.stop(timeout: 20).inTime)
+        let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", target])
+        #expect(check.status == 0, "\(check.output)")
+    }
+
     /// quit while a job runs: the job is cancelled and concludes first (QEMU's job_cancel_sync_all),
     /// the daemon exits 0, and the chain is as it was, clean.
     @Test func quitCancelsARunningJob() async throws {

@@ -145,6 +145,77 @@ async def jobs(qmp):
     await command(qmp, "blockdev-del the new file", "blockdev-del", {"node-name": "f9"})
     await stream(qmp)
     await commit(qmp)
+    await mirror(qmp)
+
+
+async def job_events(qmp, job_id, until_event=None, until_status=None):
+    """Statuses and BLOCK_JOB_* event names of `job_id`, up to an event or a status."""
+    seen = []
+    async with asyncio.timeout(30):
+        async for event in qmp.events:
+            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == job_id:
+                seen.append(event["data"]["status"])
+                if event["data"]["status"] == until_status:
+                    return seen
+            elif event["event"].startswith("BLOCK_JOB_") and event["data"].get("device", event["data"].get("id")) == job_id:
+                seen.append(event["event"])
+                if event["event"] == until_event:
+                    return seen
+    return seen
+
+
+async def mirror(qmp):
+    """blockdev-mirror of an exported node: READY, a write, job-complete moves the export to the
+    target; then a mirror cancelled without force once READY completes without moving it."""
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+    paths = {name: os.path.join(WORKDIR, f"m-{name}.qcow2") for name in ("src", "dst", "dst2", "small")}
+    for name in ("src", "dst", "dst2"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths[name], "16M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["small"], "8M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 4M 64k", paths["src"]],
+                   check=True, capture_output=True)
+    for name in ("src", "dst", "dst2", "small"):
+        await command(qmp, f"blockdev-add mirror {name} file", "blockdev-add",
+                      {"driver": "file", "node-name": f"m-{name}-file", "filename": paths[name]})
+        await command(qmp, f"blockdev-add mirror {name}", "blockdev-add", {"driver": "qcow2", "node-name": f"m-{name}", "file": f"m-{name}-file"})
+    await command(qmp, "export the mirror source", "block-export-add", {"type": "nbd", "id": "e9", "node-name": "m-src", "writable": True})
+    await command(qmp, "blockdev-mirror bad sync", "blockdev-mirror", {"job-id": "m9", "device": "m-src", "target": "m-dst", "sync": "bogus"})
+    await command(qmp, "blockdev-mirror unknown target", "blockdev-mirror",
+                  {"job-id": "m9", "device": "m-src", "target": "nothing", "sync": "full"})
+    await command(qmp, "blockdev-mirror", "blockdev-mirror", {"job-id": "m0", "device": "m-src", "target": "m-dst", "sync": "full"})
+    record("mirror until ready", "ok", seen=await job_events(qmp, "m0", until_event="BLOCK_JOB_READY"))
+    uri = "nbd+unix:///m-src?socket=" + nbd_socket
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 64k", uri], capture_output=True, text=True)
+    record("write while ready", "ok" if write.returncode == 0 else write.stdout + write.stderr)
+    await command(qmp, "job-complete of the mirror", "job-complete", {"id": "m0"})
+    record("mirror pivot", "ok", seen=await job_events(qmp, "m0", until_status="null"))
+    exports = await qmp.execute("query-block-exports", {})
+    record("export after the pivot", "ok", nodes=sorted(e["node-name"] for e in exports))
+    read = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x22 4M 64k",
+                           uri], capture_output=True, text=True)
+    record("reads after the pivot", "ok" if read.returncode == 0 and "fail" not in read.stdout else read.stdout + read.stderr)
+    await command(qmp, "blockdev-mirror to be cancelled", "blockdev-mirror",
+                  {"job-id": "m1", "device": "m-dst", "target": "m-dst2", "sync": "full"})
+    record("second mirror until ready", "ok", seen=await job_events(qmp, "m1", until_event="BLOCK_JOB_READY"))
+    await command(qmp, "block-job-cancel of a ready mirror", "block-job-cancel", {"device": "m1"})
+    record("cancelled without force", "ok", seen=await job_events(qmp, "m1", until_status="null"))
+    exports = await qmp.execute("query-block-exports", {})
+    record("export stays", "ok", nodes=sorted(e["node-name"] for e in exports))
+    await command(qmp, "block-export-del e9", "block-export-del", {"id": "e9"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    for name in ("src", "dst", "dst2", "small"):
+        await command(qmp, f"blockdev-del mirror {name}", "blockdev-del", {"node-name": f"m-{name}"})
+        await command(qmp, f"blockdev-del mirror {name} file", "blockdev-del", {"node-name": f"m-{name}-file"})
+    reads = {}
+    for name in ("dst", "dst2"):
+        run = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k",
+                              "-c", "read -P 0x22 4M 64k", paths[name]], capture_output=True, text=True)
+        reads[name] = "ok" if run.returncode == 0 and "fail" not in run.stdout else "differs"
+    checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("src", "dst", "dst2")]
+    record("mirror targets", "ok", reads=reads, checks=checks)
 
 
 async def commit(qmp):

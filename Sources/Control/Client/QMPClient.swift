@@ -75,8 +75,12 @@ public final class QMPClient {
             if let index = events.firstIndex(where: { $0["event"] == .string(name) }) { return events.remove(at: index) }
             let left = deadline - Double(MonotonicClock.now()) / 1e9
             guard left > 0 else { return nil }
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&poller, 1, Int32(min(left, 3600) * 1000) + 1) <= 0 { continue }
+            // Messages already read (with a reply, in one recv) come first: the socket may have
+            // nothing more to say.
+            if pending.isEmpty {
+                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&poller, 1, Int32(min(left, 3600) * 1000) + 1) <= 0 { continue }
+            }
             let message = try nextMessage()
             if message["event"] != nil { events.append(message) }
         }

@@ -2,7 +2,7 @@ import StrataFormatting
 import StrataGraph
 import StrataJobs
 
-/// The block jobs QMP starts: block-stream and block-commit.
+/// The block jobs QMP starts: block-stream, block-commit and blockdev-mirror.
 enum BlockJobCommands {
     static let all: [QMPCommand] = [
         QMPCommand("block-stream") { monitor, arguments in
@@ -55,6 +55,51 @@ enum BlockJobCommands {
                 try await jobs.start(id: id, driver: BlockCommitJob(plan: plan, controller: controller),
                                      autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
                                      uses: plan.committed.map { ($0, .commitSource) } + [(plan.base, .commitTarget), (plan.overlay, .commitOverlay)])
+            }
+            return .emptyObject
+        },
+        QMPCommand("blockdev-mirror") { monitor, arguments in
+            let id = try arguments.optionalString("job-id") ?? ""
+            let device = try arguments.string("device")
+            let target = try arguments.string("target")
+            let replaces = try arguments.optionalString("replaces")
+            let syncText = try arguments.string("sync")
+            let speed = try arguments.optionalInteger("speed") ?? 0
+            let granularity = try arguments.optionalInteger("granularity") ?? 65536
+            let bufferBytes = try arguments.optionalInteger("buf-size") ?? (1 << 20)
+            let onSourceError = try arguments.optionalString("on-source-error") ?? "report"
+            let onTargetError = try arguments.optionalString("on-target-error") ?? "report"
+            let filterName = try arguments.optionalString("filter-node-name")
+            let copyModeText = try arguments.optionalString("copy-mode") ?? "background"
+            let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
+            let autoDismiss = try arguments.optionalBool("auto-dismiss") ?? true
+            try arguments.finish()
+            guard let sync = BlockMirrorJob.Sync(rawValue: syncText) else {
+                throw QMPError("Parameter 'sync' does not accept value '\(syncText)'")
+            }
+            guard let copyMode = BlockMirrorJob.CopyMode(rawValue: copyModeText) else {
+                throw QMPError("Parameter 'copy-mode' does not accept value '\(copyModeText)'")
+            }
+            guard speed >= 0 else { throw QMPError("Parameter 'speed' expects a non-negative value") }
+            guard (512...(64 << 20)).contains(granularity) else { throw QMPError("Parameter 'granularity' expects a value in range [512B, 64MB]") }
+            guard granularity & (granularity - 1) == 0 else { throw QMPError("Granularity must be a power of 2") }
+            guard bufferBytes > 0 else { throw QMPError("buf-size must be greater than zero") }
+            guard onSourceError == "report", onTargetError == "report" else {
+                throw QMPError("on-source-error and on-target-error other than report are not supported by Strata's mirror yet")
+            }
+            let controller = monitor.daemon.engine.controller
+            let model = await controller.model
+            guard model.nodes[device] != nil else { throw QMPError("Cannot find device='\(device)' nor node-name='\(device)'") }
+            guard model.nodes[target] != nil else { throw QMPError("Cannot find device='\(target)' nor node-name='\(target)'") }
+            guard target != device else { throw QMPError("Can't mirror node into itself") }
+            if let user = model.users(of: target).first { throw QMPError("Node '\(target)' is busy: node is used as \(user)") }
+            let plan = BlockMirrorJob.Plan(source: device, target: target, replaces: replaces ?? device, sync: sync,
+                                           granularity: UInt64(granularity), bufferBytes: Int(max(bufferBytes, granularity)),
+                                           copyMode: copyMode, filterName: filterName)
+            try await monitor.runJob { jobs throws(JobError) in
+                try await jobs.start(id: id, driver: BlockMirrorJob(plan: plan, controller: controller),
+                                     autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
+                                     uses: [(device, .mirrorSource), (target, .mirrorTarget)])
             }
             return .emptyObject
         },

@@ -31,6 +31,8 @@ enum BlockdevCommands {
                 throw QMPError("Node '\(name)' is busy: node is used as \(user)")
             }
             try await monitor.apply(Self.removal(of: name, model: model))
+            // As QEMU, the node is closed (its metadata written back) when the command returns.
+            await monitor.daemon.engine.controller.waitForRetirements()
             return .emptyObject
         },
         QMPCommand("blockdev-reopen") { monitor, arguments in

@@ -64,12 +64,23 @@ enum ExportCommands {
         },
         QMPCommand("query-block-exports") { monitor, arguments in
             try arguments.finish()
+            let model = await monitor.daemon.engine.controller.model
             return .array(monitor.daemon.nbdServer.exportOptions.map { export in
-                .object([("type", .string("nbd")), ("id", .string(export.id)), ("node-name", .string(export.nodeName)),
+                .object([("type", .string("nbd")), ("id", .string(export.id)), ("node-name", .string(Self.exportedNode(export, model: model))),
                          ("shutting-down", .bool(false))])
             })
         },
     ]
+
+    /// The node an export serves now (a mirror's pivot moves it), as QEMU names its root: past
+    /// implicit filters (`#blockN`, which a job inserts) to the node under them.
+    static func exportedNode(_ export: NBDExportOptions, model: GraphModel) -> String {
+        guard var name = model.backends[export.id]?.nodeName else { return export.nodeName }
+        while name.hasPrefix("#"), let entry = model.nodes[name], entry.isFilter, let child = entry.children.first?.nodeName {
+            name = child
+        }
+        return name
+    }
 
     /// SocketAddressLegacy: `{"type": "unix", "data": {"path": P}}` or `{"type": "inet", "data":
     /// {"host": H, "port": P}}`.

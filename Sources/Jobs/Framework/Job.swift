@@ -24,8 +24,8 @@ public actor Job: JobContext {
     private var pauseCount = 0
     private var userPaused = false
     public private(set) var isCancelled = false
-    /// block-job-cancel without force: a READY job finishes without its pivot.
-    public private(set) var cancelledWithoutForce = false
+    /// block-job-cancel without force on a READY job: it finishes without its pivot.
+    public private(set) var finishesWithoutPivot = false
     private var runFinished = false
     private var resumeWaiters: [CheckedContinuation<Void, Never>] = []
 
@@ -165,8 +165,13 @@ public actor Job: JobContext {
 
     public func cancel(force: Bool) async throws(JobError) {
         try check(.cancel)
+        if !force && (status == .ready || status == .standby) {
+            // As QEMU's mirror: a READY job cancelled without force completes, without its pivot.
+            finishesWithoutPivot = true
+            wakeWaiters()
+            return
+        }
         isCancelled = true
-        cancelledWithoutForce = !force
         wakeWaiters()
         // A job that already ran waits for job-finalize: abort it now.
         if runFinished && status == .pending { await abort(nil) }

@@ -30,6 +30,8 @@ public protocol JobContext: Actor {
     var id: String { get }
     /// True once the job was cancelled: `run` should stop at its next step.
     var isCancelled: Bool { get }
+    /// block-job-cancel without force on a READY job: it finishes as a success, without its pivot.
+    var finishesWithoutPivot: Bool { get }
     /// The rate limit in bytes per second (block-job-set-speed); 0 for none.
     var speed: UInt64 { get }
     /// Waits here while the job is paused; returns at once otherwise.

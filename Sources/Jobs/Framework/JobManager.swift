@@ -36,6 +36,7 @@ public actor JobManager {
         let operation: NodeOperation = switch driver.type {
         case .create: .create
         case .commit: .commit
+        case .mirror: .mirror
         default: .stream
         }
         for use in uses { try await check(operation, on: use.node) }

@@ -15,6 +15,8 @@ public enum NodeOperation: String, Sendable, CaseIterable {
     case stream
     /// block-commit with the node in the committed layers, as base or as the overlay.
     case commit
+    /// blockdev-mirror with the node as source or target.
+    case mirror
     /// blockdev-create writing into the node.
     case create
 }
@@ -31,6 +33,10 @@ public enum JobNodeRole: String, Sendable {
     case commitTarget = "commit target"
     /// The node above the committed layers, relinked to the base at the pivot.
     case commitOverlay = "commit overlay"
+    /// The node blockdev-mirror copies from; its users move to the target at the pivot.
+    case mirrorSource = "mirror source"
+    /// The node blockdev-mirror copies into.
+    case mirrorTarget = "mirror target"
     /// The node blockdev-create writes an image into.
     case createTarget = "create target"
 }
@@ -49,6 +55,8 @@ public enum OpBlockers {
         // The guest keeps using the overlay; it may even be resized (QEMU lets the active layer
         // be resized while an intermediate commit runs below it).
         .commitOverlay: [.resize],
+        .mirrorSource: [],
+        .mirrorTarget: [],
         .createTarget: [],
     ]
 

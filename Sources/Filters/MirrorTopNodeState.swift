@@ -1,0 +1,65 @@
+import StrataGraph
+import StrataRuntime
+import Synchronization
+
+/// A mirror_top node's shared state: the dirty map its writes mark, and, in write-blocking mode,
+/// where each queue writes the target (the job's ports, one per queue, set before the mode).
+public final class MirrorTopNodeState: NodeState, BackingChainLayer {
+    private let file: ChildLink
+    private let child: ChildStateReference
+    private let dirty = Mutex<MirrorDirtyMap?>(nil)
+    private let target = Mutex<[any BlockTarget]>([])
+    private let writeBlocking = Atomic<Bool>(false)
+
+    init(file: ChildLink, child: any NodeState) {
+        self.file = file
+        self.child = ChildStateReference(child)
+    }
+
+    public var sizeBytes: UInt64 { child.current.sizeBytes }
+
+    /// Attaches the job's dirty map (before any instance counts on it: the job sets it right
+    /// after inserting the filter, and instances read it per write).
+    public func attach(_ map: MirrorDirtyMap) { dirty.withLock { $0 = map } }
+
+    var dirtyMap: MirrorDirtyMap? { dirty.withLock { $0 } }
+
+    /// From now on every write also goes to the target, through `targets[queue index]`.
+    public func startWriteBlocking(targets: [any BlockTarget]) {
+        target.withLock { $0 = targets }
+        writeBlocking.store(true, ordering: .releasing)
+    }
+
+    var isWriteBlocking: Bool { writeBlocking.load(ordering: .acquiring) }
+
+    func target(forQueue index: Int) -> (any BlockTarget)? {
+        target.withLock { index >= 0 && index < $0.count ? $0[index] : nil }
+    }
+
+    public func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
+        guard let childHandle = children.child(file.optionKey) else { preconditionFailure("mirror_top instance built without its child") }
+        return MirrorTopInstance(queue: queue, child: childHandle, state: self)
+    }
+
+    public func relink(children: [ChildLink: any NodeState]) {
+        if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
+    }
+
+    public var backingLayer: (nodeName: String, state: any NodeState)? { (child.current as? any BackingChainLayer)?.backingLayer }
+
+    public var allocationUnitBytes: Int { (child.current as? any BackingChainLayer)?.allocationUnitBytes ?? 512 }
+
+    public func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
+        (child.current as? any BackingChainLayer)?.cachedAllocation(offsetBytes: offsetBytes, lengthBytes: lengthBytes)
+    }
+
+    public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
+        try await child.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
+    }
+}
+
+/// Where a write-blocking mirror writes the target from one queue (the job's port on it).
+/// Called on the queue the write came from, and answered there.
+public protocol BlockTarget: Sendable {
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus
+}

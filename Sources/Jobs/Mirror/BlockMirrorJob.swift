@@ -1,0 +1,205 @@
+import StrataFilters
+import StrataGraph
+import StrataNodes
+import StrataRuntime
+import Synchronization
+
+/// blockdev-mirror (QEMU's block/mirror.c): copies `source` into `target` while the guest keeps
+/// using the source, turns READY once the target has caught up, and at job-complete moves every
+/// user of the source to the target in one transaction: no queue drains, no request is lost.
+///
+/// A `mirror_top` filter above the source marks what the guest writes as dirty (after the write,
+/// so a copy that raced it is redone); the job copies dirty chunks, source to target, until none
+/// is left. For the pivot, and all along in `write-blocking` copy mode, the filter also writes
+/// every guest write to the target before completing it, and a barrier waits out the writes that
+/// started before; once the map is clean no later write can leave the target behind.
+public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
+    // `prepared`, `context` are touched by the job's own steps only (run, then commit or abort,
+    // which the Job actor runs one at a time); `completeRequested` is an atomic.
+    public enum Sync: String, Sendable {
+        case full
+        case top
+        case none
+    }
+
+    public enum CopyMode: String, Sendable {
+        case background
+        case writeBlocking = "write-blocking"
+    }
+
+    public struct Plan: Sendable {
+        public let source: String
+        public let target: String
+        /// The node whose users move to the target (`replaces`, default the source).
+        public let replaces: String
+        public let sync: Sync
+        public let granularity: UInt64
+        public let bufferBytes: Int
+        public let copyMode: CopyMode
+        public let filterName: String?
+
+        public init(source: String, target: String, replaces: String, sync: Sync, granularity: UInt64, bufferBytes: Int,
+                    copyMode: CopyMode, filterName: String?) {
+            self.source = source
+            self.target = target
+            self.replaces = replaces
+            self.sync = sync
+            self.granularity = granularity
+            self.bufferBytes = bufferBytes
+            self.copyMode = copyMode
+            self.filterName = filterName
+        }
+    }
+
+    public let plan: Plan
+    let controller: GraphController
+    private let completeRequested = Atomic<Bool>(false)
+    private var prepared: (filter: String, reader: String, writer: String, ports: [BackendPort])?
+    private var finishWithoutPivot = false
+
+    public init(plan: Plan, controller: GraphController) {
+        self.plan = plan
+        self.controller = controller
+    }
+
+    public var type: JobType { .mirror }
+
+    public func complete(_ context: JobContext) async throws { completeRequested.store(true, ordering: .releasing) }
+
+    public func run(_ context: JobContext) async throws {
+        let id = await context.id
+        var filter: [String: JSONValue] = ["driver": .string("mirror_top")]
+        if let name = plan.filterName { filter["node-name"] = .string(name) }
+        let report = try await controller.apply([.insertFilterAbove(node: plan.source, filter: .object(filter))])
+        guard let filterName = report.addedNodes.first, let filterState = try await controller.state(of: filterName) as? MirrorTopNodeState else {
+            throw JobError("mirror: the filter was not added")
+        }
+        let size = try await controller.state(of: plan.source).sizeBytes
+        // The target takes the source's size first, as mirror_run truncates it.
+        let targetState = try await controller.state(of: plan.target)
+        if targetState.sizeBytes != size {
+            if let qcow2 = targetState as? Qcow2NodeState {
+                try await qcow2.resize(to: size, executor: controller.control)
+            } else if let file = targetState as? FileNodeState {
+                try await file.resize(to: size)
+            } else {
+                throw JobError("Source and target image have different sizes")
+            }
+        }
+        let map = MirrorDirtyMap(sizeBytes: size, granularity: plan.granularity)
+        filterState.attach(map)
+        // The job reads the source below the filter, and writes the target: from queue 0, and in
+        // write-blocking mode from every queue (the filter's instances there).
+        let reader = "#mirror-\(id)-source"
+        let writer = "#mirror-\(id)-target"
+        try await controller.apply([
+            .addBackend(BackendEntry(name: reader, nodeName: plan.source, writable: false, shareWrites: true)),
+            .addBackend(BackendEntry(name: writer, nodeName: plan.target, writable: true, shareWrites: true)),
+        ])
+        let readPort = BackendPort(backendName: reader, queue: controller.queues[0])
+        try await controller.attach(readPort)
+        var writePorts: [BackendPort] = []
+        for queue in controller.queues {
+            let port = BackendPort(backendName: writer, queue: queue)
+            try await controller.attach(port)
+            writePorts.append(port)
+        }
+        prepared = (filterName, reader, writer, [readPort] + writePorts)
+        let targets = writePorts.map { PortTarget(port: $0) }
+        if plan.copyMode == .writeBlocking { filterState.startWriteBlocking(targets: targets) }
+
+        switch plan.sync {
+        case .full: map.markAll()
+        case .none: break
+        case .top:
+            // What the source holds itself, not what its backing chain gives it.
+            let state = try await controller.state(of: plan.source)
+            var offset: UInt64 = 0
+            while offset < size {
+                let extent = try await state.blockStatusOrData(offsetBytes: offset, maxLengthBytes: size - offset)
+                guard extent.lengthBytes > 0 else { break }
+                if extent.isAllocated { map.mark(offsetBytes: offset, lengthBytes: extent.lengthBytes) }
+                offset += extent.lengthBytes
+            }
+        }
+
+        let buffer = AlignedBuffer(count: plan.bufferBytes)
+        let chunksPerCopy = max(1, plan.bufferBytes / Int(plan.granularity))
+        var copied: UInt64 = 0
+        var ready = false
+        var pivoting = false
+        let control = controller.control
+        while true {
+            await context.pausePoint()
+            if await context.isCancelled { return }
+            if await context.finishesWithoutPivot {
+                // Still a complete, durable copy, as far as it got: flushed below.
+                finishWithoutPivot = true
+                break
+            }
+            if ready && !pivoting && completeRequested.load(ordering: .acquiring) {
+                // From here every guest write reaches the target before it completes; the
+                // barrier waits out the ones that started before, which only marked the map.
+                filterState.startWriteBlocking(targets: targets)
+                await controller.barrier()
+                pivoting = true
+            }
+            guard let first = map.next(from: 0) else {
+                if pivoting { break }
+                if !ready {
+                    ready = true
+                    await context.setProgress(current: copied, total: copied)
+                    await context.becomeReady()
+                }
+                await Task(executorPreference: control) { await control.sleep(untilNs: MonotonicClock.now() + 5_000_000) }.value
+                continue
+            }
+            // A run of dirty chunks, up to the buffer.
+            var count = 0
+            while count < chunksPerCopy, first + count < map.bitCount, map.take(first + count) { count += 1 }
+            let offset = UInt64(first) * plan.granularity
+            let length = Int(min(UInt64(count) * plan.granularity, size - offset))
+            let slice = buffer.slice(from: 0, count: length)
+            let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length, buffer: slice))
+            guard read.isOK else { throw JobError("\(read)") }
+            let written = await writePorts[0].submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: slice))
+            guard written.isOK else { throw JobError("\(written)") }
+            copied += UInt64(length)
+            let remaining = UInt64(map.dirtyCount) * plan.granularity
+            await context.setProgress(current: copied, total: copied + remaining)
+            let speed = await context.speed
+            if speed > 0 {
+                let dueNs = MonotonicClock.now() + UInt64(length) * 1_000_000_000 / speed
+                await Task(executorPreference: control) { await control.sleep(untilNs: dueNs) }.value
+            }
+        }
+        let flushed = await writePorts[0].submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
+        guard flushed.isOK else { throw JobError("\(flushed)") }
+    }
+
+    /// The pivot, one transaction: the job's backends and the filter go and every user of the
+    /// replaced node moves to the target. Without a pivot (block-job-cancel of a READY job) only
+    /// the filter and backends go.
+    public func commit() async throws {
+        guard let prepared else { return }
+        self.prepared = nil
+        for port in prepared.ports { await controller.detach(port) }
+        var edits: [GraphEdit] = [.removeBackend(prepared.reader), .removeBackend(prepared.writer), .removeFilter(prepared.filter)]
+        if !finishWithoutPivot { edits.append(.replace(node: plan.replaces, with: plan.target)) }
+        try await controller.apply(edits)
+    }
+
+    public func abort() async {
+        guard let prepared else { return }
+        self.prepared = nil
+        for port in prepared.ports { await controller.detach(port) }
+        _ = try? await controller.apply([.removeBackend(prepared.reader), .removeBackend(prepared.writer), .removeFilter(prepared.filter)])
+    }
+}
+
+/// The job's port on the target for one queue, as the filter writes it in write-blocking mode.
+struct PortTarget: BlockTarget {
+    let port: BackendPort
+
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus { await port.submit(request) }
+}

@@ -146,6 +146,7 @@ async def jobs(qmp):
     await stream(qmp)
     await commit(qmp)
     await mirror(qmp)
+    await active_commit(qmp)
 
 
 async def job_events(qmp, job_id, until_event=None, until_status=None):
@@ -216,6 +217,45 @@ async def mirror(qmp):
         reads[name] = "ok" if run.returncode == 0 and "fail" not in run.stdout else "differs"
     checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("src", "dst", "dst2")]
     record("mirror targets", "ok", reads=reads, checks=checks)
+
+
+async def active_commit(qmp):
+    """block-commit of an exported active layer: READY, a write, job-complete moves the export
+    to the base."""
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+    paths = {name: os.path.join(WORKDIR, f"a-{name}.qcow2") for name in ("base", "top")}
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["base"], "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", paths["base"]], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["base"], "-F", "qcow2", paths["top"]], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 64k", paths["top"]], check=True, capture_output=True)
+    for name, backing in (("base", None), ("top", "a-base")):
+        await command(qmp, f"blockdev-add active {name} file", "blockdev-add",
+                      {"driver": "file", "node-name": f"a-{name}-file", "filename": paths[name]})
+        await command(qmp, f"blockdev-add active {name}", "blockdev-add",
+                      {"driver": "qcow2", "node-name": f"a-{name}", "file": f"a-{name}-file", "backing": backing})
+    await command(qmp, "export the active layer", "block-export-add", {"type": "nbd", "id": "e8", "node-name": "a-top", "writable": True})
+    await command(qmp, "block-commit of the active layer", "block-commit", {"job-id": "ac", "device": "a-top"})
+    record("active commit until ready", "ok", seen=await job_events(qmp, "ac", until_event="BLOCK_JOB_READY"))
+    uri = "nbd+unix:///a-top?socket=" + nbd_socket
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x55 3M 64k", uri], capture_output=True, text=True)
+    record("write while committing", "ok" if write.returncode == 0 else write.stdout + write.stderr)
+    await command(qmp, "job-complete of the active commit", "job-complete", {"id": "ac"})
+    record("active commit pivot", "ok", seen=await job_events(qmp, "ac", until_status="null"))
+    exports = await qmp.execute("query-block-exports", {})
+    record("export after the active commit", "ok", nodes=sorted(e["node-name"] for e in exports if e["id"] == "e8"))
+    await command(qmp, "block-export-del e8", "block-export-del", {"id": "e8"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    for name in ("top", "base"):
+        await command(qmp, f"blockdev-del active {name}", "blockdev-del", {"node-name": f"a-{name}"})
+        await command(qmp, f"blockdev-del active {name} file", "blockdev-del", {"node-name": f"a-{name}-file"})
+    read = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x44 2M 64k",
+                           "-c", "read -P 0x55 3M 64k", paths["base"]], capture_output=True, text=True)
+    check = subprocess.run(["qemu-img", "check", paths["base"]], capture_output=True, text=True)
+    record("base after the active commit", "ok", reads="ok" if read.returncode == 0 and "fail" not in read.stdout else "differs",
+           check=check.returncode)
 
 
 async def commit(qmp):

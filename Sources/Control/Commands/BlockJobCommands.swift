@@ -49,12 +49,21 @@ enum BlockJobCommands {
             guard onError == "report" else { throw QMPError("on-error=\(onError) is not supported by Strata's commit yet; use report") }
             let controller = monitor.daemon.engine.controller
             let model = await controller.model
-            let plan = try CommitPlanning.plan(device: device, topNode: topNode, topFile: topFile, baseNode: baseNode, baseFile: baseFile,
-                                               backingFile: backingFile, filterName: filterName, model: model)
-            try await monitor.runJob { jobs throws(JobError) in
-                try await jobs.start(id: id, driver: BlockCommitJob(plan: plan, controller: controller),
-                                     autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
-                                     uses: plan.committed.map { ($0, .commitSource) } + [(plan.base, .commitTarget), (plan.overlay, .commitOverlay)])
+            let planned = try CommitPlanning.plan(device: device, topNode: topNode, topFile: topFile, baseNode: baseNode, baseFile: baseFile,
+                                                  backingFile: backingFile, filterName: filterName, model: model)
+            switch planned {
+            case .intermediate(let plan):
+                try await monitor.runJob { jobs throws(JobError) in
+                    try await jobs.start(id: id, driver: BlockCommitJob(plan: plan, controller: controller),
+                                         autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
+                                         uses: plan.committed.map { ($0, .commitSource) } + [(plan.base, .commitTarget), (plan.overlay, .commitOverlay)])
+                }
+            case .active(let plan):
+                try await monitor.runJob { jobs throws(JobError) in
+                    try await jobs.start(id: id, driver: BlockMirrorJob(plan: plan, controller: controller),
+                                         autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
+                                         uses: (plan.committedLayers ?? []).map { ($0, .commitSource) } + [(plan.target, .commitTarget)])
+                }
             }
             return .emptyObject
         },
@@ -108,8 +117,14 @@ enum BlockJobCommands {
 
 /// block-commit's arguments against the graph, with QEMU's checks and texts.
 enum CommitPlanning {
+    /// An intermediate commit, or one of the active layer (a mirror into the base).
+    enum Planned {
+        case intermediate(BlockCommitJob.Plan)
+        case active(BlockMirrorJob.Plan)
+    }
+
     static func plan(device: String, topNode: String?, topFile: String?, baseNode: String?, baseFile: String?, backingFile: String?,
-                     filterName: String?, model: GraphModel) throws(QMPError) -> BlockCommitJob.Plan {
+                     filterName: String?, model: GraphModel) throws(QMPError) -> Planned {
         guard model.nodes[device] != nil else { throw QMPError("Device '\(device)' not found", class: .deviceNotFound) }
         if baseFile != nil && baseNode != nil { throw QMPError("'base' and 'base-node' cannot be specified at the same time") }
         if topFile != nil && topNode != nil { throw QMPError("'top' and 'top-node' cannot be specified at the same time") }
@@ -132,14 +147,18 @@ enum CommitPlanning {
         }
         let top = try index(node: topNode, file: topFile, what: "Top image file") ?? 0
         let base = try index(node: baseNode, file: baseFile, what: "Base") ?? chain.count - 1
-        guard top > 0 else {
-            throw QMPError("Strata cannot commit the active layer yet (it needs the mirror job): give 'top-node' below '\(device)'")
-        }
         guard base > top else { throw QMPError("'\(chain[base])' is not in this backing file chain") }
         let baseName = chain[base]
-        return BlockCommitJob.Plan(overlay: chain[top - 1], top: chain[top], base: baseName, committed: Array(chain[top..<base]),
-                                   backingFile: backingFile ?? QMPMonitor.filename(of: baseName, model: model),
-                                   backingFormat: model.nodes[baseName]?.driver ?? "raw", filterName: filterName)
+        guard top > 0 else {
+            // The active layer: QEMU's commit_active_start, a mirror into the base that moves the
+            // device's users to the base at job-complete.
+            return .active(BlockMirrorJob.Plan(source: device, target: baseName, replaces: device, sync: .top, granularity: 65536,
+                                               bufferBytes: 1 << 20, copyMode: .background, filterName: filterName,
+                                               committedLayers: Array(chain[0..<base])))
+        }
+        return .intermediate(BlockCommitJob.Plan(overlay: chain[top - 1], top: chain[top], base: baseName, committed: Array(chain[top..<base]),
+                                                 backingFile: backingFile ?? QMPMonitor.filename(of: baseName, model: model),
+                                                 backingFormat: model.nodes[baseName]?.driver ?? "raw", filterName: filterName))
     }
 }
 

@@ -37,9 +37,13 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         public let bufferBytes: Int
         public let copyMode: CopyMode
         public let filterName: String?
+        /// Active commit (block-commit of the active layer, QEMU's commit_active_start): the
+        /// target is the base of the source's chain, the job is of type `commit`, and only what
+        /// the layers above the base hold is copied; they leave the chain at the pivot.
+        public let committedLayers: [String]?
 
         public init(source: String, target: String, replaces: String, sync: Sync, granularity: UInt64, bufferBytes: Int,
-                    copyMode: CopyMode, filterName: String?) {
+                    copyMode: CopyMode, filterName: String?, committedLayers: [String]? = nil) {
             self.source = source
             self.target = target
             self.replaces = replaces
@@ -48,6 +52,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             self.bufferBytes = bufferBytes
             self.copyMode = copyMode
             self.filterName = filterName
+            self.committedLayers = committedLayers
         }
     }
 
@@ -62,7 +67,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         self.controller = controller
     }
 
-    public var type: JobType { .mirror }
+    public var type: JobType { plan.committedLayers == nil ? .mirror : .commit }
 
     public func complete(_ context: JobContext) async throws { completeRequested.store(true, ordering: .releasing) }
 
@@ -109,6 +114,17 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         if plan.copyMode == .writeBlocking { filterState.startWriteBlocking(targets: targets) }
 
         switch plan.sync {
+        case _ where plan.committedLayers != nil:
+            // What a layer above the base holds (depth from the source below their count).
+            let layers = plan.committedLayers!.count
+            let state = try await controller.state(of: plan.source)
+            var offset: UInt64 = 0
+            while offset < size {
+                let extent = try await state.chainBlockStatus(offsetBytes: offset, maxLengthBytes: size - offset)
+                guard extent.lengthBytes > 0 else { break }
+                if extent.isAllocated, let depth = extent.depth, depth < layers { map.mark(offsetBytes: offset, lengthBytes: extent.lengthBytes) }
+                offset += extent.lengthBytes
+            }
         case .full: map.markAll()
         case .none: break
         case .top:
@@ -185,7 +201,11 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         self.prepared = nil
         for port in prepared.ports { await controller.detach(port) }
         var edits: [GraphEdit] = [.removeBackend(prepared.reader), .removeBackend(prepared.writer), .removeFilter(prepared.filter)]
-        if !finishWithoutPivot { edits.append(.replace(node: plan.replaces, with: plan.target)) }
+        if !finishWithoutPivot {
+            edits.append(.replace(node: plan.replaces, with: plan.target))
+            // An active commit's committed layers leave the chain; implicit ones leave the graph.
+            edits += (plan.committedLayers ?? []).filter { $0.hasPrefix("#") }.map { .removeNode($0) }
+        }
         try await controller.apply(edits)
     }
 

@@ -125,7 +125,27 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
                 if extent.isAllocated, let depth = extent.depth, depth < layers { map.mark(offsetBytes: offset, lengthBytes: extent.lengthBytes) }
                 offset += extent.lengthBytes
             }
-        case .full: map.markAll()
+        case .full:
+            // Everything the source reads, except ranges that read as zeros on both sides (as
+            // mirror_dirty_init with a zero-initialised target): a fresh target stays sparse.
+            let sourceState = try await controller.state(of: plan.source)
+            var offset: UInt64 = 0
+            while offset < size {
+                let extent = try await sourceState.chainBlockStatus(offsetBytes: offset, maxLengthBytes: size - offset)
+                guard extent.lengthBytes > 0 else {
+                    map.mark(offsetBytes: offset, lengthBytes: size - offset)
+                    break
+                }
+                var length = extent.lengthBytes
+                if extent.isZero && !extent.isData {
+                    let onTarget = try await targetState.chainBlockStatus(offsetBytes: offset, maxLengthBytes: length)
+                    length = max(min(length, onTarget.lengthBytes), 1)
+                    if !(onTarget.isZero && !onTarget.isData) { map.mark(offsetBytes: offset, lengthBytes: length) }
+                } else {
+                    map.mark(offsetBytes: offset, lengthBytes: length)
+                }
+                offset += length
+            }
         case .none: break
         case .top:
             // What the source holds itself, not what its backing chain gives it.

@@ -56,6 +56,9 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         }
     }
 
+    /// Copies in flight at once, as QEMU's MAX_IN_FLIGHT.
+    static let maxInFlight = 16
+
     public let plan: Plan
     let controller: GraphController
     private let completeRequested = Atomic<Bool>(false)
@@ -159,12 +162,15 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             }
         }
 
-        let buffer = AlignedBuffer(count: plan.bufferBytes)
+        // Up to `inFlight` copies at once (QEMU's MAX_IN_FLIGHT), each of up to `bufferBytes`.
+        let inFlight = Self.maxInFlight
+        let buffer = AlignedBuffer(count: plan.bufferBytes * inFlight)
         let chunksPerCopy = max(1, plan.bufferBytes / Int(plan.granularity))
         var copied: UInt64 = 0
         var ready = false
         var pivoting = false
         let control = controller.control
+        var cursor = 0
         while true {
             await context.pausePoint()
             if await context.isCancelled { return }
@@ -180,7 +186,17 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
                 await controller.barrier()
                 pivoting = true
             }
-            guard let first = map.next(from: 0) else {
+            // Runs of dirty chunks, each up to the buffer, claimed (cleared) before they are copied.
+            var runs: [(offset: UInt64, length: Int)] = []
+            while runs.count < inFlight, let first = map.next(from: cursor) ?? map.next(from: 0) {
+                var count = 0
+                while count < chunksPerCopy, first + count < map.bitCount, map.take(first + count) { count += 1 }
+                cursor = first + max(count, 1)
+                guard count > 0 else { continue }
+                let offset = UInt64(first) * plan.granularity
+                runs.append((offset, Int(min(UInt64(count) * plan.granularity, size - offset))))
+            }
+            guard !runs.isEmpty else {
                 if pivoting { break }
                 if !ready {
                     ready = true
@@ -190,16 +206,23 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
                 await Task(executorPreference: control) { await control.sleep(untilNs: MonotonicClock.now() + 5_000_000) }.value
                 continue
             }
-            // A run of dirty chunks, up to the buffer.
-            var count = 0
-            while count < chunksPerCopy, first + count < map.bitCount, map.take(first + count) { count += 1 }
-            let offset = UInt64(first) * plan.granularity
-            let length = Int(min(UInt64(count) * plan.granularity, size - offset))
-            let slice = buffer.slice(from: 0, count: length)
-            let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length, buffer: slice))
-            guard read.isOK else { throw JobError("\(read)") }
-            let written = await writePorts[0].submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: slice))
-            guard written.isOK else { throw JobError("\(written)") }
+            let writer = writePorts[0]
+            let bufferBytes = plan.bufferBytes
+            let failure = await withTaskGroup(of: IOStatus.self) { group -> IOStatus? in
+                for (index, run) in runs.enumerated() {
+                    let slice = buffer.slice(from: index * bufferBytes, count: run.length)
+                    group.addTask {
+                        let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: run.offset, lengthBytes: run.length, buffer: slice))
+                        guard read.isOK else { return read }
+                        return await writer.submit(BlockRequest(operation: .write, offsetBytes: run.offset, lengthBytes: run.length, buffer: slice))
+                    }
+                }
+                var failure: IOStatus?
+                for await status in group where !status.isOK { failure = failure ?? status }
+                return failure
+            }
+            if let failure { throw JobError("\(failure)") }
+            let length = runs.reduce(0) { $0 + $1.length }
             copied += UInt64(length)
             let remaining = UInt64(map.dirtyCount) * plan.granularity
             await context.setProgress(current: copied, total: copied + remaining)

@@ -28,6 +28,25 @@ import Testing
 
     static func send(_ fd: Int32, _ text: String) -> Bool { NBDSocket.sendAll(fd, Array((text + "\n").utf8)) }
 
+    /// A verified two-queue 4 KiB random read/write load on export `disk` at `socket`, through
+    /// Strata's nbd node, running in the background.
+    static func verifiedLoad(socket: String, seconds: Int = 5) -> Task<QemuTool.Result, any Error> {
+        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(socket)"},"export":"disk"}"#
+        return Task {
+            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+                                                             "--bs", "4k", "--verify", "--seconds", "\(seconds)", "--json"])
+        }
+    }
+
+    /// The load ended well: no failed, lost or misread request, and it did run.
+    static func expectCleanLoad(_ load: Task<QemuTool.Result, any Error>, log: @autoclosure () -> String) async throws {
+        let result = try await load.value
+        try #require(result.status == 0, "\(result.output)\n\(log())")
+        let (report, json) = try benchReport(result.output)
+        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
+        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+    }
+
     @Test func badInputGetsGenericErrorAndTheMonitorLivesOn() throws {
         let scratch = try ScratchDirectory("qmp-bad")
         let (process, socket) = try Self.daemon(scratch)
@@ -127,11 +146,7 @@ import Testing
         ])
         defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
-        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
-        let bench = Task {
-            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
-                                                             "--bs", "4k", "--verify", "--seconds", "6", "--json"])
-        }
+        let bench = Self.verifiedLoad(socket: nbdSocket, seconds: 6)
         func ok(_ command: String, _ arguments: [String: JSONValue] = [:]) throws {
             let reply: QMPClient.Reply
             do { reply = try client.execute(command, arguments: arguments) } catch {
@@ -150,13 +165,7 @@ import Testing
             try ok("x-remove-filter", ["node-name": .string("t\(round)")])
         }
         #expect(try client.waitForEvent("BLOCK_EXPORT_DELETED", timeoutSeconds: 20) != nil)
-        let result = try await bench.value
-        try #require(result.status == 0, "\(result.output)\n\(process.log)")
-        let (report, json) = try benchReport(result.output)
-        #expect(report["failed"] as? Int == 0, "\(json)")
-        #expect(report["lost"] as? Int == 0, "\(json)")
-        #expect(report["verify_failures"] as? Int == 0, "\(json)")
-        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        try await Self.expectCleanLoad(bench, log: process.log)
         var status = stat()
         #expect(stat(image, &status) == 0 && status.st_size == 96 << 20)
     }
@@ -178,11 +187,7 @@ import Testing
         ])
         defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
-        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
-        let bench = Task {
-            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
-                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
-        }
+        let bench = Self.verifiedLoad(socket: nbdSocket)
         func ok(_ command: String, _ arguments: [String: JSONValue]) throws {
             let reply = try client.execute(command, arguments: arguments)
             #expect(!reply.isError, "\(command) \(arguments): \(String(describing: reply.error)) \(process.log)")
@@ -196,11 +201,7 @@ import Testing
         #expect(shrunk.output.trimmingCharacters(in: .whitespacesAndNewlines) == "\(64 << 20)", "\(shrunk.output)")
         let odd = try client.execute("block_resize", arguments: ["node-name": "fmt", "size": .int((64 << 20) + 100)])
         #expect(odd.error?.desc.contains("multiple of 512") == true)
-        let result = try await bench.value
-        try #require(result.status == 0, "\(result.output)\n\(process.log)")
-        let (report, json) = try benchReport(result.output)
-        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
-        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        try await Self.expectCleanLoad(bench, log: process.log)
         _ = try client.execute("quit")
         #expect(process.stop(timeout: 20).inTime)
         let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", image])
@@ -235,11 +236,7 @@ import Testing
         ])
         defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
-        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
-        let bench = Task {
-            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
-                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
-        }
+        let bench = Self.verifiedLoad(socket: nbdSocket)
         // 32 MiB at 16 MiB/s: the stream runs for about two seconds of the load.
         let start = try client.execute("block-stream", arguments: ["job-id": "s0", "device": "top", "base-node": "base", "speed": .int(16 << 20)])
         #expect(!start.isError, "\(String(describing: start.error)) \(process.log)")
@@ -254,11 +251,7 @@ import Testing
         #expect(filter.error?.desc.contains("Node 'top' is busy") == true, "\(String(describing: filter.error))")
         let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
         #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
-        let result = try await bench.value
-        try #require(result.status == 0, "\(result.output)\n\(process.log)")
-        let (report, json) = try benchReport(result.output)
-        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
-        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        try await Self.expectCleanLoad(bench, log: process.log)
         // Once the job has concluded its nodes are free again.
         #expect(!(try client.execute("blockdev-del", arguments: ["node-name": "mid"]).isError), "mid left the chain at the pivot")
         _ = try client.execute("quit")
@@ -291,11 +284,7 @@ import Testing
         ])
         defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
-        let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(nbdSocket)"},"export":"disk"}"#
-        let bench = Task {
-            try await QemuTool.run(CommandLineTests.binary, ["bench", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
-                                                             "--bs", "4k", "--verify", "--seconds", "5", "--json"])
-        }
+        let bench = Self.verifiedLoad(socket: nbdSocket)
         let start = try client.execute("blockdev-mirror", arguments: ["job-id": "m0", "device": "source", "target": "target", "sync": "full",
                                                                       "copy-mode": .string(copyMode)])
         #expect(!start.isError, "\(String(describing: start.error))")
@@ -305,11 +294,7 @@ import Testing
         #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
         guard case .array(let exports)? = try client.execute("query-block-exports").result else { Issue.record("no exports"); return }
         #expect(exports.first?.objectValue?["node-name"] == .string("target"), "the export moved to the target: \(exports)")
-        let result = try await bench.value
-        try #require(result.status == 0, "\(result.output)\n\(process.log)")
-        let (report, json) = try benchReport(result.output)
-        #expect(report["failed"] as? Int == 0 && report["lost"] as? Int == 0 && report["verify_failures"] as? Int == 0, "\(json)")
-        #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
+        try await Self.expectCleanLoad(bench, log: process.log)
         _ = try client.execute("quit")
         #expect(process.stop(timeout: 20).inTime)
         let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", target])

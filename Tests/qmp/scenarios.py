@@ -149,8 +149,9 @@ async def jobs(qmp):
     await active_commit(qmp)
 
 
-async def job_events(qmp, job_id, until_event=None, until_status=None):
-    """Statuses and BLOCK_JOB_* event names of `job_id`, up to an event or a status."""
+async def job_events(qmp, job_id, until_event=None, until_status=None, completed=None):
+    """Statuses and BLOCK_JOB_* event names of `job_id`, up to an event or a status; the data of
+    BLOCK_JOB_COMPLETED goes into `completed` (a dict) when given."""
     seen = []
     async with asyncio.timeout(30):
         async for event in qmp.events:
@@ -160,9 +161,16 @@ async def job_events(qmp, job_id, until_event=None, until_status=None):
                     return seen
             elif event["event"].startswith("BLOCK_JOB_") and event["data"].get("device", event["data"].get("id")) == job_id:
                 seen.append(event["event"])
+                if event["event"] == "BLOCK_JOB_COMPLETED" and completed is not None:
+                    completed.update(event["data"])
                 if event["event"] == until_event:
                     return seen
     return seen
+
+
+def completed_shape(completed):
+    """BLOCK_JOB_COMPLETED's fields, with lengths reduced to whether they are set."""
+    return {k: (v if k not in ("len", "offset") else v > 0) for k, v in completed.items()}
 
 
 async def mirror(qmp):
@@ -278,20 +286,9 @@ async def commit(qmp):
     await command(qmp, "block-commit base above top", "block-commit",
                   {"job-id": "c9", "device": "c-top", "top-node": "c-base", "base-node": "c-mid"})
     await command(qmp, "block-commit", "block-commit", {"job-id": "c0", "device": "c-top", "top-node": "c-mid", "base-node": "c-base"})
-    completed = None
-    seen = []
-    async with asyncio.timeout(30):
-        async for event in qmp.events:
-            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == "c0":
-                seen.append(event["data"]["status"])
-                if event["data"]["status"] == "null":
-                    break
-            elif event["event"].startswith("BLOCK_JOB_"):
-                seen.append(event["event"])
-                if event["event"] == "BLOCK_JOB_COMPLETED":
-                    completed = event["data"]
-    record("block-commit statuses and events", "ok", seen=seen,
-           completed=completed and {k: (v if k not in ("len", "offset") else v > 0) for k, v in completed.items()},
+    completed = {}
+    seen = await job_events(qmp, "c0", until_status="null", completed=completed)
+    record("block-commit statuses and events", "ok", seen=seen, completed=completed_shape(completed),
            whole=bool(completed and completed["len"] == completed["offset"]))
     nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
     top = nodes.get("c-top", {})
@@ -331,20 +328,9 @@ async def stream(qmp):
                   {"job-id": "s9", "device": "s-top", "base": paths["base"], "base-node": "s-base"})
     await command(qmp, "block-stream without job-id", "block-stream", {"device": "s-top", "base-node": "s-base"})
     await command(qmp, "block-stream", "block-stream", {"job-id": "s0", "device": "s-top", "base-node": "s-base"})
-    completed = None
-    seen = []
-    async with asyncio.timeout(30):
-        async for event in qmp.events:
-            if event["event"] == "JOB_STATUS_CHANGE" and event["data"]["id"] == "s0":
-                seen.append(event["data"]["status"])
-                if event["data"]["status"] == "null":
-                    break
-            elif event["event"].startswith("BLOCK_JOB_"):
-                seen.append(event["event"])
-                if event["event"] == "BLOCK_JOB_COMPLETED":
-                    completed = event["data"]
-    record("block-stream statuses and events", "ok", seen=seen,
-           completed=completed and {k: (v if k not in ("len", "offset") else v > 0) for k, v in completed.items()},
+    completed = {}
+    seen = await job_events(qmp, "s0", until_status="null", completed=completed)
+    record("block-stream statuses and events", "ok", seen=seen, completed=completed_shape(completed),
            whole=bool(completed and completed["len"] == completed["offset"]))
     nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
     top = nodes.get("s-top", {})

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 
 /// Time as the engine sees it: injected, so timing logic (throttling) runs on a virtual clock in tests.
@@ -25,8 +26,15 @@ public struct MonotonicClock: IOClock {
         if let executor = QueueExecutor.current {
             await executor.sleep(untilNs: deadlineNs)
         } else {
+            // Not Task.sleep: the programs' global executor (ThreadAffineExecutors) has no delayed
+            // jobs, and Task.sleep traps there. Dispatch's timers work wherever the caller runs.
             let now = Self.now()
-            if deadlineNs > now { try? await Task.sleep(nanoseconds: deadlineNs - now) }
+            guard deadlineNs > now else { return }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(deadlineNs - now, UInt64(Int.max))))) {
+                    continuation.resume()
+                }
+            }
         }
     }
 }

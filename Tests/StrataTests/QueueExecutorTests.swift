@@ -25,6 +25,15 @@ private actor RingUser {
 }
 
 @Suite struct QueueExecutorTests {
+    /// Off a queue executor the monotonic clock sleeps on Dispatch's timers (the programs' global
+    /// executor has no delayed jobs), and wakes no earlier than asked.
+    @Test func theMonotonicClockSleepsOffAQueueExecutor() async {
+        let clock = MonotonicClock()
+        let deadline = clock.nowNs + 3_000_000
+        await clock.sleep(untilNs: deadline)
+        #expect(clock.nowNs >= deadline)
+    }
+
     @Test func nopCompletionsResumeOnTheRingThreadWithoutCrossingThreads() async throws {
         let executor = try QueueExecutor(name: "test-q0")
         let user = RingUser(executor: executor)

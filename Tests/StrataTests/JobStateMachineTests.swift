@@ -169,11 +169,11 @@ import Testing
             try await wait(job, for: .ready)
             #expect(await attempt(.pause, on: job) == nil)
             try await wait(job, for: .standby)
-            #expect(await attempt(.complete, on: job)?.description == "The active block job 'walk' cannot be completed", "paused jobs cannot complete")
             #expect(await attempt(.dismiss, on: job)?.description == "Job 'walk' in state 'standby' cannot accept command verb 'dismiss'")
-            #expect(await attempt(.resume, on: job) == nil)
-            try await wait(job, for: .ready)
+            // As QEMU 7.2, a paused job may be asked to complete; it does once resumed.
             #expect(await attempt(.complete, on: job) == nil)
+            #expect(await job.status == .standby)
+            #expect(await attempt(.resume, on: job) == nil)
             try await wait(job, for: .pending)
             for verb in [JobVerb.pause, .resume, .setSpeed, .complete, .dismiss] {
                 #expect(await attempt(verb, on: job) != nil, "\(verb) in pending")

@@ -196,8 +196,17 @@ async def mirror(qmp):
     uri = "nbd+unix:///m-src?socket=" + nbd_socket
     write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 64k", uri], capture_output=True, text=True)
     record("write while ready", "ok" if write.returncode == 0 else write.stdout + write.stderr)
-    await command(qmp, "job-complete of the mirror", "job-complete", {"id": "m0"})
+    await command(qmp, "job-pause of a ready mirror", "job-pause", {"id": "m0"})
+    record("paused while ready", "ok", seen=await job_events(qmp, "m0", until_status="standby"))
+    await command(qmp, "job-pause again", "job-pause", {"id": "m0"})
+    await command(qmp, "job-complete while paused", "job-complete", {"id": "m0"})
+    jobs = await qmp.execute("query-block-jobs", {})
+    record("query-block-jobs while paused", "ok", jobs=[(j["device"], j["status"], j["paused"], j["ready"], j["type"]) for j in jobs])
+    await command(qmp, "job-resume", "job-resume", {"id": "m0"})
+    # The job-complete given while paused takes effect once resumed.
     record("mirror pivot", "ok", seen=await job_events(qmp, "m0", until_status="null"))
+    await command(qmp, "job-resume after the pivot", "job-resume", {"id": "m0"})
+    await command(qmp, "job-complete after the pivot", "job-complete", {"id": "m0"})
     exports = await qmp.execute("query-block-exports", {})
     record("export after the pivot", "ok", nodes=sorted(e["node-name"] for e in exports))
     read = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x22 4M 64k",

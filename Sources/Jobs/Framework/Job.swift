@@ -179,7 +179,8 @@ public actor Job: JobContext {
 
     public func complete() async throws(JobError) {
         try check(.complete)
-        guard pauseCount == 0, !isCancelled else { throw JobError("The active block job '\(id)' cannot be completed") }
+        // As QEMU 7.2's job_complete: a paused (standby) job may be asked; it completes once resumed.
+        guard !isCancelled else { throw JobError("The active block job '\(id)' cannot be completed") }
         do { try await driver.complete(self) } catch let error as JobError { throw error } catch { throw JobError("\(error)") }
     }
 

@@ -7,6 +7,7 @@ import StrataNodes
 public enum DriverCatalog {
     public static let registry = DriverRegistry([
         CommitTopFilter.descriptor,
+        CopyBeforeWriteFilter.descriptor,
         CopyOnReadFilter.descriptor,
         FileNode.descriptor,
         MirrorTopFilter.descriptor,
@@ -14,6 +15,7 @@ public enum DriverCatalog {
         NullNode.descriptor,
         Qcow2Node.descriptor,
         RawNode.descriptor,
+        SnapshotAccessFilter.descriptor,
         ThrottleFilter.descriptor,
     ])
 }

@@ -17,10 +17,10 @@ actor CopyOnReadInstance: BlockNode {
     private nonisolated let layer: (any BackingChainLayer)?
     /// The layers whose data is copied (`bottom` given); nil copies whatever the child lacks.
     private let intermediates: [any NodeState]?
-    private let locks: CopyOnReadRangeLock
+    private let locks: RangeLock
 
     init(queue: QueueContext, child: NodeHandle, layer: (any BackingChainLayer)?, intermediates: [any NodeState]?,
-         locks: CopyOnReadRangeLock) {
+         locks: RangeLock) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
         self.layer = layer

@@ -7,7 +7,7 @@ final class CopyOnReadNodeState: NodeState {
     private let file: ChildLink
     private let bottom: String?
     private let child: ChildStateReference
-    let locks = CopyOnReadRangeLock()
+    let locks = RangeLock()
 
     /// Checks that `bottom` is in the child's backing chain, below the child, as QEMU's cor_open.
     init(nodeName: String, configuration: CopyOnReadConfiguration, child: any NodeState) throws(GraphError) {

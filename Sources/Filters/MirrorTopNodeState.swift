@@ -7,7 +7,7 @@ import Synchronization
 public final class MirrorTopNodeState: NodeState, BackingChainLayer {
     private let file: ChildLink
     private let child: ChildStateReference
-    private let dirty = Mutex<MirrorDirtyMap?>(nil)
+    private let dirty = Mutex<AtomicBitmap?>(nil)
     private let target = Mutex<[any BlockTarget]>([])
     private let writeBlocking = Atomic<Bool>(false)
 
@@ -20,9 +20,9 @@ public final class MirrorTopNodeState: NodeState, BackingChainLayer {
 
     /// Attaches the job's dirty map (before any instance counts on it: the job sets it right
     /// after inserting the filter, and instances read it per write).
-    public func attach(_ map: MirrorDirtyMap) { dirty.withLock { $0 = map } }
+    public func attach(_ map: AtomicBitmap) { dirty.withLock { $0 = map } }
 
-    var dirtyMap: MirrorDirtyMap? { dirty.withLock { $0 } }
+    var dirtyMap: AtomicBitmap? { dirty.withLock { $0 } }
 
     /// From now on every write also goes to the target, through `targets[queue index]`.
     public func startWriteBlocking(targets: [any BlockTarget]) {

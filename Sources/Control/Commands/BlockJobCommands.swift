@@ -2,9 +2,14 @@ import StrataFormatting
 import StrataGraph
 import StrataJobs
 
-/// The block jobs QMP starts: block-stream, block-commit and blockdev-mirror.
+/// The block jobs QMP starts: block-stream, block-commit, blockdev-mirror and blockdev-backup.
 enum BlockJobCommands {
     static let all: [QMPCommand] = [
+        QMPCommand("blockdev-backup") { monitor, arguments in
+            let backup = try BackupRequest.parse(&arguments)
+            try await backup.start(monitor)
+            return .emptyObject
+        },
         QMPCommand("block-stream") { monitor, arguments in
             let id = try arguments.optionalString("job-id") ?? ""
             let device = try arguments.string("device")
@@ -200,5 +205,103 @@ enum StreamPlanning {
         let name = backingFile ?? base.map { QMPMonitor.filename(of: $0, model: model) }
         return BlockStreamJob.Plan(top: top, base: base, bottom: intermediates.last, backingFile: name, backingFormat: format,
                                    filterName: filterName, intermediates: intermediates)
+    }
+}
+
+/// blockdev-backup's arguments, checked against the graph with QEMU's texts; also a transaction action.
+struct BackupRequest: Sendable {
+    let id: String
+    let device: String
+    let target: String
+    let sync: BlockBackupJob.Sync
+    let speed: UInt64
+    let bitmapName: String?
+    let bitmapMode: BlockBackupJob.BitmapMode?
+    let filterName: String?
+    let autoFinalize: Bool
+    let autoDismiss: Bool
+
+    static func parse(_ arguments: inout QMPArguments) throws(QMPError) -> BackupRequest {
+        let id = try arguments.optionalString("job-id") ?? ""
+        let device = try arguments.string("device")
+        let target = try arguments.string("target")
+        let syncText = try arguments.string("sync")
+        let speed = try arguments.optionalInteger("speed") ?? 0
+        let bitmapName = try arguments.optionalString("bitmap")
+        let modeText = try arguments.optionalString("bitmap-mode")
+        let compress = try arguments.optionalBool("compress") ?? false
+        let onSourceError = try arguments.optionalString("on-source-error") ?? "report"
+        let onTargetError = try arguments.optionalString("on-target-error") ?? "report"
+        let filterName = try arguments.optionalString("filter-node-name")
+        let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
+        let autoDismiss = try arguments.optionalBool("auto-dismiss") ?? true
+        _ = try arguments.optionalObject("x-perf")
+        try arguments.finish()
+        guard let sync = BlockBackupJob.Sync(rawValue: syncText) else { throw QMPError("Parameter 'sync' does not accept value '\(syncText)'") }
+        var mode: BlockBackupJob.BitmapMode?
+        if let modeText {
+            guard let parsed = BlockBackupJob.BitmapMode(rawValue: modeText) else {
+                throw QMPError("Parameter 'bitmap-mode' does not accept value '\(modeText)'")
+            }
+            mode = parsed
+        }
+        guard speed >= 0 else { throw QMPError("Parameter 'speed' expects a non-negative value") }
+        guard !compress else { throw QMPError("compress=true is not supported by Strata's backup yet") }
+        guard onSourceError == "report", onTargetError == "report" else {
+            throw QMPError("on-source-error and on-target-error other than report are not supported by Strata's backup yet")
+        }
+        return BackupRequest(id: id, device: device, target: target, sync: sync, speed: UInt64(speed), bitmapName: bitmapName,
+                             bitmapMode: mode, filterName: filterName, autoFinalize: autoFinalize, autoDismiss: autoDismiss)
+    }
+
+    /// QEMU's do_backup_common checks, in its order; the plan they leave.
+    func plan(_ controller: GraphController) async throws(QMPError) -> BlockBackupJob.Plan {
+        let model = await controller.model
+        guard model.nodes[device] != nil else { throw QMPError("Cannot find device='\(device)' nor node-name='\(device)'") }
+        guard model.nodes[target] != nil else { throw QMPError("Cannot find device='\(target)' nor node-name='\(target)'") }
+        guard target != device else { throw QMPError("Source and target cannot be the same") }
+        var mode = bitmapMode
+        if sync == .incremental {
+            if let mode, mode != .onSuccess { throw QMPError("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'") }
+            mode = .onSuccess
+        }
+        if (sync == .incremental || sync == .bitmap) && bitmapName == nil {
+            throw QMPError("must provide a valid bitmap name for '\(sync.rawValue)' sync mode")
+        }
+        var bitmap: DirtyBitmap?
+        if let bitmapName {
+            guard let found = await controller.dirtyBitmap(node: device, name: bitmapName) else {
+                throw QMPError("Bitmap '\(bitmapName)' could not be found")
+            }
+            guard mode != nil else { throw QMPError("Bitmap sync mode must be given when providing a bitmap") }
+            if let refusal = found.refusal() { throw QMPError(refusal) }
+            if sync == .none { throw QMPError("sync mode 'none' does not produce meaningful bitmap outputs") }
+            if mode == .never && sync != .bitmap && sync != .incremental {
+                throw QMPError("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '\(sync.rawValue)'")
+            }
+            bitmap = found
+        } else if bitmapMode != nil {
+            throw QMPError("Cannot specify bitmap sync mode without a bitmap")
+        }
+        let sourceSize: UInt64
+        let targetSize: UInt64
+        do {
+            sourceSize = try await controller.state(of: device).sizeBytes
+            targetSize = try await controller.state(of: target).sizeBytes
+        } catch {
+            throw QMPError("\(error)")
+        }
+        guard sourceSize == targetSize else { throw QMPError("Source and target image have different sizes") }
+        return BlockBackupJob.Plan(source: device, target: target, sync: sync, bitmap: bitmap, bitmapMode: mode ?? .onSuccess,
+                                   filterName: filterName)
+    }
+
+    func start(_ monitor: isolated QMPMonitor) async throws(QMPError) {
+        let controller = monitor.daemon.engine.controller
+        let plan = try await plan(controller)
+        try await monitor.runJob { jobs throws(JobError) in
+            try await jobs.start(id: id, driver: BlockBackupJob(plan: plan, controller: controller), autoFinalize: autoFinalize,
+                                 autoDismiss: autoDismiss, speed: speed, uses: [(device, .backupSource), (target, .backupTarget)])
+        }
     }
 }

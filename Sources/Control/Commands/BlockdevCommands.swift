@@ -145,8 +145,12 @@ extension QMPMonitor {
         var info: [(String, OrderedJSON)] = [
             ("iops_rd", .int(0)), ("detect_zeroes", .string("off")), ("image", .object(image)), ("iops_wr", .int(0)),
             ("ro", .bool(readOnly)), ("node-name", .string(name)), ("backing_file_depth", .int(depth)), ("drv", .string(entry.driver)),
-            ("iops", .int(0)), ("bps_wr", .int(0)), ("write_threshold", .int(0)), ("encrypted", .bool(false)), ("bps", .int(0)),
-            ("bps_rd", .int(0)),
+            ("iops", .int(0)), ("bps_wr", .int(0)), ("write_threshold", .int(0)),
+        ]
+        let bitmaps = await daemon.engine.controller.dirtyBitmaps(of: name)
+        if !bitmaps.isEmpty { info.append(("dirty-bitmaps", Self.dirtyBitmapInfo(bitmaps))) }
+        info += [
+            ("encrypted", .bool(false)), ("bps", .int(0)), ("bps_rd", .int(0)),
             ("cache", .object([("no-flush", .bool(noFlush)), ("direct", .bool(direct)), ("writeback", .bool(true))])),
             ("file", .string(filename)),
         ]

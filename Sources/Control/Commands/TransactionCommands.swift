@@ -4,16 +4,72 @@ import StrataGraph
 /// `transaction` (all actions or none) and Strata's graph edits that QEMU lacks, as `x-`
 /// commands: a filter inserted above a node or on one edge, a filter removed, a node replaced in
 /// every parent. Each is one graph transaction: queues switch between two requests, none drains.
+///
+/// A transaction's actions are QEMU's (the bitmap commands, blockdev-backup, abort) or Strata's
+/// graph edits. They are prepared in order (bitmap changes made, backups checked); the graph
+/// edits then go in as one graph transaction; if anything failed, the bitmap changes are taken
+/// back in reverse order. Backups start last, so a bitmap added or cleared in the same
+/// transaction counts every write the backup's snapshot does not hold.
 enum TransactionCommands {
     static let all: [QMPCommand] = [
         QMPCommand("transaction") { monitor, arguments in
             let actions = try arguments.array("actions")
-            _ = try arguments.optionalObject("properties")
+            let properties = try arguments.optionalObject("properties") ?? [:]
             try arguments.finish()
-            guard !actions.isEmpty else { return .emptyObject }
-            let edits: [GraphEdit]
-            do { edits = try GraphEdit.parseList(.array(actions)) } catch { throw QMPError("\(error)") }
-            try await monitor.apply(edits)
+            if let mode = properties["completion-mode"] {
+                guard mode == .string("individual") || mode == .string("grouped") else {
+                    throw QMPError("Parameter 'completion-mode' does not accept value '\(mode)'")
+                }
+            }
+            var bitmapActions: [BitmapAction] = []
+            var backups: [BackupRequest] = []
+            var edits: [GraphEdit] = []
+            var order: [Int] = []
+            for action in actions {
+                guard case .object(let fields) = action, case .string(let type)? = fields["type"] else {
+                    throw QMPError("Invalid parameter type for 'actions', expected: TransactionAction")
+                }
+                var data = QMPArguments(fields["data"]?.objectValue ?? [:])
+                if let kind = BitmapAction.Kind(rawValue: type) {
+                    bitmapActions.append(try BitmapAction.parse(kind, &data))
+                    order.append(0)
+                } else if type == "blockdev-backup" {
+                    backups.append(try BackupRequest.parse(&data))
+                    order.append(1)
+                } else if type == "abort" {
+                    order.append(2)
+                } else {
+                    do { edits.append(try GraphEdit.parse(action)) } catch { throw QMPError("\(error)") }
+                }
+            }
+            if properties["completion-mode"] == .string("grouped") && backups.count > 1 {
+                throw QMPError("completion-mode 'grouped' is not supported by Strata yet for more than one job")
+            }
+            var prepared: [BitmapAction.Prepared] = []
+            func rollBack() async { for undo in prepared.reversed() { await undo.abort() } }
+            do {
+                var nextBitmap = 0
+                var nextBackup = 0
+                let controller = monitor.daemon.engine.controller
+                for kind in order {
+                    switch kind {
+                    case 0:
+                        prepared.append(try await bitmapActions[nextBitmap].prepare(monitor))
+                        nextBitmap += 1
+                    case 1:
+                        _ = try await backups[nextBackup].plan(controller)
+                        nextBackup += 1
+                    default:
+                        throw QMPError("Transaction aborted using Abort action")
+                    }
+                }
+                if !edits.isEmpty { try await monitor.apply(edits) }
+            } catch {
+                await rollBack()
+                throw error
+            }
+            for undo in prepared { await undo.commit() }
+            for backup in backups { try await backup.start(monitor) }
             return .emptyObject
         },
         QMPCommand("x-insert-filter") { monitor, arguments in

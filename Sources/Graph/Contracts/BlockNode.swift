@@ -40,15 +40,27 @@ public final class NodeHandle: Sendable {
     public let stats: NodeQueueStats?
     /// `stats`'s memory, for route trails (this handle keeps it alive).
     @usableFromInline let statsCells: StatsCells?
+    /// The dirty bitmaps this node's writes mark on this version; nil when none.
+    @usableFromInline let dirtyMarks: DirtyMarks?
 
-    public init(_ node: any BlockNode, stats: NodeQueueStats? = nil) {
+    public init(_ node: any BlockNode, stats: NodeQueueStats? = nil, dirtyMarks: DirtyMarks? = nil) {
         self.node = node
         self.stats = stats
         self.statsCells = stats?.cells
+        self.dirtyMarks = dirtyMarks
     }
 
     /// Serves a request and accounts it to this node: what a parent calls for I/O to a child.
     public nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
+        if let dirtyMarks {
+            let status = await accountedSubmit(request)
+            dirtyMarks.record(request)
+            return status
+        }
+        return await accountedSubmit(request)
+    }
+
+    private nonisolated(nonsending) func accountedSubmit(_ request: BlockRequest) async -> IOStatus {
         guard let stats else { return await node.submit(request) }
         let startNs = CycleClock.now()
         stats.start(request, nowNs: startNs)
@@ -85,6 +97,8 @@ public struct NodeReference {
             return $0.statsCells
         }
     }
+
+    @inlinable @inline(__always) var dirtyMarks: DirtyMarks? { handle._withUnsafeGuaranteedRef { $0.dirtyMarks } }
 }
 
 extension BlockNode {

@@ -25,6 +25,8 @@ public actor GraphController {
     private var permissions: [String: NodePermissions] = [:]
     /// Per node, per queue statistics; nil when accounting is off.
     private var accounting: [String: NodeAccounting]?
+    /// Each node's dirty bitmaps, newest first (QMP lists them so).
+    var dirtyBitmaps: [String: [DirtyBitmap]] = [:]
     private var attachments: [any GraphAttachment] = []
     private var versionNumber: UInt64 = 0
     private var retirements: [Task<Void, Never>] = []
@@ -179,8 +181,17 @@ public actor GraphController {
         for name in removed {
             states[name] = nil
             accounting?[name] = nil
+            dirtyBitmaps[name] = nil
         }
         states.merge(opened) { _, new in new }
+        for (name, state) in opened {
+            // Loaded in directory order, each becoming the newest, as QEMU lists them; from now on
+            // this controller's handles mark them.
+            if let store = state as? any DirtyBitmapStore {
+                if !store.storedBitmaps.isEmpty { dirtyBitmaps[name] = store.storedBitmaps.reversed() }
+                store.track(dirtyBitmaps[name] ?? [])
+            }
+        }
         if accounting != nil {
             for name in added { accounting?[name] = NodeAccounting(queues: queues) }
         }
@@ -266,7 +277,8 @@ public actor GraphController {
             guard let node = table[name] else { preconditionFailure("node \(name) has no accounting") }
             return node.perQueue[queue.index]
         }
-        let built = NodeHandle(states[name]!.makeInstance(queue: queue, children: children), stats: stats)
+        let marks = DirtyMarks(dirtyBitmaps[name]?.compactMap(\.recordingTarget) ?? [])
+        let built = NodeHandle(states[name]!.makeInstance(queue: queue, children: children), stats: stats, dirtyMarks: marks)
         memo[name] = built
         return built
     }

@@ -83,12 +83,28 @@ public struct GraphModel: Sendable {
     }
 
     /// Inserts a filter above `target`: every user of `target` now uses the filter, whose filtered
-    /// child is `target`. The filter's options need not name its child.
+    /// child is `target`. The filter's options need not name its child. Users below the filter
+    /// keep `target` (as QEMU's should_update_child): a fleecing overlay that is both a
+    /// copy-before-write filter's target and backed by its source would otherwise make a cycle.
     public mutating func insertFilter(above target: String, filter options: JSONValue) throws(GraphError) -> String {
         let usersBefore = users(of: target)
         let filterName = try addFilter(options, over: target)
-        for user in usersBefore { try repoint(user, from: target, to: filterName) }
+        let below = descendants(of: filterName)
+        for user in usersBefore where user.kind == .backend || !below.contains(user.name) {
+            try repoint(user, from: target, to: filterName)
+        }
         return filterName
+    }
+
+    /// Every node reachable from `name` through child edges.
+    func descendants(of name: String) -> Set<String> {
+        var seen: Set<String> = []
+        var pending = nodes[name]?.children.map(\.nodeName) ?? []
+        while let next = pending.popLast() {
+            guard seen.insert(next).inserted else { continue }
+            pending += nodes[next]?.children.map(\.nodeName) ?? []
+        }
+        return seen
     }
 
     /// Inserts a filter on one edge: `parent`'s child under `optionKey` (or backend `parent`).
@@ -102,8 +118,7 @@ public struct GraphModel: Sendable {
     /// Removes a filter, handing its users to its filtered child.
     public mutating func removeFilter(_ name: String) throws(GraphError) {
         let filter = try node(name)
-        guard filter.isFilter, filter.children.count == 1 else { throw .notAFilter(name) }
-        let child = filter.children[0].nodeName
+        guard filter.isFilter, let child = Self.filteredChild(of: filter)?.nodeName else { throw .notAFilter(name) }
         for user in users(of: name) { try repoint(user, from: name, to: child) }
         nodes[name] = nil
     }
@@ -146,8 +161,16 @@ public struct GraphModel: Sendable {
         var reader = OptionReader(nodeName: name, options: fields)
         let configuration = try descriptor.parse(&reader)
         try reader.finish()
-        if descriptor.isFilter && configuration.children.count != 1 { throw .notAFilter(name) }
+        if descriptor.isFilter && configuration.children.count != 1 && configuration.children.filter({ $0.role == .filtered }).count != 1 {
+            throw .notAFilter(name)
+        }
         nodes[name] = NodeEntry(name: name, driver: descriptor.name, isFilter: descriptor.isFilter, options: fields, configuration: configuration)
+    }
+
+    /// The child a filter passes guest I/O to: its only child, or the one in the `filtered` role
+    /// (copy-before-write also has its `target`).
+    static func filteredChild(of filter: NodeEntry) -> ChildLink? {
+        filter.children.count == 1 ? filter.children[0] : filter.children.first { $0.role == .filtered }
     }
 
     private mutating func addFilter(_ options: JSONValue, over target: String) throws(GraphError) -> String {
@@ -158,8 +181,8 @@ public struct GraphModel: Sendable {
             throw .notAFilter(Self.nameForErrors(fields))
         }
         let name = try addNode(.object(fields))
-        guard try node(name).children.map(\.nodeName) == [target] else {
-            throw .badEdit("filter '\(name)' must have '\(target)' as its only child")
+        guard try Self.filteredChild(of: node(name))?.nodeName == target else {
+            throw .badEdit("filter '\(name)' must filter '\(target)'")
         }
         return name
     }

@@ -37,7 +37,8 @@ public actor JobManager {
         case .create: .create
         case .commit: .commit
         case .mirror: .mirror
-        default: .stream
+        case .backup: .backup
+        case .stream: .stream
         }
         for use in uses { try await check(operation, on: use.node) }
         let emit = self.emit

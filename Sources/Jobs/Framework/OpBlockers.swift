@@ -19,6 +19,8 @@ public enum NodeOperation: String, Sendable, CaseIterable {
     case mirror
     /// blockdev-create writing into the node.
     case create
+    /// blockdev-backup with the node as source or target.
+    case backup
 }
 
 /// How a job uses a node.
@@ -39,6 +41,10 @@ public enum JobNodeRole: String, Sendable {
     case mirrorTarget = "mirror target"
     /// The node blockdev-create writes an image into.
     case createTarget = "create target"
+    /// The node blockdev-backup copies from; the guest keeps writing it through the filter.
+    case backupSource = "backup source"
+    /// The node blockdev-backup copies into.
+    case backupTarget = "backup target"
 }
 
 /// The op blockers, as data: while a job uses a node in a role, which operations other commands
@@ -58,6 +64,10 @@ public enum OpBlockers {
         .mirrorSource: [],
         .mirrorTarget: [],
         .createTarget: [],
+        // The guest keeps using the source, and may start another backup of it (QEMU allows
+        // several backups of one node, each with its own filter).
+        .backupSource: [.backup],
+        .backupTarget: [],
     ]
 
     public static func allows(_ operation: NodeOperation, whileUsedAs role: JobNodeRole) -> Bool {

@@ -94,7 +94,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
                 throw JobError("Source and target image have different sizes")
             }
         }
-        let map = MirrorDirtyMap(sizeBytes: size, granularity: plan.granularity)
+        let map = AtomicBitmap(sizeBytes: size, granularity: plan.granularity)
         filterState.attach(map)
         // The job reads the source below the filter, and writes the target: from queue 0, and in
         // write-blocking mode from every queue (the filter's instances there).

@@ -148,7 +148,7 @@ extension Qcow2Allocator {
         return try await writeNewClusters(bytes: bytes, io: io)
     }
 
-    private nonisolated(nonsending) func writeNewClusters(bytes: [UInt8], io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
+    nonisolated(nonsending) func writeNewClusters(bytes: [UInt8], io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
         let clusters = (bytes.count + clusterSizeBytes - 1) / clusterSizeBytes
         let offset = try await refcounts.allocate(clusters, io: io) << UInt64(metadata.clusterBits)
         try checkOverlap(offset: offset, length: clusters * clusterSizeBytes, kind: .data)
@@ -180,7 +180,7 @@ extension Qcow2Allocator {
     }
 
     /// Drops one reference to each cluster of a table no durable metadata names any more.
-    private nonisolated(nonsending) func releaseClusters(offset: UInt64, bytes: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
+    nonisolated(nonsending) func releaseClusters(offset: UInt64, bytes: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         let bits = UInt64(metadata.clusterBits)
         let first = offset >> bits
         let last = (offset + max(bytes, 1) - 1) >> bits

@@ -86,6 +86,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             throw GraphError.openFailed(node: name, reason: "qcow2: the image names the backing file '\(backingName)'; give 'backing' explicitly as a node name (or null for none)")
         }
         let metadata = try await Qcow2Metadata(header: header, reader: reader, l2CacheBytes: l2CacheBytes, growable: !readOnly)
+        let (entries, bitmaps) = try await persistentBitmaps(header: header, reader: reader, fileSize: fileSize, name: name)
         let allocator = readOnly ? nil : try await openForWriting(name: name, header: header, metadata: metadata,
                                                                   reader: reader, fileSize: fileSize)
         let dataControl = try dataState.map { (state: any NodeState) throws(GraphError) -> Qcow2OpenReader in
@@ -95,7 +96,29 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             return control
         }
         return Qcow2NodeState(configuration: self, metadata: metadata, allocator: allocator, controlIO: reader,
-                              dataControl: dataControl, file: fileState, dataFile: dataState, backing: backingState)
+                              dataControl: dataControl, file: fileState, dataFile: dataState, backing: backingState,
+                              storedEntries: readOnly ? [] : entries, storedBitmaps: bitmaps)
+    }
+
+    /// The image's persistent bitmaps, when the autoclear bit vouches for them (QEMU ignores
+    /// a directory a writer that did not know bitmaps may have left stale).
+    private func persistentBitmaps(header: Qcow2Header, reader: Qcow2OpenReader, fileSize: UInt64,
+                                   name: String) async throws(GraphError) -> ([Qcow2Bitmap], [DirtyBitmap]) {
+        func fail(_ reason: String) -> GraphError { .openFailed(node: name, reason: "qcow2: \(reason)") }
+        guard header.version == 3, header.autoclearFeatures & Qcow2Header.bitmapsAutoclearBit != 0,
+              let data = header.extensions.lazy.compactMap({ value -> [UInt8]? in
+                  if case .bitmaps(let data) = value { return data }
+                  return nil
+              }).first, let directory = Qcow2Bitmap.Directory(extensionData: data), directory.count > 0 else { return ([], []) }
+        let entries: [Qcow2Bitmap]
+        do {
+            entries = try await Qcow2Bitmap.readDirectory(io: reader, directory: directory, fileSize: fileSize)
+        } catch {
+            throw fail("the bitmap directory is unreadable: \(error)")
+        }
+        let bitmaps = try await Qcow2BitmapImage.load(entries, reader: reader, clusterSize: Int(header.clusterSize), sizeBytes: header.sizeBytes,
+                                                     fileSize: fileSize, fail: fail)
+        return (entries, bitmaps)
     }
 
     /// The `data-file` child's state: given exactly when the image has an external data file.
@@ -116,9 +139,9 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
         return state
     }
 
-    /// Sets the in-use flag of every persistent bitmap, durably, before anything is written: this
-    /// version keeps bitmaps but does not update them, and in-use tells QEMU a bitmap may be stale.
-    /// Returns the directory as it was, for `close` to put back when nothing was written.
+    /// Sets the in-use flag of every persistent bitmap, durably, before anything is written, as
+    /// QEMU does: the bits in the image go stale with the first write, and a crash before close
+    /// stores them again must leave them marked so. Returns where the directory lies, for close.
     private func markBitmapsInUse(header: Qcow2Header, reader: Qcow2OpenReader, fileSize: UInt64,
                                   fail: (String) -> GraphError) async throws(GraphError) -> (offset: UInt64, bytes: [UInt8])? {
         guard let data = header.extensions.lazy.compactMap({ extensionValue -> [UInt8]? in

@@ -4,7 +4,7 @@ import Synchronization
 /// A qcow2 node's shared state: its metadata (header, L1 table, L2 cache), the allocator through
 /// which writable nodes change it, and its children. Public for what the image reports (version,
 /// flags, backing file), as QEMU's query-block does.
-public final class Qcow2NodeState: NodeState {
+public final class Qcow2NodeState: NodeState, DirtyBitmapStore {
     let configuration: Qcow2NodeConfiguration
     let metadata: Qcow2Metadata
     /// Nil for a read-only node.
@@ -19,11 +19,21 @@ public final class Qcow2NodeState: NodeState {
     let controlIO: Qcow2OpenReader
     /// The data file child's instance on the control executor: flushed before the metadata at close.
     let dataControl: Qcow2OpenReader?
+    /// The persistent bitmaps as the image held them at open (their clusters are freed once
+    /// close has written the new ones), and the node's bitmaps now.
+    let storedEntries: [Qcow2Bitmap]
+    public let storedBitmaps: [DirtyBitmap]
+    private let trackedBitmaps: Mutex<[DirtyBitmap]>
+    /// A graph controller tracks this node's bitmaps: its writes mark them.
+    private let bitmapsTracked = Atomic<Bool>(false)
 
     init(configuration: Qcow2NodeConfiguration, metadata: Qcow2Metadata, allocator: Qcow2Allocator?,
          controlIO: Qcow2OpenReader, dataControl: Qcow2OpenReader?, file: any NodeState, dataFile: (any NodeState)?,
-         backing: (any NodeState)?) {
+         backing: (any NodeState)?, storedEntries: [Qcow2Bitmap] = [], storedBitmaps: [DirtyBitmap] = []) {
         self.configuration = configuration
+        self.storedEntries = storedEntries
+        self.storedBitmaps = storedBitmaps
+        trackedBitmaps = Mutex(storedBitmaps)
         self.metadata = metadata
         self.allocator = allocator
         self.controlIO = controlIO
@@ -66,6 +76,22 @@ public final class Qcow2NodeState: NodeState {
                                  dataFile: dataNode, backing: backingNode, backingSizeBytes: backing?.state.sizeBytes ?? 0, queue: queue)
     }
 
+    public func track(_ bitmaps: [DirtyBitmap]) {
+        trackedBitmaps.withLock { $0 = bitmaps }
+        bitmapsTracked.store(true, ordering: .releasing)
+    }
+
+    public func refusalToStore(name: String, granularity: UInt64) -> String? {
+        if allocator == nil { return "Cannot store bitmaps in a read-only node" }
+        if version < 3 { return "Cannot store dirty bitmaps in qcow2 v2 files" }
+        if granularity > UInt64(1) << Qcow2BitmapImage.granularityBits.upperBound {
+            return "Granularity exceeds maximum (\(UInt64(1) << Qcow2BitmapImage.granularityBits.upperBound) bytes)"
+        }
+        let count = trackedBitmaps.withLock { $0.filter(\.isPersistent).count }
+        if count >= Int(Qcow2Bitmap.maxBitmaps) { return "Maximum number of persistent bitmaps is already reached" }
+        return nil
+    }
+
     public func relink(children: [ChildLink: any NodeState]) {
         if let state = children.child(configuration.file.optionKey) { file.replace(with: state) }
         if let link = configuration.backing {
@@ -86,9 +112,17 @@ public final class Qcow2NodeState: NodeState {
         } catch {
             return
         }
-        // Untouched bitmaps are still right: give them back their flags.
-        if let directory = allocator.bitmapDirectory, !metadata.guestChanged.load(ordering: .relaxed) {
-            try? await controlIO.writeDurably(directory.bytes, at: directory.offset)
+        // The persistent bitmaps as they are now replace the ones the image held; as QEMU's
+        // qcow2_store_persistent_dirty_bitmaps, those it held keep their places in the directory
+        // and new ones follow, newest first.
+        let persistent = trackedBitmaps.withLock { $0 }.filter(\.isPersistent)
+        if !bitmapsTracked.load(ordering: .acquiring) && metadata.guestChanged.load(ordering: .relaxed) {
+            for bitmap in persistent { bitmap.markInconsistent() }
+        }
+        if !persistent.isEmpty || !storedEntries.isEmpty || allocator.bitmapDirectory != nil {
+            let kept = storedEntries.compactMap { entry in persistent.first { $0.name == entry.name } }
+            let added = persistent.filter { bitmap in !kept.contains { $0 === bitmap } }
+            try? await controlIO.storeBitmaps(allocator, kept + added, old: storedEntries)
         }
         let end = allocator.refcounts.endCluster << UInt64(metadata.clusterBits)
         if allocator.zeroExtendedTo > end, let fileState = file.current as? FileNodeState, fileState.sizeBytes > end {

@@ -42,8 +42,9 @@ final class Qcow2Metadata: Sendable {
     let hasDataFile: Bool
     /// L1 entries in host byte order, only as many as the virtual size needs.
     let l1: Qcow2L1Table
-    /// A guest write, write-zeroes or discard reached the node since it was opened (persistent
-    /// bitmaps stay marked in use then, since Strata does not update them).
+    /// A guest write, write-zeroes or discard reached the node since it was opened: persistent
+    /// bitmaps of a node no graph controller tracks (a test harness, a tool opening the node
+    /// by hand) are stored in use then, since nothing marked them.
     let guestChanged = Atomic<Bool>(false)
     let l2Cache: Qcow2L2Cache
 

@@ -54,6 +54,17 @@ actor Qcow2OpenReader {
         }
     }
 
+    /// Writes the node's persistent bitmaps into the image, replacing the ones it held (at close).
+    func storeBitmaps(_ allocator: Qcow2Allocator, _ bitmaps: [DirtyBitmap], old: [Qcow2Bitmap]) async throws(Qcow2Failure) {
+        await allocator.lock.lock()
+        defer { allocator.lock.unlock() }
+        let io = Qcow2ChildIO(file: child)
+        try await allocator.flush(io: io)
+        let oldDirectory = allocator.bitmapDirectory.map { (offset: $0.offset, bytes: UInt64($0.bytes.count)) }
+        try await allocator.storeBitmaps(bitmaps, old: old, oldDirectory: oldDirectory, io: io)
+        allocator.bitmapDirectory = nil
+    }
+
     /// Sets the corrupt bit after an operation found overlapping metadata.
     func markCorrupt(_ allocator: Qcow2Allocator) async {
         await allocator.markCorrupt(io: Qcow2ChildIO(file: child))

@@ -1,11 +1,12 @@
 import Synchronization
 
-/// Serialises a copy-on-read against writes of the same range, on every queue (QEMU marks its
-/// copy-on-read requests serialising for the same reason): a copy reads the backing data and
-/// writes it back, and a guest write landing in between would be overwritten with the old data.
-/// Copies hold their range exclusively, writes shared; grants go in arrival order, so a waiting
-/// copy is not starved by a stream of writes. Only a node whose child has a backing chain takes it.
-final class CopyOnReadRangeLock: Sendable {
+/// Serialises copies against guest writes of the same range, on every queue (QEMU marks such
+/// requests serialising for the same reason): copy-on-read reads backing data and writes it back,
+/// copy-before-write reads old data for the target before the guest overwrites it; a guest write
+/// landing in between would be lost or copied too late. Copies hold their range exclusively,
+/// writes shared; grants go in arrival order, so a waiting copy is not starved by a stream of
+/// writes. Only filters that copy take it, and only while they have something to copy.
+final class RangeLock: Sendable {
     private struct Hold {
         let id: UInt64
         let range: Range<UInt64>

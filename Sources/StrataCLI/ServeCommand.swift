@@ -161,14 +161,17 @@ struct ServeCommand: AsyncParsableCommand {
         var exports: [NBDExportOptions] = []
         for spec in exportSpecs {
             let keys = try KeyValueOptions.dictionary(spec, option: "--export",
-                                                      allowed: ["type", "id", "node-name", "name", "writable", "description", "allocation-depth"])
+                                                      allowed: Set(["type", "id", "node-name", "name", "writable", "description", "allocation-depth"]
+                                                          + (0..<64).map { "bitmaps.\($0)" }))
             guard keys["type"] == "nbd" else { throw ValidationError("--export: only type=nbd is supported, got '\(keys["type"] ?? "")'") }
             guard let id = keys["id"], !id.isEmpty else { throw ValidationError("--export: needs id=") }
             guard let node = keys["node-name"], !node.isEmpty else { throw ValidationError("--export \(id): needs node-name=") }
             exports.append(NBDExportOptions(
                 id: id, nodeName: node, name: keys["name"], description: keys["description"] ?? "",
                 writable: try KeyValueOptions.onOff(keys["writable"], key: "writable", option: "--export \(id)", default: false),
-                allocationDepth: try KeyValueOptions.onOff(keys["allocation-depth"], key: "allocation-depth", option: "--export \(id)", default: true)))
+                allocationDepth: try KeyValueOptions.onOff(keys["allocation-depth"], key: "allocation-depth", option: "--export \(id)", default: true),
+                // QSD's list syntax: bitmaps.0=NAME, bitmaps.1=NAME, ...
+                bitmaps: (0..<64).compactMap { keys["bitmaps.\($0)"] }))
         }
         return (actions, exports)
     }

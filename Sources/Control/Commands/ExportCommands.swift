@@ -32,10 +32,21 @@ enum ExportCommands {
             let name = try arguments.optionalString("name")
             let description = try arguments.optionalString("description") ?? ""
             let allocationDepth = try arguments.optionalBool("allocation-depth") ?? false
+            let bitmaps = try arguments.optionalArray("bitmaps") ?? []
             _ = try arguments.optionalBool("writethrough")
             try arguments.finish()
+            let bitmapNames = try bitmaps.map { value throws(QMPError) -> String in
+                // BlockDirtyBitmapOrStr: a name, or {node, name} (found the same way here).
+                switch value {
+                case .string(let name): return name
+                case .object(let fields):
+                    guard case .string(let name)? = fields["name"] else { throw QMPError("Parameter 'bitmaps' expects BlockDirtyBitmapOrStr") }
+                    return name
+                default: throw QMPError("Parameter 'bitmaps' expects BlockDirtyBitmapOrStr")
+                }
+            }
             try await monitor.addNBDExport(NBDExportOptions(id: id, nodeName: node, name: name, description: description, writable: writable,
-                                                            allocationDepth: allocationDepth))
+                                                            allocationDepth: allocationDepth, bitmaps: bitmapNames))
             return .emptyObject
         },
         QMPCommand("nbd-server-add") { monitor, arguments in

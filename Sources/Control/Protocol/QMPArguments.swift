@@ -73,6 +73,14 @@ public struct QMPArguments: Sendable {
         }
     }
 
+    public mutating func optionalArray(_ key: String) throws(QMPError) -> [JSONValue]? {
+        switch value(key) {
+        case nil: return nil
+        case .array(let items)?: return items
+        default: throw QMPError("Invalid parameter type for '\(key)', expected: array")
+        }
+    }
+
     /// Refuses the first key no getter read, as QEMU does.
     public func finish() throws(QMPError) {
         if let extra = values.keys.sorted().first(where: { !read.contains($0) }) {

@@ -17,7 +17,7 @@ public struct NBDExport: Sendable, Hashable {
         name: String, description: String = "", sizeBytes: UInt64, isReadOnly: Bool = false,
         capabilities: NBDTransmissionFlags = [.sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendCache, .sendFastZero],
         blockSize: NBDBlockSizeConstraints = .default, canMultiConn: Bool = false,
-        metaContexts: [NBDMetaContext] = NBDMetaContext.allCases
+        metaContexts: [NBDMetaContext] = [.baseAllocation, .qemuAllocationDepth]
     ) {
         self.name = name
         self.description = description

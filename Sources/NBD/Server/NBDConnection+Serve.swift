@@ -205,10 +205,17 @@ extension NBDConnection {
             var cursor = request.offset
             do {
                 while cursor < end {
-                    let extent = try await export!.state.chainBlockStatus(offsetBytes: cursor, maxLengthBytes: end - cursor)
-                    guard extent.lengthBytes > 0 else { break }
-                    let length = min(extent.lengthBytes, end - cursor)
-                    let flags = context.statusFlags(for: extent)
+                    let length: UInt64
+                    let flags: UInt32
+                    if case .qemuDirtyBitmap(_, let id) = context {
+                        let bitmap = export!.bitmaps[Int(id - NBDMetaContext.firstBitmapID)].bits
+                        (length, flags) = Self.dirtyRun(bitmap, from: cursor, to: end)
+                    } else {
+                        let extent = try await export!.state.chainBlockStatus(offsetBytes: cursor, maxLengthBytes: end - cursor)
+                        guard extent.lengthBytes > 0 else { break }
+                        length = min(extent.lengthBytes, end - cursor)
+                        flags = context.statusFlags(for: extent)
+                    }
                     if count > 0 && flags == lastFlags {
                         lastLength += length
                     } else {
@@ -235,5 +242,15 @@ extension NBDConnection {
             worker.append(header.baseAddress!, NBDReplyEncoder.blockStatusHeaderBytes)
             worker.append(descriptors, count * NBDReplyEncoder.blockDescriptorBytes)
         }
+    }
+
+    /// The run of equally dirty bytes of `bitmap` at `cursor`, up to `end`, and its flags.
+    static func dirtyRun(_ bitmap: AtomicBitmap, from cursor: UInt64, to end: UInt64) -> (UInt64, UInt32) {
+        let bit = Int(cursor / bitmap.granularity)
+        guard bit < bitmap.bitCount else { return (end - cursor, 0) }
+        let dirty = bitmap.isSet(bit)
+        let next = dirty ? bitmap.nextClear(from: bit) : (bitmap.next(from: bit) ?? bitmap.bitCount)
+        let runEnd = min(end, UInt64(next) * bitmap.granularity)
+        return (runEnd - cursor, dirty ? NBDMetaContext.stateDirty : 0)
     }
 }

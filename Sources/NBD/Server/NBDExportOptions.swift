@@ -10,9 +10,13 @@ public struct NBDExportOptions: Sendable, Equatable {
     public var writable: Bool
     /// Offer `qemu:allocation-depth` besides `base:allocation`.
     public var allocationDepth: Bool
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, by name: on the exported node or a node
+    /// below it that it reads (its file or filtered child, down the chain).
+    public var bitmaps: [String]
 
     public init(id: String, nodeName: String, name: String? = nil, description: String = "", writable: Bool = false,
-                allocationDepth: Bool = true) {
+                allocationDepth: Bool = true, bitmaps: [String] = []) {
+        self.bitmaps = bitmaps
         self.id = id
         self.nodeName = nodeName
         self.name = name ?? nodeName

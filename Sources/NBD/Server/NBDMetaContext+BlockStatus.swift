@@ -11,6 +11,8 @@ extension NBDMetaContext {
             // A chain's extent carries the layer index (0 = top); QEMU counts the top as 1.
             guard extent.isAllocated else { return 0 }
             return UInt32(clamping: (extent.depth ?? 0) + 1)
+        case .qemuDirtyBitmap:
+            preconditionFailure("a bitmap's status comes from the bitmap, not the node")
         }
     }
 }

@@ -86,12 +86,38 @@ public final class NBDServer: Sendable {
                 ports.append(port)
             }
             let node = try await controller.state(of: options.nodeName)
-            try exports.add(NBDServerExport(options: options, state: node, ports: ports))
+            let bitmaps = try await exportedBitmaps(options)
+            try exports.add(NBDServerExport(options: options, state: node, ports: ports, bitmaps: bitmaps))
+            for bitmap in bitmaps { await controller.addUser(of: bitmap) }
         } catch {
             for port in ports { await controller.detach(port) }
             _ = try? await controller.apply(json: .object(["type": "backend-del", "data": .object(["id": .string(options.id)])]))
             throw error
         }
+    }
+
+    /// The bitmaps an export offers, found on its node or down its chain of file and filtered
+    /// children, as QEMU looks for them.
+    private func exportedBitmaps(_ options: NBDExportOptions) async throws -> [DirtyBitmap] {
+        let model = await controller.model
+        var found: [DirtyBitmap] = []
+        for name in options.bitmaps {
+            var node: String? = options.nodeName
+            var bitmap: DirtyBitmap?
+            while let current = node, bitmap == nil {
+                bitmap = await controller.dirtyBitmap(node: current, name: name)
+                node = model.nodes[current]?.children.first { $0.role == .file || $0.role == .filtered }?.nodeName
+            }
+            guard let bitmap else { throw NBDServerError.badBitmap("Bitmap '\(name)' is not found") }
+            if let refusal = bitmap.refusal() { throw NBDServerError.badBitmap(refusal) }
+            // A read-only export is a point-in-time view: a bitmap that still records would
+            // change under the client (QEMU's check).
+            if !options.writable && bitmap.isRecording {
+                throw NBDServerError.badBitmap("Enabled bitmap '\(name)' incompatible with readonly export")
+            }
+            found.append(bitmap)
+        }
+        return found
     }
 
     // MARK: Listening
@@ -221,6 +247,7 @@ public final class NBDServer: Sendable {
             if !status.isOK { log("NBD export '\(export.options.name)': flush at removal failed: \(status)") }
         }
         for port in export.ports { await controller.detach(port) }
+        for bitmap in export.bitmaps { await controller.removeUser(of: bitmap) }
         _ = try? await controller.apply(json: .object(["type": "backend-del", "data": .object(["id": .string(export.options.id)])]))
     }
 
@@ -270,6 +297,7 @@ public final class NBDServer: Sendable {
                 if !status.isOK { log("NBD export '\(export.options.name)': flush at shutdown failed: \(status)") }
             }
             for port in export.ports { await controller.detach(port) }
+        for bitmap in export.bitmaps { await controller.removeUser(of: bitmap) }
         }
     }
 }

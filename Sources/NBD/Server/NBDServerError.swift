@@ -5,6 +5,8 @@ public enum NBDServerError: Error, Equatable, CustomStringConvertible {
     case shuttingDown
     case noSuchExport(String)
     case alreadyListening
+    /// An exported bitmap that does not exist or is busy.
+    case badBitmap(String)
 
     public var description: String {
         switch self {
@@ -13,6 +15,7 @@ public enum NBDServerError: Error, Equatable, CustomStringConvertible {
         case .shuttingDown: return "the NBD server is shutting down"
         case .noSuchExport(let id): return "Export '\(id)' is not found"
         case .alreadyListening: return "NBD server already running"
+        case .badBitmap(let message): return message
         }
     }
 }

@@ -7,13 +7,16 @@ final class NBDServerExport: Sendable {
     let options: NBDExportOptions
     let state: any NodeState
     let ports: [BackendPort]
+    /// The exported bitmaps, in the order of their contexts' IDs.
+    let bitmaps: [DirtyBitmap]
 
     /// Buffered and direct files take any byte range (the file node bounces unaligned O_DIRECT
     /// requests), so clients are held to no alignment; 4 KiB is what every format reads well.
     static let blockSize = NBDBlockSizeConstraints(minimum: 1, preferred: 4096, maximumPayload: 32 << 20)
 
-    init(options: NBDExportOptions, state: any NodeState, ports: [BackendPort]) {
+    init(options: NBDExportOptions, state: any NodeState, ports: [BackendPort], bitmaps: [DirtyBitmap] = []) {
         self.options = options
+        self.bitmaps = bitmaps
         self.state = state
         self.ports = ports
     }
@@ -28,6 +31,7 @@ final class NBDServerExport: Sendable {
             name: options.name, description: options.description, sizeBytes: state.sizeBytes, isReadOnly: !options.writable,
             capabilities: [.sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendCache, .sendFastZero],
             blockSize: Self.blockSize, canMultiConn: true,
-            metaContexts: options.allocationDepth ? [.baseAllocation, .qemuAllocationDepth] : [.baseAllocation])
+            metaContexts: (options.allocationDepth ? [.baseAllocation, .qemuAllocationDepth] : [.baseAllocation])
+                + bitmaps.enumerated().map { .qemuDirtyBitmap(name: $0.element.name ?? "", id: NBDMetaContext.firstBitmapID + UInt32($0.offset)) })
     }
 }

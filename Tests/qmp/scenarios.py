@@ -147,6 +147,8 @@ async def jobs(qmp):
     await commit(qmp)
     await mirror(qmp)
     await active_commit(qmp)
+    await bitmaps(qmp)
+    await backup(qmp)
 
 
 async def job_events(qmp, job_id, until_event=None, until_status=None, completed=None):
@@ -234,6 +236,192 @@ async def mirror(qmp):
         reads[name] = "ok" if run.returncode == 0 and "fail" not in run.stdout else "differs"
     checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("src", "dst", "dst2")]
     record("mirror targets", "ok", reads=reads, checks=checks)
+
+
+def without_drain_pauses(seen):
+    """QEMU's backup goes running -> paused -> running when its filter's insertion drains the
+    node, with no pause command (qsd-qmp-facts.md); the statuses a client can rely on are the
+    others."""
+    out = []
+    for status in seen:
+        if status == "running" and out[-1:] == ["paused"] and out[-2:-1] == ["running"]:
+            out.pop()
+            continue
+        out.append(status)
+    return out
+
+
+def named_bitmaps(nodes, node):
+    """A node's named bitmaps as query-named-block-nodes lists them (jobs' own are unnamed)."""
+    entry = next((n for n in nodes if n["node-name"] == node), {})
+    return [b for b in entry.get("dirty-bitmaps", []) if "name" in b]
+
+
+async def bitmaps(qmp):
+    """Dirty bitmaps: add/clear/enable/disable/merge/remove with QEMU's checks, counted by
+    writes over NBD, in transactions, exported as qemu:dirty-bitmap, persistent in the image."""
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+    image = os.path.join(WORKDIR, "bm.qcow2")
+    raw = os.path.join(WORKDIR, "bm.raw")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", raw, "64M"], check=True)
+    await command(qmp, "blockdev-add bitmap qcow2", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "bm", "file": {"driver": "file", "filename": image, "node-name": "bm-file"}})
+    await command(qmp, "blockdev-add bitmap raw", "blockdev-add",
+                  {"driver": "raw", "node-name": "bmr", "file": {"driver": "file", "filename": raw, "node-name": "bmr-file"}})
+    await command(qmp, "bitmap add", "block-dirty-bitmap-add", {"node": "bm", "name": "b0"})
+    await command(qmp, "bitmap add persistent", "block-dirty-bitmap-add", {"node": "bm", "name": "b1", "persistent": True, "granularity": 131072})
+    await command(qmp, "bitmap add disabled", "block-dirty-bitmap-add", {"node": "bm", "name": "b2", "disabled": True, "persistent": True})
+    await command(qmp, "bitmap add existing", "block-dirty-bitmap-add", {"node": "bm", "name": "b0"})
+    await command(qmp, "bitmap add empty name", "block-dirty-bitmap-add", {"node": "bm", "name": ""})
+    await command(qmp, "bitmap add long name", "block-dirty-bitmap-add", {"node": "bm", "name": "x" * 1024})
+    await command(qmp, "bitmap add bad granularity", "block-dirty-bitmap-add", {"node": "bm", "name": "g", "granularity": 1000})
+    await command(qmp, "bitmap add persistent on raw", "block-dirty-bitmap-add", {"node": "bmr", "name": "p", "persistent": True})
+    await command(qmp, "bitmap add on raw", "block-dirty-bitmap-add", {"node": "bmr", "name": "rb"})
+    await command(qmp, "bitmap add on a missing node", "block-dirty-bitmap-add", {"node": "nothing", "name": "x"})
+    await command(qmp, "export the bitmap node", "block-export-add", {"type": "nbd", "id": "eb", "node-name": "bm", "writable": True})
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k", "-c", "write 1M 70k", "-c", "write 60M 1M",
+                            "nbd+unix:///bm?socket=" + nbd_socket], capture_output=True, text=True)
+    record("writes counted by bitmaps", "ok" if write.returncode == 0 else write.stderr,
+           bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bm"))
+    await command(qmp, "bitmap merge", "block-dirty-bitmap-merge", {"node": "bm", "target": "b2", "bitmaps": ["b0"]})
+    await command(qmp, "bitmap merge unknown source", "block-dirty-bitmap-merge", {"node": "bm", "target": "b1", "bitmaps": ["nope"]})
+    await command(qmp, "bitmap merge from another node", "block-dirty-bitmap-merge",
+                  {"node": "bm", "target": "b1", "bitmaps": [{"node": "bmr", "name": "rb"}]})
+    await command(qmp, "bitmap disable", "block-dirty-bitmap-disable", {"node": "bm", "name": "b1"})
+    await command(qmp, "bitmap enable unknown", "block-dirty-bitmap-enable", {"node": "bm", "name": "nope"})
+    await command(qmp, "bitmap remove unknown", "block-dirty-bitmap-remove", {"node": "bm", "name": "nope"})
+    await command(qmp, "bitmap clear", "block-dirty-bitmap-clear", {"node": "bm", "name": "b0"})
+    await command(qmp, "bitmap remove", "block-dirty-bitmap-remove", {"node": "bmr", "name": "rb"})
+    await command(qmp, "transaction with a failing bitmap action", "transaction",
+                  {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "bm", "name": "t1"}},
+                               {"type": "block-dirty-bitmap-clear", "data": {"node": "bm", "name": "b2"}},
+                               {"type": "block-dirty-bitmap-add", "data": {"node": "bm", "name": "b0"}}]})
+    record("nothing of a failed transaction", "ok", bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bm"))
+    await command(qmp, "transaction of bitmap actions", "transaction",
+                  {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "bm", "name": "t1", "disabled": True}},
+                               {"type": "block-dirty-bitmap-merge", "data": {"node": "bm", "target": "t1", "bitmaps": ["b2"]}},
+                               {"type": "block-dirty-bitmap-enable", "data": {"node": "bm", "name": "b1"}}]})
+    record("bitmaps after the transaction", "ok", bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bm"))
+    await command(qmp, "export a bitmap read-write", "block-export-add",
+                  {"type": "nbd", "id": "ebm", "node-name": "bm", "name": "bm-t1", "writable": True, "bitmaps": ["t1", "nope"]})
+    await command(qmp, "export an enabled bitmap read-only", "block-export-add",
+                  {"type": "nbd", "id": "ebm", "node-name": "bm", "name": "bm-t1", "bitmaps": ["b1"]})
+    await command(qmp, "export a bitmap", "block-export-add", {"type": "nbd", "id": "ebm", "node-name": "bm", "name": "bm-t1", "bitmaps": ["t1"]})
+    await command(qmp, "clear an exported bitmap", "block-dirty-bitmap-clear", {"node": "bm", "name": "t1"})
+    dirty = subprocess.run(["nbdinfo", "--map=qemu:dirty-bitmap:t1", "nbd+unix:///bm-t1?socket=" + nbd_socket], capture_output=True, text=True)
+    record("qemu:dirty-bitmap over NBD", "ok" if dirty.returncode == 0 else dirty.stderr,
+           map=[line.split() for line in dirty.stdout.splitlines()])
+    for export in ("ebm", "eb"):
+        await command(qmp, f"block-export-del {export}", "block-export-del", {"id": export})
+        async with asyncio.timeout(20):
+            async for received in qmp.events:
+                if received["event"] == "BLOCK_EXPORT_DELETED":
+                    break
+    for node in ("bm", "bmr"):
+        await command(qmp, f"blockdev-del {node}", "blockdev-del", {"node-name": node})
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True, text=True).stdout)
+    check = subprocess.run(["qemu-img", "check", image], capture_output=True, text=True)
+    record("persistent bitmaps in the image", "ok", bitmaps=info["format-specific"]["data"].get("bitmaps"), check=check.returncode)
+    await command(qmp, "blockdev-add the image again", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "bm", "file": {"driver": "file", "filename": image, "node-name": "bm-file2"}})
+    record("persistent bitmaps loaded", "ok", bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bm"))
+    await command(qmp, "remove a persistent bitmap", "block-dirty-bitmap-remove", {"node": "bm", "name": "b2"})
+    await command(qmp, "blockdev-del bm again", "blockdev-del", {"node-name": "bm"})
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True, text=True).stdout)
+    check = subprocess.run(["qemu-img", "check", image], capture_output=True, text=True)
+    record("persistent bitmap removed", "ok", bitmaps=info["format-specific"]["data"].get("bitmaps"), check=check.returncode)
+
+
+async def backup(qmp):
+    """blockdev-backup: a full backup started in one transaction with a new bitmap, guest writes,
+    an incremental backup of what the bitmap counted, then image fleecing: a sync=none backup into
+    an overlay of the source, read through snapshot-access over NBD by qemu-img convert while
+    the guest writes."""
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+    paths = {name: os.path.join(WORKDIR, f"bk-{name}.qcow2") for name in ("src", "full", "inc", "fleece", "fleeced", "small")}
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["src"], "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 10M 512k", paths["src"]],
+                   check=True, capture_output=True)
+    for name in ("full", "fleece"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths[name], "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["small"], "32M"], check=True)
+    for name in ("src", "full", "small"):
+        await command(qmp, f"blockdev-add backup {name}", "blockdev-add",
+                      {"driver": "qcow2", "node-name": f"bk-{name}", "file": {"driver": "file", "filename": paths[name]}})
+    await command(qmp, "export the backup source", "block-export-add", {"type": "nbd", "id": "ebk", "node-name": "bk-src", "writable": True})
+    uri = "nbd+unix:///bk-src?socket=" + nbd_socket
+    await command(qmp, "blockdev-backup incremental without bitmap", "blockdev-backup",
+                  {"job-id": "bk9", "device": "bk-src", "target": "bk-full", "sync": "incremental"})
+    await command(qmp, "blockdev-backup bitmap without mode", "blockdev-backup",
+                  {"job-id": "bk9", "device": "bk-src", "target": "bk-full", "sync": "bitmap", "bitmap": "nope"})
+    await command(qmp, "blockdev-backup mode without bitmap", "blockdev-backup",
+                  {"job-id": "bk9", "device": "bk-src", "target": "bk-full", "sync": "full", "bitmap-mode": "always"})
+    await command(qmp, "blockdev-backup to a smaller target", "blockdev-backup",
+                  {"job-id": "bk9", "device": "bk-src", "target": "bk-small", "sync": "full"})
+    await command(qmp, "transaction: bitmap and full backup", "transaction",
+                  {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "bk-src", "name": "inc0", "persistent": True}},
+                               {"type": "blockdev-backup", "data": {"job-id": "bk0", "device": "bk-src", "target": "bk-full", "sync": "full"}}]})
+    completed = {}
+    seen = await job_events(qmp, "bk0", until_status="null", completed=completed)
+    record("full backup", "ok", seen=without_drain_pauses(seen), completed=completed)
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 64k", "-c", "write -P 0x44 20M 128k", uri],
+                           capture_output=True, text=True)
+    record("writes after the full backup", "ok" if write.returncode == 0 else write.stderr,
+           bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bk-src"))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["full"], "-F", "qcow2", paths["inc"]], check=True)
+    await command(qmp, "blockdev-add incremental target", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "bk-inc", "backing": None, "file": {"driver": "file", "filename": paths["inc"]}})
+    await command(qmp, "incremental backup", "blockdev-backup",
+                  {"job-id": "bk1", "device": "bk-src", "target": "bk-inc", "sync": "incremental", "bitmap": "inc0"})
+    completed = {}
+    seen = await job_events(qmp, "bk1", until_status="null", completed=completed)
+    record("incremental backup", "ok", seen=without_drain_pauses(seen), completed=completed,
+           bitmaps=named_bitmaps(await qmp.execute("query-named-block-nodes", {}), "bk-src"))
+    # Fleecing.
+    await command(qmp, "blockdev-add fleecing overlay", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "bk-fleece", "backing": "bk-src", "file": {"driver": "file", "filename": paths["fleece"]}})
+    await command(qmp, "fleecing backup", "blockdev-backup",
+                  {"job-id": "bk2", "device": "bk-src", "target": "bk-fleece", "sync": "none", "filter-node-name": "bk-cbw"})
+    seen = await job_events(qmp, "bk2", until_status="running")
+    await command(qmp, "blockdev-add snapshot-access", "blockdev-add", {"driver": "snapshot-access", "node-name": "bk-snap", "file": "bk-cbw"})
+    await command(qmp, "export the snapshot", "block-export-add", {"type": "nbd", "id": "efl", "node-name": "bk-snap"})
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 2M", "-c", "write -P 0x66 30M 64k", uri], capture_output=True, text=True)
+    convert = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "nbd+unix:///bk-snap?socket=" + nbd_socket, paths["fleeced"]],
+                             capture_output=True, text=True)
+    record("fleecing while the guest writes", "ok" if write.returncode == 0 and convert.returncode == 0 else write.stderr + convert.stderr)
+    await command(qmp, "block-export-del efl", "block-export-del", {"id": "efl"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    await command(qmp, "blockdev-del snapshot-access", "blockdev-del", {"node-name": "bk-snap"})
+    await command(qmp, "cancel the fleecing backup", "block-job-cancel", {"device": "bk2"})
+    completed = {}
+    seen += await job_events(qmp, "bk2", until_status="null", completed=completed)
+    record("fleecing backup ends", "ok", seen=without_drain_pauses(seen), completed=completed)
+    await command(qmp, "block-export-del ebk", "block-export-del", {"id": "ebk"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    for name in ("fleece", "inc", "full", "small", "src"):
+        await command(qmp, f"blockdev-del backup {name}", "blockdev-del", {"node-name": f"bk-{name}"})
+
+    def reads(path, pattern_args):
+        run = subprocess.run(["qemu-io", "-f", "qcow2", "-r"] + pattern_args + [path], capture_output=True, text=True)
+        return "ok" if run.returncode == 0 and "fail" not in run.stdout else run.stdout + run.stderr
+
+    checks = {n: subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode
+              for n in ("src", "full", "inc", "fleeced")}
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", paths["src"]], capture_output=True, text=True).stdout)
+    record("backup images", "ok", checks=checks, source_bitmaps=info["format-specific"]["data"].get("bitmaps"),
+           full=reads(paths["full"], ["-c", "read -P 0x11 0 1M", "-c", "read -P 0 2M 64k", "-c", "read -P 0x22 10M 512k"]),
+           inc=reads(paths["inc"], ["-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x22 10M 512k",
+                                    "-c", "read -P 0x44 20M 128k"]),
+           fleeced=reads(paths["fleeced"], ["-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x44 20M 128k",
+                                            "-c", "read -P 0 30M 64k"]),
+           full_equals_snapshot=subprocess.run(["qemu-img", "compare", "-q", paths["full"], paths["inc"]]).returncode != 0)
 
 
 async def active_commit(qmp):

@@ -26,7 +26,7 @@ enum BlockdevCommands {
             try arguments.finish()
             let model = await monitor.daemon.engine.controller.model
             guard model.nodes[name] != nil else { throw QMPError("Failed to find node with node-name='\(name)'") }
-            guard !name.hasPrefix("#") else { throw QMPError("Node \(name) is not owned by the monitor") }
+            guard !name.hasPrefix("#"), model.nodes[name]?.ownedByParent != true else { throw QMPError("Node \(name) is not owned by the monitor") }
             if let user = model.users(of: name).first {
                 throw QMPError("Node '\(name)' is busy: node is used as \(user)")
             }
@@ -74,7 +74,7 @@ extension BlockdevCommands {
         var pending = model.nodes[name]?.children.map(\.nodeName) ?? []
         while let child = pending.first {
             pending.removeFirst()
-            guard child.hasPrefix("#"), !removed.contains(child), let entry = model.nodes[child] else { continue }
+            guard let entry = model.nodes[child], child.hasPrefix("#") || entry.ownedByParent, !removed.contains(child) else { continue }
             // Only when every user of the child is going too.
             guard model.users(of: child).allSatisfy({ removed.contains($0.name) }) else { continue }
             removed.insert(child)

@@ -68,7 +68,9 @@ public struct GraphModel: Sendable {
         // Inline children (`"file": {"driver": ...}`) become nodes of their own, named by reference.
         for key in fields.keys.sorted() {
             if case .object(let childFields) = fields[key]!, childFields["driver"] != nil {
-                fields[key] = .string(try addNode(.object(childFields)))
+                let child = try addNode(.object(childFields))
+                nodes[child]?.ownedByParent = true
+                fields[key] = .string(child)
             }
         }
         try insertEntry(name: name, descriptor: descriptor, fields: fields)
@@ -164,7 +166,9 @@ public struct GraphModel: Sendable {
         if descriptor.isFilter && configuration.children.count != 1 && configuration.children.filter({ $0.role == .filtered }).count != 1 {
             throw .notAFilter(name)
         }
+        let owned = nodes[name]?.ownedByParent ?? false
         nodes[name] = NodeEntry(name: name, driver: descriptor.name, isFilter: descriptor.isFilter, options: fields, configuration: configuration)
+        nodes[name]?.ownedByParent = owned
     }
 
     /// The child a filter passes guest I/O to: its only child, or the one in the `filtered` role

@@ -6,6 +6,10 @@ public struct NodeEntry: Sendable {
     public let isFilter: Bool
     public let options: [String: JSONValue]
     public let configuration: any NodeConfiguration
+    /// Defined inline in its parent's options (`"file": {...}`), named or not: it belongs to the
+    /// parent, not to whoever added the parent, and goes when its last parent goes (QEMU's
+    /// implicit children, which the monitor does not own).
+    public internal(set) var ownedByParent = false
 
     public var children: [ChildLink] { configuration.children }
 }

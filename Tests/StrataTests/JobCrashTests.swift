@@ -4,10 +4,11 @@ import StrataControl
 import StrataGraph
 import Testing
 
-/// SIGKILL of the daemon in the middle of a stream or a commit: every image stays free of
-/// corruption (qemu-img check: leaks at most) and the chain reads exactly what it read before.
+/// SIGKILL of the daemon in the middle of a stream, a commit or a backup (of the top, with a
+/// persistent bitmap): every image stays free of corruption (qemu-img check: leaks at most) and
+/// the chain reads exactly what it read before.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct JobCrashTests {
-    enum Kind: String, CaseIterable { case stream, commit }
+    enum Kind: String, CaseIterable { case stream, commit, backup }
 
     /// base (0x11 everywhere) <- mid (0x22 over 8-24 MiB) <- top (0x44 at 2 MiB), and the raw
     /// image of what top reads.
@@ -35,12 +36,27 @@ import Testing
             nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
                       "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
         }
+        let target = scratch.path("target.qcow2")
+        if kind == .backup {
+            try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", target, "32M"])
+            nodes += ["--blockdev", #"{"driver":"qcow2","node-name":"target","file":{"driver":"file","filename":"\#(target)"}}"#]
+        }
         let (process, socket) = try QMPMonitorTests.daemon(scratch, extra: nodes)
         let client = try QMPClient(address: socket)
-        let arguments: [String: JSONValue] = kind == .stream
-            ? ["job-id": "j", "device": "top", "base-node": "base", "speed": .int(8 << 20)]
-            : ["job-id": "j", "device": "top", "top-node": "mid", "base-node": "base", "speed": .int(8 << 20)]
-        let started = try client.execute(kind == .stream ? "block-stream" : "block-commit", arguments: arguments)
+        let command: String
+        let arguments: [String: JSONValue]
+        switch kind {
+        case .stream:
+            (command, arguments) = ("block-stream", ["job-id": "j", "device": "top", "base-node": "base", "speed": .int(8 << 20)])
+        case .commit:
+            (command, arguments) = ("block-commit", ["job-id": "j", "device": "top", "top-node": "mid", "base-node": "base", "speed": .int(8 << 20)])
+        case .backup:
+            let added = try client.execute("block-dirty-bitmap-add", arguments: ["node": "top", "name": "b0", "persistent": true])
+            #expect(!added.isError, "\(String(describing: added.error))")
+            (command, arguments) = ("blockdev-backup", ["job-id": "j", "device": "top", "target": "target", "sync": "full", "bitmap": "b0",
+                                                        "bitmap-mode": "on-success", "speed": .int(8 << 20)])
+        }
+        let started = try client.execute(command, arguments: arguments)
         #expect(!started.isError, "\(String(describing: started.error))")
         // Until the job has done `fraction` of its work (or is already gone), then kill.
         for _ in 0..<2000 {
@@ -52,7 +68,7 @@ import Testing
         }
         let killed = process.stop(signal: SIGKILL, timeout: 10)
         #expect(killed.inTime)
-        for image in [images.base, images.mid, images.top] {
+        for image in [images.base, images.mid, images.top] + (kind == .backup ? [target] : []) {
             let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", image])
             // 0: clean; 3: leaked clusters only (a crash mid-allocation may leak, never corrupt).
             #expect(check.status == 0 || check.status == 3, "\(kind) at \(fraction): \(image): \(check.output)")

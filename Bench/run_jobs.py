@@ -10,7 +10,10 @@ each daemon started with the same nodes and one monitor socket, in turn, run by 
   2. Guest 4 KiB random writes during a write-blocking mirror: the node is exported over NBD and
      written by the same client (`strata bench --blockdev nbd... --rw randwrite`) while
      blockdev-mirror copy-mode=write-blocking runs; IOPS Strata / QSD >= 1.5x.
-  3. Incremental backup time against dirty data: not measured, backup and bitmaps are not built.
+  3. Incremental backup time against dirty data: the source exported over NBD, a dirty bitmap
+     added, 1%, 10% and 50% of the disk written by qemu-io over NBD (1 MiB writes spread evenly),
+     then blockdev-backup sync=incremental into a new qcow2, timed from the command to
+     BLOCK_JOB_COMPLETED. The time should grow with the dirty data, not the disk size.
 
 Every figure is the median of --runs runs. Usage: python3 Bench/run_jobs.py [--runs N] [--size-gib N]
 """
@@ -114,6 +117,39 @@ def writes_during_mirror(daemon: str, work: Path, seconds: int) -> float:
         target.unlink(missing_ok=True)
 
 
+def incremental_backup_once(daemon: str, work: Path, source: Path, size: int, percent: int) -> float:
+    copy = work / f"{daemon}-inc-source.qcow2"
+    target = work / f"{daemon}-inc-target.qcow2"
+    subprocess.run(["cp", "--reflink=auto", str(source), str(copy)], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(size)], check=True)
+    sock, nbd = str(work / f"{daemon}-inc.qmp"), str(work / f"{daemon}-inc.nbd")
+    process = start(daemon_argv(daemon, sock, chain_nodes(copy, target), export="src", nbd=nbd), sock, work / f"{daemon}-inc.log")
+    try:
+        qmp = Monitor(sock)
+        qmp.execute("block-dirty-bitmap-add", {"node": "src", "name": "b0"})
+        # `percent` of the MiBs, spread evenly over the disk.
+        mibs = size >> 20
+        step = 100 / percent
+        commands = []
+        for index in range(int(mibs * percent / 100)):
+            commands += ["-c", f"write -P 7 {int(index * step)}M 1M"]
+        for first in range(0, len(commands), 2000):
+            subprocess.run(["qemu-io", "-f", "raw", *commands[first:first + 2000], f"nbd+unix:///disk?socket={nbd}"],
+                           check=True, capture_output=True)
+        os.sync()
+        begin = time.perf_counter()
+        qmp.execute("blockdev-backup", {"job-id": "b0", "device": "src", "target": "dst", "sync": "incremental", "bitmap": "b0"})
+        completed = wait_event(qmp, "BLOCK_JOB_COMPLETED")
+        elapsed = time.perf_counter() - begin
+        if completed["data"].get("error"):
+            raise RuntimeError(f"{daemon}: backup failed: {completed['data']['error']}")
+        return elapsed
+    finally:
+        stop(process)
+        copy.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -125,6 +161,8 @@ def main() -> int:
     walls = {"strata": [], "qsd": []}
     cpus = {"strata": [], "qsd": []}
     iops = {"strata": [], "qsd": []}
+    percents = (1, 10, 50)
+    backups = {(daemon, percent): [] for daemon in ("strata", "qsd") for percent in percents}
     with tempfile.TemporaryDirectory(prefix="strata-jobs-", dir="/var/tmp") as directory:
         work = Path(directory)
         source = work / "source.qcow2"
@@ -150,10 +188,25 @@ def main() -> int:
                 value = writes_during_mirror(daemon, work, args.seconds)
                 iops[daemon].append(value)
                 print(f"run {run + 1}: {daemon} writes during a write-blocking mirror {value:,.0f} IOPS", flush=True)
+            for percent in percents:
+                for daemon in (("strata", "qsd") if run % 2 == 0 else ("qsd", "strata")):
+                    value = incremental_backup_once(daemon, work, source, size, percent)
+                    backups[(daemon, percent)].append(value)
+                    print(f"run {run + 1}: {daemon} incremental backup of {percent}% dirty {value:.2f} s", flush=True)
     wall_ratio = median(walls["strata"]) / median(walls["qsd"])
     cpu_ratio = median(cpus["strata"]) / median(cpus["qsd"])
     iops_ratio = median(iops["strata"]) / median(iops["qsd"])
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    backup_medians = {key: median(values) for key, values in backups.items()}
+    strata_times = [backup_medians[("strata", p)] for p in percents]
+    grows = all(a < b for a, b in zip(strata_times, strata_times[1:]))
+    backup_rows = [
+        f"| 3{'abc'[i]} | Incremental backup (sync=incremental) of a {args.size_gib} GiB qcow2 with {p}% of it dirty | "
+        f"{backup_medians[('strata', p)]:.2f} s | {backup_medians[('qsd', p)]:.2f} s | "
+        f"{backup_medians[('strata', p)] / backup_medians[('qsd', p)]:.2f}x | grows with dirty data | "
+        f"{verdict(grows) if i == len(percents) - 1 else '-'} |"
+        for i, p in enumerate(percents)
+    ]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Block jobs: `strata serve` next to qemu-storage-daemon", "",
@@ -166,19 +219,24 @@ def main() -> int:
         f"{cpu_ratio:.2f}x | <= 0.7x | {verdict(cpu_ratio <= 0.7)} |",
         f"| 2 | Guest 4 KiB random writes over NBD during a write-blocking mirror (QD16) | {median(iops['strata']):,.0f} IOPS | "
         f"{median(iops['qsd']):,.0f} IOPS | {iops_ratio:.2f}x | >= 1.5x | {verdict(iops_ratio >= 1.5)} |",
-        "| 3 | Incremental backup time over 1%, 10%, 50% dirty | not measured | - | - | grows with dirty data | backup not built yet |", "",
+        *backup_rows, "",
         "## Runs", "",
         f"- mirror wall (s), Strata: {', '.join(f'{v:.2f}' for v in walls['strata'])}; QSD: {', '.join(f'{v:.2f}' for v in walls['qsd'])}",
         f"- mirror CPU (s), Strata: {', '.join(f'{v:.2f}' for v in cpus['strata'])}; QSD: {', '.join(f'{v:.2f}' for v in cpus['qsd'])}",
         f"- writes during the mirror (IOPS), Strata: {', '.join(f'{v:,.0f}' for v in iops['strata'])}; "
-        f"QSD: {', '.join(f'{v:,.0f}' for v in iops['qsd'])}", "",
+        f"QSD: {', '.join(f'{v:,.0f}' for v in iops['qsd'])}",
+        *(f"- incremental backup of {p}% dirty (s), Strata: {', '.join(f'{v:.2f}' for v in backups[('strata', p)])}; "
+          f"QSD: {', '.join(f'{v:.2f}' for v in backups[('qsd', p)])}" for p in percents), "",
         "## Commands", "",
         "- Both daemons: `--blockdev` file+qcow2 for source and target and one monitor; Strata with `--queues 2`. Row 1: "
         "`blockdev-mirror job-id=m0 device=src target=dst sync=full`, `job-complete` at BLOCK_JOB_READY; the source is written "
         "by qemu-io, every other MiB.",
         f"- Row 2: the source exported over NBD, `blockdev-mirror ... copy-mode=write-blocking speed=1048576` (so it runs for "
         f"the whole load), then `{STRATA} bench --blockdev '{{\"driver\":\"nbd\",...}}' --queues 1 --depth 16 --rw randwrite "
-        f"--bs 4k --seconds {args.seconds} --json` against each daemon.", "",
+        f"--bs 4k --seconds {args.seconds} --json` against each daemon.",
+        "- Row 3: a copy of the row 1 source exported over NBD, `block-dirty-bitmap-add node=src name=b0`, then `qemu-io -f raw "
+        "-c 'write -P 7 <k*step>M 1M' ... nbd+unix:///disk` over 1%, 10% or 50% of the MiBs, then `blockdev-backup job-id=b0 "
+        "device=src target=dst sync=incremental bitmap=b0` into a new qcow2.", "",
         "## Machine", "",
         *(f"- {key}: {value}" for key, value in machine_facts().items()), "",
     ]

@@ -6,6 +6,7 @@ import StrataNodes
 /// Every driver and filter the command line knows, by name: adding one is one line here.
 public enum DriverCatalog {
     public static let registry = DriverRegistry([
+        BlkdebugFilter.descriptor,
         CommitTopFilter.descriptor,
         CopyBeforeWriteFilter.descriptor,
         CopyOnReadFilter.descriptor,

@@ -35,7 +35,7 @@ actor CopyBeforeWriteInstance: BlockNode {
             if let failure {
                 switch state.configuration.onCopyError {
                 case .breakGuestWrite:
-                    return failure
+                    return failure.status
                 case .breakSnapshot:
                     state.broken.setBits(chunks)
                     for bit in chunks { _ = state.pending.take(bit) }
@@ -49,11 +49,12 @@ actor CopyBeforeWriteInstance: BlockNode {
     }
 
     /// Copies `[offset, offset + length)` from the source to the target.
-    private nonisolated(nonsending) func copy(offset: UInt64, length: Int) async -> IOStatus {
+    private nonisolated(nonsending) func copy(offset: UInt64, length: Int) async -> CopyOutcome {
         let buffer = AlignedBuffer(count: length)
         let read = await source.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length, buffer: buffer.slice(from: 0, count: length)))
-        guard read.isOK else { return read }
-        return await target.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: buffer.slice(from: 0, count: length)))
+        guard read.isOK else { return CopyOutcome(status: read, failedReading: true) }
+        let written = await target.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: buffer.slice(from: 0, count: length)))
+        return CopyOutcome(status: written, failedReading: false)
     }
 
     /// Reads the image as it was when the filter went in (snapshot-access).

@@ -47,9 +47,9 @@ public final class CopyBeforeWriteNodeState: NodeState, BackingChainLayer {
 
     /// Copies every pending chunk of `chunks` with `copy` and clears it, holding the chunks
     /// exclusively meanwhile (waiting for guest writes in them to finish). Returns the bytes
-    /// copied, or the status of the first failed copy (its chunk stays pending).
+    /// copied, or the first failed copy (its chunks stay pending).
     public nonisolated(nonsending) func copyPending(_ chunks: ClosedRange<Int>,
-                                                   copy: (_ offset: UInt64, _ length: Int) async -> IOStatus) async -> (copied: UInt64, failure: IOStatus?) {
+                                                   copy: (_ offset: UInt64, _ length: Int) async -> CopyOutcome) async -> (copied: UInt64, failure: CopyOutcome?) {
         let size = sizeBytes
         let start = UInt64(chunks.lowerBound) * chunkBytes
         let end = min(size, UInt64(chunks.upperBound + 1) * chunkBytes)
@@ -64,8 +64,8 @@ public final class CopyBeforeWriteNodeState: NodeState, BackingChainLayer {
             while last < chunks.upperBound, pending.isSet(last + 1) { last += 1 }
             let offset = UInt64(first) * chunkBytes
             let length = Int(min(size, UInt64(last + 1) * chunkBytes) - offset)
-            let status = await copy(offset, length)
-            guard status.isOK else { return (copied, status) }
+            let outcome = await copy(offset, length)
+            guard outcome.status.isOK else { return (copied, outcome) }
             for done in first...last { _ = pending.take(done) }
             copied += UInt64(length)
             self.copied.add(UInt64(length), ordering: .relaxed)
@@ -97,5 +97,19 @@ public final class CopyBeforeWriteNodeState: NodeState, BackingChainLayer {
 
     public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
         try await source.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
+    }
+}
+
+/// How one copy to a copy-before-write target ended: the status, and whether a failure was the
+/// read of the source (else the write of the target), for the job's error policies.
+public struct CopyOutcome: Sendable {
+    public let status: IOStatus
+    public let failedReading: Bool
+
+    public static let ok = CopyOutcome(status: .ok, failedReading: false)
+
+    public init(status: IOStatus, failedReading: Bool) {
+        self.status = status
+        self.failedReading = failedReading
     }
 }

@@ -149,6 +149,7 @@ async def jobs(qmp):
     await active_commit(qmp)
     await bitmaps(qmp)
     await backup(qmp)
+    await error_policies(qmp)
 
 
 async def job_events(qmp, job_id, until_event=None, until_status=None, completed=None):
@@ -422,6 +423,84 @@ async def backup(qmp):
            fleeced=reads(paths["fleeced"], ["-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x44 20M 128k",
                                             "-c", "read -P 0 30M 64k"]),
            full_equals_snapshot=subprocess.run(["qemu-img", "compare", "-q", paths["full"], paths["inc"]]).returncode != 0)
+
+
+async def error_policies(qmp):
+    """on-target-error / on-error policies with errors injected by blkdebug (one failed write or
+    read, `once`): mirror with stop (paused with io-status failed until job-resume, then READY),
+    report, ignore, enospc with EIO and with ENOSPC; backup with stop and report; stream with stop
+    and ignore (which still fails the job at the end, as QEMU's stream)."""
+    source = os.path.join(WORKDIR, "ep-src.raw")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", source, "4M"], check=True)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x11 0 4M", source], check=True, capture_output=True)
+    await command(qmp, "blockdev-add error source", "blockdev-add", {"driver": "raw", "node-name": "ep-src", "file": {"driver": "file", "filename": source}})
+    await command(qmp, "blkdebug with an unknown event", "blockdev-add",
+                  {"driver": "raw", "node-name": "ep-bad", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": source},
+                                                                     "inject-error": [{"event": "nonsense"}]}})
+    cases = [("epm1", "mirror", "stop", 5), ("epm2", "mirror", "report", 5), ("epm3", "mirror", "ignore", 5),
+             ("epm4", "mirror", "enospc", 5), ("epm5", "mirror", "enospc", 28), ("epb1", "backup", "stop", 5),
+             ("epb2", "backup", "report", 28), ("eps1", "stream", "stop", 5), ("eps2", "stream", "ignore", 5)]
+
+    async def until(job, *names):
+        seen = []
+        async with asyncio.timeout(30):
+            async for event in qmp.events:
+                data = event["data"]
+                if event["event"] == "JOB_STATUS_CHANGE" and data["id"] == job:
+                    seen.append(data["status"])
+                    if data["status"] in names:
+                        return seen
+                elif event["event"].startswith("BLOCK_JOB_") and data.get("device") == job:
+                    seen.append([event["event"], data.get("action", ""), data.get("operation", ""), data.get("error", "")])
+                    if event["event"] in names:
+                        return seen
+        return seen
+
+    for job, kind, policy, errno in cases:
+        target = os.path.join(WORKDIR, f"{job}.raw")
+        inject = [{"event": "read_aio" if kind == "stream" else "write_aio", "errno": errno, "once": True}]
+        if kind == "stream":
+            # top (empty qcow2) over a raw base whose first read fails.
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", source, "-F", "raw", target], check=True)
+            await command(qmp, f"{job}: blockdev-add base", "blockdev-add",
+                          {"driver": "raw", "node-name": f"{job}-base", "read-only": True,
+                           "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": source, "read-only": True},
+                                    "inject-error": inject}})
+            await command(qmp, f"{job}: blockdev-add top", "blockdev-add",
+                          {"driver": "qcow2", "node-name": f"{job}-top", "backing": f"{job}-base", "file": {"driver": "file", "filename": target}})
+            await command(qmp, f"{job}: block-stream", "block-stream", {"job-id": job, "device": f"{job}-top", "on-error": policy})
+        else:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "raw", target, "4M"], check=True)
+            await command(qmp, f"{job}: blockdev-add target", "blockdev-add",
+                          {"driver": "raw", "node-name": job, "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": target},
+                                                                       "inject-error": inject}})
+            command_name = "blockdev-mirror" if kind == "mirror" else "blockdev-backup"
+            await command(qmp, f"{job}: {command_name}", command_name,
+                          {"job-id": job, "device": "ep-src", "target": job, "sync": "full", "on-target-error": policy})
+        seen = await until(job, "BLOCK_JOB_ERROR", "BLOCK_JOB_READY", "null")
+        stopped = None
+        if seen and seen[-1][0] == "BLOCK_JOB_ERROR":
+            if seen[-1][1] == "stop":
+                # The pause takes effect at the job's next pause point.
+                for _ in range(200):
+                    jobs = [j for j in await qmp.execute("query-block-jobs", {}) if j["device"] == job]
+                    if jobs and jobs[0]["status"] == "paused":
+                        break
+                    await asyncio.sleep(0.01)
+                stopped = [(j["status"], j["io-status"], j["paused"]) for j in jobs]
+                await command(qmp, f"{job}: job-resume", "job-resume", {"id": job})
+            seen += await until(job, "BLOCK_JOB_READY", "null")
+        if seen and seen[-1][0] == "BLOCK_JOB_READY":
+            await command(qmp, f"{job}: block-job-cancel once ready", "block-job-cancel", {"device": job})
+            seen += await until(job, "null")
+        copy = target if kind != "stream" else None
+        same = None
+        if copy:
+            same = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", source, copy]).returncode
+        record(f"{job}: {kind} with {policy} after errno {errno}", "ok", seen=without_drain_pauses(seen), stopped=stopped, target_equal=same)
+        for node in ([f"{job}-top", f"{job}-base"] if kind == "stream" else [job]):
+            await command(qmp, f"{job}: blockdev-del {node}", "blockdev-del", {"node-name": node})
+    await command(qmp, "blockdev-del error source", "blockdev-del", {"node-name": "ep-src"})
 
 
 async def active_commit(qmp):

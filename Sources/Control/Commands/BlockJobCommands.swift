@@ -18,18 +18,18 @@ enum BlockJobCommands {
             let backingFile = try arguments.optionalString("backing-file")
             let bottom = try arguments.optionalString("bottom")
             let speed = try arguments.optionalInteger("speed") ?? 0
-            let onError = try arguments.optionalString("on-error") ?? "report"
+            let onError = try Self.policy(&arguments, "on-error")
             let filterName = try arguments.optionalString("filter-node-name")
             let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
             let autoDismiss = try arguments.optionalBool("auto-dismiss") ?? true
             try arguments.finish()
             guard speed >= 0 else { throw QMPError("Parameter 'speed' expects a non-negative value") }
-            guard onError == "report" else { throw QMPError("on-error=\(onError) is not supported by Strata's stream yet; use report") }
             let controller = monitor.daemon.engine.controller
             let model = await controller.model
-            let plan = try StreamPlanning.plan(top: device, baseFile: baseFile, baseNode: baseNode, bottom: bottom,
+            var plan = try StreamPlanning.plan(top: device, baseFile: baseFile, baseNode: baseNode, bottom: bottom,
                                                backingFile: backingFile, filterName: filterName, model: model)
-            try await monitor.runJob { jobs throws(JobError) in
+            plan.onError = onError
+            try await monitor.runJob { [plan] jobs throws(JobError) in
                 try await jobs.start(id: id, driver: BlockStreamJob(plan: plan, controller: controller),
                                      autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
                                      uses: [(plan.top, .streamTop)] + plan.intermediates.map { ($0, .streamIntermediate) })
@@ -45,26 +45,29 @@ enum BlockJobCommands {
             let topFile = try arguments.optionalString("top")
             let backingFile = try arguments.optionalString("backing-file")
             let speed = try arguments.optionalInteger("speed") ?? 0
-            let onError = try arguments.optionalString("on-error") ?? "report"
+            let onError = try Self.policy(&arguments, "on-error")
             let filterName = try arguments.optionalString("filter-node-name")
             let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
             let autoDismiss = try arguments.optionalBool("auto-dismiss") ?? true
             try arguments.finish()
             guard speed >= 0 else { throw QMPError("Parameter 'speed' expects a non-negative value") }
-            guard onError == "report" else { throw QMPError("on-error=\(onError) is not supported by Strata's commit yet; use report") }
             let controller = monitor.daemon.engine.controller
             let model = await controller.model
             let planned = try CommitPlanning.plan(device: device, topNode: topNode, topFile: topFile, baseNode: baseNode, baseFile: baseFile,
                                                   backingFile: backingFile, filterName: filterName, model: model)
             switch planned {
-            case .intermediate(let plan):
-                try await monitor.runJob { jobs throws(JobError) in
+            case .intermediate(var plan):
+                plan.onError = onError
+                try await monitor.runJob { [plan] jobs throws(JobError) in
                     try await jobs.start(id: id, driver: BlockCommitJob(plan: plan, controller: controller),
                                          autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
                                          uses: plan.committed.map { ($0, .commitSource) } + [(plan.base, .commitTarget), (plan.overlay, .commitOverlay)])
                 }
-            case .active(let plan):
-                try await monitor.runJob { jobs throws(JobError) in
+            case .active(var plan):
+                // commit_active_start hands on-error to the mirror for source and target alike.
+                plan.onSourceError = onError
+                plan.onTargetError = onError
+                try await monitor.runJob { [plan] jobs throws(JobError) in
                     try await jobs.start(id: id, driver: BlockMirrorJob(plan: plan, controller: controller),
                                          autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
                                          uses: (plan.committedLayers ?? []).map { ($0, .commitSource) } + [(plan.target, .commitTarget)])
@@ -81,8 +84,8 @@ enum BlockJobCommands {
             let speed = try arguments.optionalInteger("speed") ?? 0
             let granularity = try arguments.optionalInteger("granularity") ?? 65536
             let bufferBytes = try arguments.optionalInteger("buf-size") ?? (1 << 20)
-            let onSourceError = try arguments.optionalString("on-source-error") ?? "report"
-            let onTargetError = try arguments.optionalString("on-target-error") ?? "report"
+            let onSourceError = try Self.policy(&arguments, "on-source-error")
+            let onTargetError = try Self.policy(&arguments, "on-target-error")
             let filterName = try arguments.optionalString("filter-node-name")
             let copyModeText = try arguments.optionalString("copy-mode") ?? "background"
             let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
@@ -98,19 +101,18 @@ enum BlockJobCommands {
             guard (512...(64 << 20)).contains(granularity) else { throw QMPError("Parameter 'granularity' expects a value in range [512B, 64MB]") }
             guard granularity & (granularity - 1) == 0 else { throw QMPError("Granularity must be a power of 2") }
             guard bufferBytes > 0 else { throw QMPError("buf-size must be greater than zero") }
-            guard onSourceError == "report", onTargetError == "report" else {
-                throw QMPError("on-source-error and on-target-error other than report are not supported by Strata's mirror yet")
-            }
             let controller = monitor.daemon.engine.controller
             let model = await controller.model
             guard model.nodes[device] != nil else { throw QMPError("Cannot find device='\(device)' nor node-name='\(device)'") }
             guard model.nodes[target] != nil else { throw QMPError("Cannot find device='\(target)' nor node-name='\(target)'") }
             guard target != device else { throw QMPError("Can't mirror node into itself") }
             if let user = model.users(of: target).first { throw QMPError("Node '\(target)' is busy: node is used as \(user)") }
-            let plan = BlockMirrorJob.Plan(source: device, target: target, replaces: replaces ?? device, sync: sync,
+            var plan = BlockMirrorJob.Plan(source: device, target: target, replaces: replaces ?? device, sync: sync,
                                            granularity: UInt64(granularity), bufferBytes: Int(max(bufferBytes, granularity)),
                                            copyMode: copyMode, filterName: filterName)
-            try await monitor.runJob { jobs throws(JobError) in
+            plan.onSourceError = onSourceError
+            plan.onTargetError = onTargetError
+            try await monitor.runJob { [plan] jobs throws(JobError) in
                 try await jobs.start(id: id, driver: BlockMirrorJob(plan: plan, controller: controller),
                                      autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: UInt64(speed),
                                      uses: [(device, .mirrorSource), (target, .mirrorTarget)])
@@ -118,6 +120,13 @@ enum BlockJobCommands {
             return .emptyObject
         },
     ]
+
+    /// A BlockdevOnError argument (default report).
+    static func policy(_ arguments: inout QMPArguments, _ key: String) throws(QMPError) -> JobErrorPolicy {
+        guard let text = try arguments.optionalString(key) else { return .report }
+        guard let policy = JobErrorPolicy(rawValue: text) else { throw QMPError("Parameter '\(key)' does not accept value '\(text)'") }
+        return policy
+    }
 }
 
 /// block-commit's arguments against the graph, with QEMU's checks and texts.
@@ -218,6 +227,8 @@ struct BackupRequest: Sendable {
     let bitmapName: String?
     let bitmapMode: BlockBackupJob.BitmapMode?
     let filterName: String?
+    let onSourceError: JobErrorPolicy
+    let onTargetError: JobErrorPolicy
     let autoFinalize: Bool
     let autoDismiss: Bool
 
@@ -230,8 +241,8 @@ struct BackupRequest: Sendable {
         let bitmapName = try arguments.optionalString("bitmap")
         let modeText = try arguments.optionalString("bitmap-mode")
         let compress = try arguments.optionalBool("compress") ?? false
-        let onSourceError = try arguments.optionalString("on-source-error") ?? "report"
-        let onTargetError = try arguments.optionalString("on-target-error") ?? "report"
+        let onSourceError = try BlockJobCommands.policy(&arguments, "on-source-error")
+        let onTargetError = try BlockJobCommands.policy(&arguments, "on-target-error")
         let filterName = try arguments.optionalString("filter-node-name")
         let autoFinalize = try arguments.optionalBool("auto-finalize") ?? true
         let autoDismiss = try arguments.optionalBool("auto-dismiss") ?? true
@@ -247,11 +258,9 @@ struct BackupRequest: Sendable {
         }
         guard speed >= 0 else { throw QMPError("Parameter 'speed' expects a non-negative value") }
         guard !compress else { throw QMPError("compress=true is not supported by Strata's backup yet") }
-        guard onSourceError == "report", onTargetError == "report" else {
-            throw QMPError("on-source-error and on-target-error other than report are not supported by Strata's backup yet")
-        }
         return BackupRequest(id: id, device: device, target: target, sync: sync, speed: UInt64(speed), bitmapName: bitmapName,
-                             bitmapMode: mode, filterName: filterName, autoFinalize: autoFinalize, autoDismiss: autoDismiss)
+                             bitmapMode: mode, filterName: filterName, onSourceError: onSourceError, onTargetError: onTargetError,
+                             autoFinalize: autoFinalize, autoDismiss: autoDismiss)
     }
 
     /// QEMU's do_backup_common checks, in its order; the plan they leave.
@@ -292,14 +301,17 @@ struct BackupRequest: Sendable {
             throw QMPError("\(error)")
         }
         guard sourceSize == targetSize else { throw QMPError("Source and target image have different sizes") }
-        return BlockBackupJob.Plan(source: device, target: target, sync: sync, bitmap: bitmap, bitmapMode: mode ?? .onSuccess,
-                                   filterName: filterName)
+        var plan = BlockBackupJob.Plan(source: device, target: target, sync: sync, bitmap: bitmap, bitmapMode: mode ?? .onSuccess,
+                                       filterName: filterName)
+        plan.onSourceError = onSourceError
+        plan.onTargetError = onTargetError
+        return plan
     }
 
     func start(_ monitor: isolated QMPMonitor) async throws(QMPError) {
         let controller = monitor.daemon.engine.controller
         let plan = try await plan(controller)
-        try await monitor.runJob { jobs throws(JobError) in
+        try await monitor.runJob { [plan] jobs throws(JobError) in
             try await jobs.start(id: id, driver: BlockBackupJob(plan: plan, controller: controller), autoFinalize: autoFinalize,
                                  autoDismiss: autoDismiss, speed: speed, uses: [(device, .backupSource), (target, .backupTarget)])
         }

@@ -208,6 +208,7 @@ extension QMPMonitor {
             } catch {
                 throw QMPError("\(error)")
             }
+            await controller.refitBitmaps()
             return
         }
         if entry.driver == "raw" {
@@ -221,5 +222,6 @@ extension QMPMonitor {
             throw QMPError("Image format '\(entry.driver)' of node '\(name)' does not support live resizing yet")
         }
         do { try await state.resize(to: sizeBytes) } catch { throw QMPError("Could not resize: \(error)") }
+        await controller.refitBitmaps()
     }
 }

@@ -45,7 +45,7 @@ enum JobCommands {
                 var fields: [(String, OrderedJSON)] = [
                     ("type", .string(info.type.rawValue)), ("device", .string(info.id)), ("len", .uint(info.totalProgress)),
                     ("offset", .uint(info.currentProgress)), ("busy", .bool(info.isBusy)), ("paused", .bool(info.isPaused)),
-                    ("speed", .uint(info.speed)), ("io-status", .string("ok")), ("ready", .bool(info.isReady)),
+                    ("speed", .uint(info.speed)), ("io-status", .string(info.ioStatus)), ("ready", .bool(info.isReady)),
                     ("status", .string(info.status.rawValue)), ("auto-finalize", .bool(info.autoFinalize)),
                     ("auto-dismiss", .bool(info.autoDismiss)),
                 ]

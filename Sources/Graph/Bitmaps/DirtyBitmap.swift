@@ -90,6 +90,14 @@ public final class DirtyBitmap: Sendable {
         }
     }
 
-    /// Replaces the bits (block-dirty-bitmap-clear keeps none; a transaction's undo puts old ones back).
-    func replaceBits(with bits: AtomicBitmap) { state.withLock { $0.bits = bits } }
+    /// New, empty bits for a node of `sizeBytes` (a resize); returns the old ones to merge back once
+    /// no write marks them any more.
+    func refit(to sizeBytes: UInt64) -> AtomicBitmap? {
+        state.withLock { state in
+            guard state.successor == nil, state.bits.sizeBytes != sizeBytes else { return nil }
+            let old = state.bits
+            state.bits = AtomicBitmap(sizeBytes: sizeBytes, granularity: granularity)
+            return old
+        }
+    }
 }

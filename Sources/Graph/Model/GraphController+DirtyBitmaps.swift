@@ -51,6 +51,22 @@ extension GraphController {
     public func addUser(of bitmap: DirtyBitmap) { bitmap.addUser() }
     public func removeUser(of bitmap: DirtyBitmap) { bitmap.removeUser() }
 
+    /// After a resize: every bitmap of a node whose size changed covers the new size, keeping
+    /// its bits (those past a shrunk end go). The new bits are marked from the next version on;
+    /// the old ones are merged in once the writes that marked them are done.
+    public func refitBitmaps() async {
+        var refitted: [(DirtyBitmap, AtomicBitmap)] = []
+        for (node, bitmaps) in dirtyBitmaps {
+            guard let size = try? state(of: node).sizeBytes else { continue }
+            for bitmap in bitmaps {
+                if let old = bitmap.refit(to: size) { refitted.append((bitmap, old)) }
+            }
+        }
+        guard !refitted.isEmpty else { return }
+        await barrier()
+        for (bitmap, old) in refitted { bitmap.bits.merge(old) }
+    }
+
     private func publishBitmaps(of node: String) async {
         if let store = try? state(of: node) as? any DirtyBitmapStore { store.track(dirtyBitmaps[node] ?? []) }
         await barrier()

@@ -36,6 +36,8 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
         public let bitmap: DirtyBitmap?
         public let bitmapMode: BitmapMode
         public let filterName: String?
+        public var onSourceError: JobErrorPolicy = .report
+        public var onTargetError: JobErrorPolicy = .report
 
         public init(source: String, target: String, sync: Sync, bitmap: DirtyBitmap?, bitmapMode: BitmapMode, filterName: String?) {
             self.source = source
@@ -142,7 +144,7 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
                 runs.append(start...last)
                 next = wanted.next(from: last + 1)
             }
-            let failure = await withTaskGroup(of: IOStatus?.self) { group -> IOStatus? in
+            let failures = await withTaskGroup(of: CopyOutcome?.self) { group -> [CopyOutcome] in
                 for run in runs {
                     group.addTask {
                         let (_, failure) = await filterState.copyPending(run) { offset, length in
@@ -151,11 +153,22 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
                         return failure
                     }
                 }
-                var failure: IOStatus?
-                for await status in group { failure = failure ?? status }
-                return failure
+                var failures: [CopyOutcome] = []
+                for await failure in group { if let failure { failures.append(failure) } }
+                return failures
             }
-            if let failure { throw JobError("\(failure)") }
+            // As QEMU's backup_loop: `report` fails the job; `ignore` and `stop` (after
+            // job-resume) copy the chunks again, which are still pending in the filter.
+            for failure in failures {
+                let policy = failure.failedReading ? plan.onSourceError : plan.onTargetError
+                if await context.reportError(failure.status, isRead: failure.failedReading, policy: policy) == .report {
+                    throw JobError(failure.status)
+                }
+            }
+            if !failures.isEmpty {
+                cursor = runs[0].lowerBound
+                continue
+            }
             for run in runs {
                 for bit in run { _ = wanted.take(bit) }
                 done += min(size, UInt64(run.upperBound + 1) * chunk) - UInt64(run.lowerBound) * chunk
@@ -170,13 +183,13 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
             }
         }
         let flushed = await writePort.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
-        guard flushed.isOK else { throw JobError("\(flushed)") }
+        guard flushed.isOK else { throw JobError(flushed) }
     }
 
     /// One run, source to target, extent by extent: ranges that read as zeros become
     /// write-zeroes, so the target stays sparse where the source is (QEMU's block-copy asks block
     /// status the same way).
-    private static func copy(offset: UInt64, length: Int, source: any NodeState, from reader: BackendPort, to writer: BackendPort) async -> IOStatus {
+    private static func copy(offset: UInt64, length: Int, source: any NodeState, from reader: BackendPort, to writer: BackendPort) async -> CopyOutcome {
         let end = offset + UInt64(length)
         var position = offset
         var buffer: AlignedBuffer?
@@ -193,11 +206,11 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
                 buffer = memory
                 let read = await reader.submit(BlockRequest(operation: .read, offsetBytes: position, lengthBytes: piece,
                                                             buffer: memory.slice(from: 0, count: piece)))
-                guard read.isOK else { return read }
+                guard read.isOK else { return CopyOutcome(status: read, failedReading: true) }
                 status = await writer.submit(BlockRequest(operation: .write, offsetBytes: position, lengthBytes: piece,
                                                           buffer: memory.slice(from: 0, count: piece)))
             }
-            guard status.isOK else { return status }
+            guard status.isOK else { return CopyOutcome(status: status, failedReading: false) }
             position += UInt64(piece)
         }
         return .ok

@@ -23,6 +23,8 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
         public let backingFile: String
         public let backingFormat: String
         public let filterName: String?
+        /// `on-error`.
+        public var onError: JobErrorPolicy = .report
 
         public init(overlay: String, top: String, base: String, committed: [String], backingFile: String, backingFormat: String,
                     filterName: String?) {
@@ -92,9 +94,14 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
             if extent.isAllocated, let depth = extent.depth, depth < plan.committed.count {
                 let slice = buffer.slice(from: 0, count: length)
                 let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length, buffer: slice))
-                guard read.isOK else { throw JobError("\(read)") }
-                let written = await writePort.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: slice))
-                guard written.isOK else { throw JobError("\(written)") }
+                let written = read.isOK
+                    ? await writePort.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length, buffer: slice)) : read
+                if !written.isOK {
+                    // As QEMU's commit_run: `ignore` and `stop` (after job-resume) retry the chunk.
+                    let action = await context.reportError(written, isRead: !read.isOK, policy: plan.onError)
+                    if action == .report { throw JobError(written) }
+                    continue
+                }
             }
             offset += UInt64(length)
             await context.setProgress(current: offset, total: size)
@@ -107,7 +114,7 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
         }
         // What was written is durable before the overlay names the base.
         let flushed = await writePort.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
-        guard flushed.isOK else { throw JobError("\(flushed)") }
+        guard flushed.isOK else { throw JobError(flushed) }
     }
 
     /// The pivot, one transaction: the backends and the filter go, the overlay's backing becomes

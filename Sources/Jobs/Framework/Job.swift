@@ -1,3 +1,4 @@
+import Glibc
 import StrataFormatting
 import StrataRuntime
 
@@ -27,6 +28,8 @@ public actor Job: JobContext {
     /// block-job-cancel without force on a READY job: it finishes without its pivot.
     public private(set) var finishesWithoutPivot = false
     private var runFinished = false
+    /// QEMU's BlockDeviceIoStatus: "ok", or "failed"/"nospace" while stopped by an error policy.
+    private var ioStatus = "ok"
     private var resumeWaiters: [CheckedContinuation<Void, Never>] = []
 
     public nonisolated var type: JobType { driver.type }
@@ -136,6 +139,20 @@ public actor Job: JobContext {
         if driver.isBlockJob { await emit(blockJobEvent("BLOCK_JOB_READY", error: nil)) }
     }
 
+    public func reportError(_ status: IOStatus, isRead: Bool, policy: JobErrorPolicy) async -> JobErrorAction {
+        let action = policy.action(for: status)
+        await emit(JobEvent("BLOCK_JOB_ERROR", [("device", .string(id)), ("operation", .string(isRead ? "read" : "write")),
+                                                ("action", .string(action.rawValue))]))
+        if action == .stop {
+            if !userPaused {
+                userPaused = true
+                pauseCount += 1
+            }
+            ioStatus = status.errno == ENOSPC ? "nospace" : "failed"
+        }
+        return action
+    }
+
     private func wakeWaiters() {
         let waiters = resumeWaiters
         resumeWaiters = []
@@ -160,6 +177,7 @@ public actor Job: JobContext {
         try check(.resume)
         userPaused = false
         pauseCount -= 1
+        ioStatus = "ok"
         if pauseCount == 0 { wakeWaiters() }
     }
 
@@ -203,6 +221,6 @@ public actor Job: JobContext {
         JobSnapshot(id: id, type: type, status: status, currentProgress: currentProgress, totalProgress: totalProgress, speed: speed,
                     error: errorText, isBlockJob: driver.isBlockJob, isPaused: pauseCount > 0,
                     isBusy: status == .running || status == .ready, isReady: status == .ready || status == .standby,
-                    autoFinalize: autoFinalize, autoDismiss: autoDismiss)
+                    autoFinalize: autoFinalize, autoDismiss: autoDismiss, ioStatus: ioStatus)
     }
 }

@@ -1,3 +1,5 @@
+import StrataRuntime
+
 /// What a kind of job does; the `Job` around it runs the state machine. QEMU's JobDriver: `run`,
 /// then, once every job of its transaction is done, `commit` or `abort`, then `clean`.
 public protocol JobDriver: Sendable {
@@ -39,4 +41,9 @@ public protocol JobContext: Actor {
     func setProgress(current: UInt64, total: UInt64)
     /// The job has caught up and waits for job-complete (mirror, active commit).
     func becomeReady() async
+    /// A read (`isRead`) or write of the job failed with `status`: sends BLOCK_JOB_ERROR with the
+    /// action `policy` takes, and for `stop` pauses the job as a user pause (`io-status` failed,
+    /// or nospace for ENOSPC) until job-resume. The driver then acts: fails on `report`, goes on
+    /// on `ignore`, and retries after its next pause point on `stop`.
+    func reportError(_ status: IOStatus, isRead: Bool, policy: JobErrorPolicy) async -> JobErrorAction
 }

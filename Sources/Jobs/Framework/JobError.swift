@@ -1,3 +1,6 @@
+import Glibc
+import StrataRuntime
+
 /// A refused job command, with QEMU's text and error class.
 public struct JobError: Error, CustomStringConvertible, Equatable {
     public enum Class: String, Sendable {
@@ -11,6 +14,11 @@ public struct JobError: Error, CustomStringConvertible, Equatable {
     public init(_ description: String, class errorClass: Class = .genericError) {
         self.description = description
         self.errorClass = errorClass
+    }
+
+    /// A failed I/O, as QEMU words a job's error: strerror's text alone ("Input/output error").
+    public init(_ status: IOStatus) {
+        self.init(String(cString: strerror(status.errno)))
     }
 
     static func verb(_ verb: JobVerb, job: String, status: JobStatus) -> JobError {

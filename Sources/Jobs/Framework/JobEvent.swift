@@ -27,4 +27,6 @@ public struct JobSnapshot: Sendable {
     public let isReady: Bool
     public let autoFinalize: Bool
     public let autoDismiss: Bool
+    /// "ok", "failed" or "nospace" (query-block-jobs `io-status`).
+    public let ioStatus: String
 }

@@ -41,6 +41,8 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         /// target is the base of the source's chain, the job is of type `commit`, and only what
         /// the layers above the base hold is copied; they leave the chain at the pivot.
         public let committedLayers: [String]?
+        public var onSourceError: JobErrorPolicy = .report
+        public var onTargetError: JobErrorPolicy = .report
 
         public init(source: String, target: String, replaces: String, sync: Sync, granularity: UInt64, bufferBytes: Int,
                     copyMode: CopyMode, filterName: String?, committedLayers: [String]? = nil) {
@@ -208,20 +210,30 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             }
             let writer = writePorts[0]
             let bufferBytes = plan.bufferBytes
-            let failure = await withTaskGroup(of: IOStatus.self) { group -> IOStatus? in
+            let failures = await withTaskGroup(of: (status: IOStatus, isRead: Bool, run: (offset: UInt64, length: Int)).self) { group in
                 for (index, run) in runs.enumerated() {
                     let slice = buffer.slice(from: index * bufferBytes, count: run.length)
                     group.addTask {
                         let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: run.offset, lengthBytes: run.length, buffer: slice))
-                        guard read.isOK else { return read }
-                        return await writer.submit(BlockRequest(operation: .write, offsetBytes: run.offset, lengthBytes: run.length, buffer: slice))
+                        guard read.isOK else { return (read, true, run) }
+                        return (await writer.submit(BlockRequest(operation: .write, offsetBytes: run.offset, lengthBytes: run.length, buffer: slice)),
+                                false, run)
                     }
                 }
-                var failure: IOStatus?
-                for await status in group where !status.isOK { failure = failure ?? status }
-                return failure
+                var failures: [(status: IOStatus, isRead: Bool, run: (offset: UInt64, length: Int))] = []
+                for await outcome in group where !outcome.status.isOK { failures.append(outcome) }
+                return failures
             }
-            if let failure { throw JobError("\(failure)") }
+            // As QEMU's mirror: a failed copy is dirty again; `report` fails the job, `stop` pauses
+            // it until job-resume, `ignore` goes on (the chunk is copied again later).
+            for failure in failures {
+                map.mark(offsetBytes: failure.run.offset, lengthBytes: UInt64(failure.run.length))
+                let policy = failure.isRead ? plan.onSourceError : plan.onTargetError
+                if await context.reportError(failure.status, isRead: failure.isRead, policy: policy) == .report {
+                    throw JobError(failure.status)
+                }
+            }
+            if !failures.isEmpty { continue }
             let length = runs.reduce(0) { $0 + $1.length }
             copied += UInt64(length)
             let remaining = UInt64(map.dirtyCount) * plan.granularity
@@ -233,7 +245,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             }
         }
         let flushed = await writePorts[0].submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
-        guard flushed.isOK else { throw JobError("\(flushed)") }
+        guard flushed.isOK else { throw JobError(flushed) }
     }
 
     /// The pivot, one transaction: the job's backends and the filter go and every user of the

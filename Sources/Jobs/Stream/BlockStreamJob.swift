@@ -25,6 +25,8 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
         public let filterName: String?
         /// The layers between top and base, top first.
         public let intermediates: [String]
+        /// `on-error`.
+        public var onError: JobErrorPolicy = .report
         /// Those of them added implicitly (`#blockN`): removed with the stream.
         public var implicitIntermediates: [String] { intermediates.filter { $0.hasPrefix("#") } }
 
@@ -79,13 +81,22 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
         var startNs = MonotonicClock.now()
         var copiedSinceStart: UInt64 = 0
         await context.setProgress(current: 0, total: size)
+        // As QEMU's stream_run: `ignore` goes on past a failed chunk, and the job still fails at
+        // the end with the first error; `stop` retries the chunk after job-resume.
+        var ignored: IOStatus?
         while offset < size {
             await context.pausePoint()
             if await context.isCancelled { return }
             let length = Int(min(UInt64(Self.chunkBytes), size - offset))
             let status = await port.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                                         buffer: buffer.slice(from: 0, count: length)))
-            guard status.isOK else { throw JobError("\(status)") }
+            if !status.isOK {
+                switch await context.reportError(status, isRead: true, policy: plan.onError) {
+                case .report: throw JobError(status)
+                case .stop: continue
+                case .ignore: ignored = ignored ?? status
+                }
+            }
             offset += UInt64(length)
             copiedSinceStart += UInt64(length)
             await context.setProgress(current: offset, total: size)
@@ -106,6 +117,7 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
                 }
             }
         }
+        if let ignored { throw JobError(ignored) }
     }
 
     /// The pivot, one transaction: the filter and the job's backend go, top's backing becomes

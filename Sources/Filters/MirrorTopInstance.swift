@@ -23,6 +23,9 @@ actor MirrorTopInstance: BlockNode {
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
         guard request.operation.isWrite else { return await child.submit(request) }
+        await state.enter()
+        defer { state.leave() }
+        if state.isDetached { return await child.submit(request) }
         let status = await child.submit(request)
         guard status.isOK else { return status }
         if state.isWriteBlocking, let target = state.target(forQueue: queueIndex) {

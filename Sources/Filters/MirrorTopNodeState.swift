@@ -10,6 +10,13 @@ public final class MirrorTopNodeState: NodeState, BackingChainLayer {
     private let dirty = Mutex<AtomicBitmap?>(nil)
     private let target = Mutex<[any BlockTarget]>([])
     private let writeBlocking = Atomic<Bool>(false)
+    /// The atomic cancel of several mirrors: while the gate is closed, new writes wait before
+    /// they touch anything; `writesInside` counts those past it.
+    private let gateClosed = Atomic<Bool>(false)
+    private let writesInside = Atomic<Int>(0)
+    private let gateWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+    /// The mirror stopped: writes go to the source only, and mark nothing.
+    private let detachedFlag = Atomic<Bool>(false)
 
     init(file: ChildLink, child: any NodeState) {
         self.file = file
@@ -31,6 +38,43 @@ public final class MirrorTopNodeState: NodeState, BackingChainLayer {
     }
 
     var isWriteBlocking: Bool { writeBlocking.load(ordering: .acquiring) }
+    var isDetached: Bool { detachedFlag.load(ordering: .acquiring) }
+
+    /// A write enters: counted inside first, then it checks the gate, so `closeGate` either sees
+    /// it inside or it sees the gate closed and waits outside (both sequentially consistent).
+    nonisolated(nonsending) func enter() async {
+        while true {
+            writesInside.add(1, ordering: .sequentiallyConsistent)
+            guard gateClosed.load(ordering: .sequentiallyConsistent) else { return }
+            leave()
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let stillClosed = gateWaiters.withLock { waiters in
+                    guard gateClosed.load(ordering: .sequentiallyConsistent) else { return false }
+                    waiters.append(continuation)
+                    return true
+                }
+                if !stillClosed { continuation.resume() }
+            }
+        }
+    }
+
+    func leave() { writesInside.subtract(1, ordering: .sequentiallyConsistent) }
+
+    /// Stops new writes at the gate; `isQuiet` turns true once the ones inside are done.
+    public func closeGate() { gateClosed.store(true, ordering: .sequentiallyConsistent) }
+
+    public var isQuiet: Bool { writesInside.load(ordering: .sequentiallyConsistent) == 0 }
+
+    /// Ends the mirroring (writes from now on reach the source only) and lets the waiting writes in.
+    public func detachAndOpenGate() {
+        detachedFlag.store(true, ordering: .releasing)
+        let waiters = gateWaiters.withLock { waiters in
+            gateClosed.store(false, ordering: .sequentiallyConsistent)
+            defer { waiters = [] }
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
 
     func target(forQueue index: Int) -> (any BlockTarget)? {
         target.withLock { index >= 0 && index < $0.count ? $0[index] : nil }

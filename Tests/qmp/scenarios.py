@@ -500,6 +500,28 @@ async def error_policies(qmp):
         record(f"{job}: {kind} with {policy} after errno {errno}", "ok", seen=without_drain_pauses(seen), stopped=stopped, target_equal=same)
         for node in ([f"{job}-top", f"{job}-base"] if kind == "stream" else [job]):
             await command(qmp, f"{job}: blockdev-del {node}", "blockdev-del", {"node-name": node})
+    # Grouped completion: when one backup of the transaction fails, the other is cancelled.
+    for name in ("epg1", "epg2"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", os.path.join(WORKDIR, f"{name}.raw"), "4M"], check=True)
+    await command(qmp, "grouped: blockdev-add target", "blockdev-add",
+                  {"driver": "raw", "node-name": "epg1", "file": {"driver": "file", "filename": os.path.join(WORKDIR, "epg1.raw")}})
+    await command(qmp, "grouped: blockdev-add failing target", "blockdev-add",
+                  {"driver": "raw", "node-name": "epg2", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": os.path.join(WORKDIR, "epg2.raw")},
+                                                                  "inject-error": [{"event": "write_aio", "errno": 5}]}})
+    await command(qmp, "grouped transaction of two backups", "transaction",
+                  {"actions": [{"type": "blockdev-backup", "data": {"job-id": "epg1", "device": "ep-src", "target": "epg1", "sync": "full"}},
+                               {"type": "blockdev-backup", "data": {"job-id": "epg2", "device": "ep-src", "target": "epg2", "sync": "full"}}],
+                   "properties": {"completion-mode": "grouped"}})
+    ends = {}
+    async with asyncio.timeout(30):
+        async for event in qmp.events:
+            if event["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and event["data"]["device"] in ("epg1", "epg2"):
+                ends[event["data"]["device"]] = [event["event"], event["data"].get("error", "")]
+                if len(ends) == 2:
+                    break
+    record("grouped: one fails, both end", "ok", ends=ends)
+    for name in ("epg1", "epg2"):
+        await command(qmp, f"grouped: blockdev-del {name}", "blockdev-del", {"node-name": name})
     await command(qmp, "blockdev-del error source", "blockdev-del", {"node-name": "ep-src"})
 
 

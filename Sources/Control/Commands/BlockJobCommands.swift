@@ -308,12 +308,13 @@ struct BackupRequest: Sendable {
         return plan
     }
 
-    func start(_ monitor: isolated QMPMonitor) async throws(QMPError) {
+    func start(_ monitor: isolated QMPMonitor, transaction: JobTransaction? = nil) async throws(QMPError) {
         let controller = monitor.daemon.engine.controller
         let plan = try await plan(controller)
         try await monitor.runJob { [plan] jobs throws(JobError) in
             try await jobs.start(id: id, driver: BlockBackupJob(plan: plan, controller: controller), autoFinalize: autoFinalize,
-                                 autoDismiss: autoDismiss, speed: speed, uses: [(device, .backupSource), (target, .backupTarget)])
+                                 autoDismiss: autoDismiss, speed: speed, uses: [(device, .backupSource), (target, .backupTarget)],
+                                 transaction: transaction)
         }
     }
 }

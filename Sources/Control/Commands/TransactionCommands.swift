@@ -1,5 +1,6 @@
 import StrataFormatting
 import StrataGraph
+import StrataJobs
 
 /// `transaction` (all actions or none) and Strata's graph edits that QEMU lacks, as `x-`
 /// commands: a filter inserted above a node or on one edge, a filter removed, a node replaced in
@@ -24,6 +25,7 @@ enum TransactionCommands {
             var bitmapActions: [BitmapAction] = []
             var backups: [BackupRequest] = []
             var edits: [GraphEdit] = []
+            var atomicCancels: [String] = []
             var order: [Int] = []
             for action in actions {
                 guard case .object(let fields) = action, case .string(let type)? = fields["type"] else {
@@ -38,12 +40,12 @@ enum TransactionCommands {
                     order.append(1)
                 } else if type == "abort" {
                     order.append(2)
+                } else if type == "x-block-job-cancel" {
+                    atomicCancels.append(try data.string("device"))
+                    try data.finish()
                 } else {
                     do { edits.append(try GraphEdit.parse(action)) } catch { throw QMPError("\(error)") }
                 }
-            }
-            if properties["completion-mode"] == .string("grouped") && backups.count > 1 {
-                throw QMPError("completion-mode 'grouped' is not supported by Strata yet for more than one job")
             }
             var prepared: [BitmapAction.Prepared] = []
             func rollBack() async { for undo in prepared.reversed() { await undo.abort() } }
@@ -63,13 +65,20 @@ enum TransactionCommands {
                         throw QMPError("Transaction aborted using Abort action")
                     }
                 }
+                if !atomicCancels.isEmpty {
+                    _ = try await monitor.runJob { [atomicCancels] jobs throws(JobError) in try await jobs.mirrorsToCancelTogether(atomicCancels) }
+                }
                 if !edits.isEmpty { try await monitor.apply(edits) }
             } catch {
                 await rollBack()
                 throw error
             }
             for undo in prepared { await undo.commit() }
-            for backup in backups { try await backup.start(monitor) }
+            let group = properties["completion-mode"] == .string("grouped") ? JobTransaction(control: monitor.daemon.engine.control) : nil
+            for backup in backups { try await backup.start(monitor, transaction: group) }
+            if !atomicCancels.isEmpty {
+                try await monitor.runJob { [atomicCancels] jobs throws(JobError) in try await jobs.cancelMirrorsAtomically(atomicCancels) }
+            }
             return .emptyObject
         },
         QMPCommand("x-insert-filter") { monitor, arguments in

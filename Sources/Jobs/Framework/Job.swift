@@ -15,6 +15,8 @@ public actor Job: JobContext {
     public nonisolated let autoDismiss: Bool
     private let emit: @Sendable (JobEvent) async -> Void
     private let onDismissed: @Sendable (String) async -> Void
+    /// The grouped transaction the job belongs to, if any.
+    private let transaction: JobTransaction?
 
     public private(set) var status: JobStatus = .undefined
     private var currentProgress: UInt64 = 0
@@ -35,8 +37,10 @@ public actor Job: JobContext {
     public nonisolated var type: JobType { driver.type }
 
     init(id: String, driver: any JobDriver, autoFinalize: Bool, autoDismiss: Bool, speed: UInt64, control: QueueExecutor,
-         emit: @escaping @Sendable (JobEvent) async -> Void, onDismissed: @escaping @Sendable (String) async -> Void) {
+         transaction: JobTransaction? = nil, emit: @escaping @Sendable (JobEvent) async -> Void,
+         onDismissed: @escaping @Sendable (String) async -> Void) {
         self.id = id
+        self.transaction = transaction
         self.driver = driver
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
@@ -62,10 +66,17 @@ public actor Job: JobContext {
             do { try await driver.run(self) } catch { failure = error }
         }
         runFinished = true
-        if isCancelled || failure != nil {
+        let succeeded = !isCancelled && failure == nil
+        if succeeded { await move(to: .waiting) }
+        if let transaction, await !transaction.finished(self, succeeded: succeeded), succeeded {
+            // Another job of the grouped transaction failed or was cancelled.
+            isCancelled = true
+            await abort(nil)
+            return
+        }
+        if !succeeded {
             await abort(failure)
         } else {
-            await move(to: .waiting)
             await move(to: .pending)
             if autoFinalize {
                 await finalizeNow()

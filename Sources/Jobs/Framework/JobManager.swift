@@ -31,7 +31,8 @@ public actor JobManager {
     /// Creates and starts a job; it is created and running when this returns.
     @discardableResult
     public func start(id: String, driver: any JobDriver, autoFinalize: Bool = true, autoDismiss: Bool = true,
-                      speed: UInt64 = 0, uses: [(node: String, role: JobNodeRole)] = []) async throws(JobError) -> Job {
+                      speed: UInt64 = 0, uses: [(node: String, role: JobNodeRole)] = [],
+                      transaction: JobTransaction? = nil) async throws(JobError) -> Job {
         try checkNewID(id)
         let operation: NodeOperation = switch driver.type {
         case .create: .create
@@ -43,7 +44,7 @@ public actor JobManager {
         for use in uses { try await check(operation, on: use.node) }
         let emit = self.emit
         let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: speed, control: control,
-                      emit: { [weak self] event in
+                      transaction: transaction, emit: { [weak self] event in
                           await emit(event)
                           if event.name == "JOB_STATUS_CHANGE", case .object(let fields) = event.data,
                              fields.contains(where: { $0.0 == "status" && $0.1 == .string(JobStatus.concluded.rawValue) }) {
@@ -53,6 +54,7 @@ public actor JobManager {
                       onDismissed: { [weak self] id in await self?.remove(id) })
         jobs.insert(job, at: 0)
         claims += uses.map { (job, $0.node, $0.role) }
+        await transaction?.add(job)
         await job.start()
         return job
     }
@@ -77,6 +79,42 @@ public actor JobManager {
             throw JobError("Node '\(node)' is busy: block device is in use by block job: \(claim.job.type.rawValue) (job '\(claim.job.id)', "
                            + "\(claim.role.rawValue))")
         }
+    }
+
+    /// The READY mirrors an atomic cancel would stop, or why it cannot.
+    public func mirrorsToCancelTogether(_ ids: [String]) async throws(JobError) -> [(Job, BlockMirrorJob)] {
+        var mirrors: [(Job, BlockMirrorJob)] = []
+        for id in ids {
+            let job = try blockJob(id)
+            guard let mirror = job.driver as? BlockMirrorJob, await job.status == .ready, mirror.readyParts != nil else {
+                throw JobError("Job '\(id)' is not a READY mirror; only READY mirrors can be cancelled together")
+            }
+            guard !mirrors.contains(where: { $0.0 === job }) else { throw JobError("Job '\(id)' is named twice") }
+            mirrors.append((job, mirror))
+        }
+        return mirrors
+    }
+
+    /// Strata's atomic block-job-cancel (the roadmap's, which QEMU lacks): the READY mirrors
+    /// `ids` all stop at one cut of the guests' writes, so their targets together hold a state
+    /// the guests' disks really had. Every filter turns write-blocking (each completed write is in
+    /// its target) and a barrier waits out older writes; then every filter's gate closes and the
+    /// writes inside finish: that is the cut. Each job copies what is still dirty and flushes
+    /// (its source no longer changes), then the filters let the held writes on to the sources
+    /// only, and each job ends as block-job-cancel ends a READY mirror: BLOCK_JOB_COMPLETED,
+    /// no pivot. A write a target holds was issued before the cut, and so was every write that
+    /// completed before it was issued: held writes complete only after every gate closed.
+    public func cancelMirrorsAtomically(_ ids: [String]) async throws(JobError) {
+        let mirrors = try await mirrorsToCancelTogether(ids)
+        guard let controller = mirrors.first?.1.controller else { return }
+        let parts = mirrors.compactMap { $0.1.readyParts }
+        for part in parts { part.filter.startWriteBlocking(targets: part.targets) }
+        await controller.barrier()
+        for part in parts { part.filter.closeGate() }
+        while !parts.allSatisfy(\.filter.isQuiet) { await control.sleep(untilNs: MonotonicClock.now() + 200_000) }
+        for (_, mirror) in mirrors { mirror.requestStopAtCut() }
+        while !mirrors.allSatisfy({ $0.1.hasStoppedAtCut }) { await control.sleep(untilNs: MonotonicClock.now() + 500_000) }
+        for part in parts { part.filter.detachAndOpenGate() }
     }
 
     /// Cancels every job and waits until each has concluded (QEMU's job_cancel_sync_all at exit),

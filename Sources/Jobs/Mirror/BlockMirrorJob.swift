@@ -66,6 +66,12 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
     private let completeRequested = Atomic<Bool>(false)
     private var prepared: (filter: String, reader: String, writer: String, ports: [BackendPort])?
     private var finishWithoutPivot = false
+    /// The filter and the per-queue target ports once the job runs, for an atomic cancel.
+    private let running = Mutex<(filter: MirrorTopNodeState, targets: [any BlockTarget])?>(nil)
+    /// An atomic cancel's cut is made: copy what is still dirty, flush, and end without a pivot.
+    private let stopAtCut = Atomic<Bool>(false)
+    /// The job has done that (or ended otherwise).
+    private let stoppedAtCut = Atomic<Bool>(false)
 
     public init(plan: Plan, controller: GraphController) {
         self.plan = plan
@@ -117,6 +123,8 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         prepared = (filterName, reader, writer, [readPort] + writePorts)
         let targets = writePorts.map { PortTarget(port: $0) }
         if plan.copyMode == .writeBlocking { filterState.startWriteBlocking(targets: targets) }
+        running.withLock { $0 = (filterState, targets) }
+        defer { stoppedAtCut.store(true, ordering: .releasing) }
 
         switch plan.sync {
         case _ where plan.committedLayers != nil:
@@ -176,10 +184,19 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         while true {
             await context.pausePoint()
             if await context.isCancelled { return }
-            if await context.finishesWithoutPivot {
-                // Still a complete, durable copy, as far as it got: flushed below.
+            if !pivoting, await context.finishesWithoutPivot {
+                // block-job-cancel of a READY mirror: as mirror_run, the target catches up with
+                // the source first (write-blocking, older writes waited out, the map emptied), so
+                // it ends as an exact copy of the source at that moment, flushed below.
                 finishWithoutPivot = true
-                break
+                filterState.startWriteBlocking(targets: targets)
+                await controller.barrier()
+                pivoting = true
+            }
+            if ready && !pivoting && stopAtCut.load(ordering: .acquiring) {
+                // The gates are closed: nothing dirties the map any more; empty it and stop.
+                pivoting = true
+                finishWithoutPivot = true
             }
             if ready && !pivoting && completeRequested.load(ordering: .acquiring) {
                 // From here every guest write reaches the target before it completes; the
@@ -247,6 +264,16 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         let flushed = await writePorts[0].submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard flushed.isOK else { throw JobError(flushed) }
     }
+
+    // MARK: Atomic cancel
+
+    /// The filter and targets, once the job runs and is READY: what an atomic cancel works on.
+    var readyParts: (filter: MirrorTopNodeState, targets: [any BlockTarget])? { running.withLock { $0 } }
+
+    /// The cut is made (every gate closed, nothing inside): copy the rest and end.
+    func requestStopAtCut() { stopAtCut.store(true, ordering: .releasing) }
+
+    var hasStoppedAtCut: Bool { stoppedAtCut.load(ordering: .acquiring) }
 
     /// The pivot, one transaction: the job's backends and the filter go and every user of the
     /// replaced node moves to the target. Without a pivot (block-job-cancel of a READY job) only

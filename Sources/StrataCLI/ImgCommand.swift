@@ -8,7 +8,7 @@ struct ImgCommand: AsyncParsableCommand {
         abstract: "Create, inspect, check, convert and change disk images (qemu-img's subcommands).",
         subcommands: [ImgCreateCommand.self, ImgInfoCommand.self, ImgCheckCommand.self, ImgMapCommand.self, ImgCompareCommand.self,
                       ImgConvertCommand.self, ImgMeasureCommand.self, ImgSnapshotCommand.self, ImgAmendCommand.self, ImgCommitCommand.self,
-                      ImgRebaseCommand.self, ImgResizeCommand.self, ImgBenchCommand.self]
+                      ImgRebaseCommand.self, ImgResizeCommand.self, ImgBenchCommand.self, ImgBitmapCommand.self]
     )
 
     /// Prints `strata img: MESSAGE` on stderr and exits with `status`, as qemu-img's error_report.

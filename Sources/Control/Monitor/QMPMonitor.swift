@@ -104,6 +104,18 @@ public actor QMPMonitor {
         for session in sessions.values { await session.deliver(event) }
     }
 
+    /// Runs one command in-process, as a client's would run: for the offline tools, which do
+    /// their work through the same command implementations (`strata img bitmap`).
+    public func run(_ name: String, arguments: [String: JSONValue] = [:]) async throws(QMPError) -> OrderedJSON {
+        do {
+            return try await execute(name, arguments: arguments)
+        } catch let error as QMPError {
+            throw error
+        } catch {
+            throw QMPError("\(error)")
+        }
+    }
+
     func execute(_ name: String, arguments: [String: JSONValue]) async throws -> OrderedJSON {
         guard let command = commands[name] else { throw QMPError.commandNotFound(name) }
         var reader = QMPArguments(arguments)

@@ -1,7 +1,7 @@
 import StrataGraph
 
 /// A blkdebug node's shared state: its child and rules; it answers for its child's layer.
-final class BlkdebugNodeState: NodeState, BackingChainLayer {
+final class BlkdebugNodeState: NodeState, TransparentChainLayer {
     private let image: ChildLink
     private let child: ChildStateReference
     let rules: [BlkdebugRule]
@@ -23,15 +23,5 @@ final class BlkdebugNodeState: NodeState, BackingChainLayer {
         if let newChild = children.child(image.optionKey) { child.replace(with: newChild) }
     }
 
-    var backingLayer: (nodeName: String, state: any NodeState)? { (child.current as? any BackingChainLayer)?.backingLayer }
-
-    var allocationUnitBytes: Int { (child.current as? any BackingChainLayer)?.allocationUnitBytes ?? 512 }
-
-    func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
-        (child.current as? any BackingChainLayer)?.cachedAllocation(offsetBytes: offsetBytes, lengthBytes: lengthBytes)
-    }
-
-    func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        try await child.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
-    }
+    var filteredState: any NodeState { child.current }
 }

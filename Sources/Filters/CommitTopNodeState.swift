@@ -2,7 +2,7 @@ import StrataGraph
 
 /// A commit_top node's shared state: the layer it stands for. As a chain walk skips QEMU's
 /// filters, it answers as its child would: block status, and the child's backing layer below.
-final class CommitTopNodeState: NodeState, BackingChainLayer {
+final class CommitTopNodeState: NodeState, TransparentChainLayer {
     private let file: ChildLink
     private let child: ChildStateReference
 
@@ -22,15 +22,5 @@ final class CommitTopNodeState: NodeState, BackingChainLayer {
         if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
     }
 
-    var backingLayer: (nodeName: String, state: any NodeState)? { (child.current as? any BackingChainLayer)?.backingLayer }
-
-    var allocationUnitBytes: Int { (child.current as? any BackingChainLayer)?.allocationUnitBytes ?? 512 }
-
-    func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
-        (child.current as? any BackingChainLayer)?.cachedAllocation(offsetBytes: offsetBytes, lengthBytes: lengthBytes)
-    }
-
-    func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        try await child.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
-    }
+    var filteredState: any NodeState { child.current }
 }

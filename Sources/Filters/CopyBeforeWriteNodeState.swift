@@ -8,7 +8,7 @@ import Synchronization
 ///
 /// A chunk's bit is only taken (cleared) by a copy holding the chunk exclusively, and guest writes
 /// hold theirs shared, so a chunk is copied at most once and never after the guest changed it.
-public final class CopyBeforeWriteNodeState: NodeState, BackingChainLayer {
+public final class CopyBeforeWriteNodeState: NodeState, TransparentChainLayer {
     let configuration: CopyBeforeWriteConfiguration
     private let source: ChildStateReference
     private let targetState: ChildStateReference
@@ -87,17 +87,7 @@ public final class CopyBeforeWriteNodeState: NodeState, BackingChainLayer {
         if let newTarget = children.child(configuration.target.optionKey) { targetState.replace(with: newTarget) }
     }
 
-    public var backingLayer: (nodeName: String, state: any NodeState)? { (source.current as? any BackingChainLayer)?.backingLayer }
-
-    public var allocationUnitBytes: Int { (source.current as? any BackingChainLayer)?.allocationUnitBytes ?? 512 }
-
-    public func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
-        (source.current as? any BackingChainLayer)?.cachedAllocation(offsetBytes: offsetBytes, lengthBytes: lengthBytes)
-    }
-
-    public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        try await source.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
-    }
+    public var filteredState: any NodeState { source.current }
 }
 
 /// How one copy to a copy-before-write target ended: the status, and whether a failure was the

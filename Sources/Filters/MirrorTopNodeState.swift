@@ -4,7 +4,7 @@ import Synchronization
 
 /// A mirror_top node's shared state: the dirty map its writes mark, and, in write-blocking mode,
 /// where each queue writes the target (the job's ports, one per queue, set before the mode).
-public final class MirrorTopNodeState: NodeState, BackingChainLayer {
+public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     private let file: ChildLink
     private let child: ChildStateReference
     private let dirty = Mutex<AtomicBitmap?>(nil)
@@ -89,17 +89,7 @@ public final class MirrorTopNodeState: NodeState, BackingChainLayer {
         if let newChild = children.child(file.optionKey) { child.replace(with: newChild) }
     }
 
-    public var backingLayer: (nodeName: String, state: any NodeState)? { (child.current as? any BackingChainLayer)?.backingLayer }
-
-    public var allocationUnitBytes: Int { (child.current as? any BackingChainLayer)?.allocationUnitBytes ?? 512 }
-
-    public func cachedAllocation(offsetBytes: UInt64, lengthBytes: Int) -> Bool? {
-        (child.current as? any BackingChainLayer)?.cachedAllocation(offsetBytes: offsetBytes, lengthBytes: lengthBytes)
-    }
-
-    public func blockStatus(offsetBytes: UInt64, maxLengthBytes: UInt64) async throws -> BlockStatusExtent {
-        try await child.current.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: maxLengthBytes)
-    }
+    public var filteredState: any NodeState { child.current }
 }
 
 /// Where a write-blocking mirror writes the target from one queue (the job's port on it).

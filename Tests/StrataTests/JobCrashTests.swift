@@ -4,11 +4,11 @@ import StrataControl
 import StrataGraph
 import Testing
 
-/// SIGKILL of the daemon in the middle of a stream, a commit or a backup (of the top, with a
-/// persistent bitmap): every image stays free of corruption (qemu-img check: leaks at most) and
-/// the chain reads exactly what it read before.
+/// SIGKILL of the daemon in the middle of a stream, a commit, a mirror or a backup (of the top,
+/// with a persistent bitmap): every image stays free of corruption (qemu-img check: leaks at
+/// most) and the chain reads exactly what it read before.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct JobCrashTests {
-    enum Kind: String, CaseIterable { case stream, commit, backup }
+    enum Kind: String, CaseIterable { case stream, commit, mirror, backup }
 
     /// base (0x11 everywhere) <- mid (0x22 over 8-24 MiB) <- top (0x44 at 2 MiB), and the raw
     /// image of what top reads.
@@ -37,7 +37,7 @@ import Testing
                       "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
         }
         let target = scratch.path("target.qcow2")
-        if kind == .backup {
+        if kind == .backup || kind == .mirror {
             try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", target, "32M"])
             nodes += ["--blockdev", #"{"driver":"qcow2","node-name":"target","file":{"driver":"file","filename":"\#(target)"}}"#]
         }
@@ -50,6 +50,8 @@ import Testing
             (command, arguments) = ("block-stream", ["job-id": "j", "device": "top", "base-node": "base", "speed": .int(8 << 20)])
         case .commit:
             (command, arguments) = ("block-commit", ["job-id": "j", "device": "top", "top-node": "mid", "base-node": "base", "speed": .int(8 << 20)])
+        case .mirror:
+            (command, arguments) = ("blockdev-mirror", ["job-id": "j", "device": "top", "target": "target", "sync": "full", "speed": .int(8 << 20)])
         case .backup:
             let added = try client.execute("block-dirty-bitmap-add", arguments: ["node": "top", "name": "b0", "persistent": true])
             #expect(!added.isError, "\(String(describing: added.error))")
@@ -68,7 +70,7 @@ import Testing
         }
         let killed = process.stop(signal: SIGKILL, timeout: 10)
         #expect(killed.inTime)
-        for image in [images.base, images.mid, images.top] + (kind == .backup ? [target] : []) {
+        for image in [images.base, images.mid, images.top] + (kind == .backup || kind == .mirror ? [target] : []) {
             let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", image])
             // 0: clean; 3: leaked clusters only (a crash mid-allocation may leak, never corrupt).
             #expect(check.status == 0 || check.status == 3, "\(kind) at \(fraction): \(image): \(check.output)")

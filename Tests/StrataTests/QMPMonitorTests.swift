@@ -262,6 +262,61 @@ import Testing
         #expect(info.output.contains(#""backing-filename": "\#(base)""#), "\(info.output)")
     }
 
+    /// block-commit under a verified two-queue load on the exported top: of the middle layer into
+    /// the base (the guest keeps writing the top above it), and of the active layer itself (READY,
+    /// then job-complete moves the export to the base in the middle of the load, which from then
+    /// on reads the base: a write the commit missed would read back wrong).
+    @Test(arguments: [false, true])
+    func blockCommitUnderAVerifiedLoad(active: Bool) async throws {
+        let scratch = try ScratchDirectory("qmp-commit-load")
+        let base = scratch.path("base.qcow2")
+        let mid = scratch.path("mid.qcow2")
+        let top = scratch.path("top.qcow2")
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x22 8M 16M", mid])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
+        let nbdSocket = scratch.path("nbd.sock")
+        var nodes: [String] = []
+        for (name, path, backing) in [("base", base, "null"), ("mid", mid, "\"base\""), ("top", top, "\"mid\"")] {
+            nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
+                      "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
+        }
+        let (process, socket) = try Self.daemon(scratch, extra: nodes + [
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let bench = Self.verifiedLoad(socket: nbdSocket)
+        var arguments: [String: JSONValue] = ["job-id": "c0", "device": "top", "base-node": "base", "speed": .int(16 << 20)]
+        if !active { arguments["top-node"] = "mid" }
+        let start = try client.execute("block-commit", arguments: arguments)
+        #expect(!start.isError, "\(String(describing: start.error)) \(process.log)")
+        if active {
+            #expect(try client.waitForEvent("BLOCK_JOB_READY", timeoutSeconds: 60) != nil, "no BLOCK_JOB_READY; \(process.log)")
+            #expect(!(try client.execute("job-complete", arguments: ["id": "c0"]).isError))
+        }
+        let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
+        #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
+        if active {
+            guard case .array(let exports)? = try client.execute("query-block-exports").result else { Issue.record("no exports"); return }
+            #expect(exports.first?.objectValue?["node-name"] == .string("base"), "the export moved to the base: \(exports)")
+        }
+        try await Self.expectCleanLoad(bench, log: process.log)
+        _ = try client.execute("quit")
+        #expect(process.stop(timeout: 20).inTime)
+        for image in [base, top] {
+            let check = try await QemuTool.run("qemu-img", ["check", "-f", "qcow2", image])
+            #expect(check.status == 0, "\(image): \(check.output)")
+        }
+        if !active {
+            let info = try await QemuTool.run("qemu-img", ["info", "--output=json", top])
+            #expect(info.output.contains(#""backing-filename": "\#(base)""#), "the top names the base: \(info.output)")
+        }
+    }
+
     /// blockdev-mirror of an exported node while a verified two-queue load writes it: READY, then
     /// job-complete moves the export to the target in the middle of the load. The load reads,
     /// from then on, the target: a write the mirror missed would read back wrong.

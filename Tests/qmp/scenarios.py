@@ -150,6 +150,7 @@ async def jobs(qmp):
     await bitmaps(qmp)
     await backup(qmp)
     await error_policies(qmp)
+    await snapshots(qmp)
 
 
 async def job_events(qmp, job_id, until_event=None, until_status=None, completed=None):
@@ -215,9 +216,15 @@ async def mirror(qmp):
     read = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k", "-c", "read -P 0x22 4M 64k",
                            uri], capture_output=True, text=True)
     record("reads after the pivot", "ok" if read.returncode == 0 and "fail" not in read.stdout else read.stdout + read.stderr)
-    await command(qmp, "blockdev-mirror to be cancelled", "blockdev-mirror",
-                  {"job-id": "m1", "device": "m-dst", "target": "m-dst2", "sync": "full"})
+    await command(qmp, "blockdev-mirror write-blocking, to be cancelled", "blockdev-mirror",
+                  {"job-id": "m1", "device": "m-dst", "target": "m-dst2", "sync": "full", "copy-mode": "write-blocking"})
     record("second mirror until ready", "ok", seen=await job_events(qmp, "m1", until_event="BLOCK_JOB_READY"))
+    await command(qmp, "pause the write-blocking mirror", "job-pause", {"id": "m1"})
+    record("write-blocking mirror paused", "ok", seen=await job_events(qmp, "m1", until_status="standby"))
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x66 6M 64k", uri], capture_output=True, text=True)
+    record("write while the write-blocking mirror is paused", "ok" if write.returncode == 0 else write.stdout + write.stderr)
+    await command(qmp, "resume the write-blocking mirror", "job-resume", {"id": "m1"})
+    record("write-blocking mirror resumed", "ok", seen=await job_events(qmp, "m1", until_status="ready"))
     await command(qmp, "block-job-cancel of a ready mirror", "block-job-cancel", {"device": "m1"})
     record("cancelled without force", "ok", seen=await job_events(qmp, "m1", until_status="null"))
     exports = await qmp.execute("query-block-exports", {})
@@ -233,7 +240,7 @@ async def mirror(qmp):
     reads = {}
     for name in ("dst", "dst2"):
         run = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 2M 64k",
-                              "-c", "read -P 0x22 4M 64k", paths[name]], capture_output=True, text=True)
+                              "-c", "read -P 0x22 4M 64k", "-c", "read -P 0x66 6M 64k", paths[name]], capture_output=True, text=True)
         reads[name] = "ok" if run.returncode == 0 and "fail" not in run.stdout else "differs"
     checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("src", "dst", "dst2")]
     record("mirror targets", "ok", reads=reads, checks=checks)
@@ -523,6 +530,68 @@ async def error_policies(qmp):
     for name in ("epg1", "epg2"):
         await command(qmp, f"grouped: blockdev-del {name}", "blockdev-del", {"node-name": name})
     await command(qmp, "blockdev-del error source", "blockdev-del", {"node-name": "ep-src"})
+
+
+async def snapshots(qmp):
+    """External snapshots: blockdev-snapshot-sync of an exported node (the export then writes the
+    overlay), blockdev-snapshot onto an overlay added by the client, both in one transaction over
+    two nodes, and their errors; the images by qemu-img."""
+    nbd_socket = os.path.join(WORKDIR, "nbd.sock")
+    paths = {name: os.path.join(WORKDIR, f"sn-{name}.qcow2") for name in ("a", "b", "a1", "a2", "b1", "a3")}
+    for name in ("a", "b"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths[name], "8M"], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", paths[name]], check=True, capture_output=True)
+        await command(qmp, f"snapshots: blockdev-add {name}", "blockdev-add",
+                      {"driver": "qcow2", "node-name": f"sn-{name}", "file": {"driver": "file", "filename": paths[name]}})
+    await command(qmp, "snapshots: export a", "block-export-add", {"type": "nbd", "id": "esn", "node-name": "sn-a", "writable": True})
+    await command(qmp, "blockdev-snapshot-sync of a missing node", "blockdev-snapshot-sync",
+                  {"node-name": "nothing", "snapshot-file": paths["a1"], "snapshot-node-name": "sn-a1"})
+    await command(qmp, "blockdev-snapshot-sync with a taken node name", "blockdev-snapshot-sync",
+                  {"node-name": "sn-a", "snapshot-file": paths["a1"], "snapshot-node-name": "sn-b"})
+    await command(qmp, "blockdev-snapshot-sync", "blockdev-snapshot-sync",
+                  {"node-name": "sn-a", "snapshot-file": paths["a1"], "snapshot-node-name": "sn-a1"})
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 64k 64k", "nbd+unix:///sn-a?socket=" + nbd_socket],
+                           capture_output=True, text=True)
+    exports = await qmp.execute("query-block-exports", {})
+    nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
+    record("after blockdev-snapshot-sync", "ok" if write.returncode == 0 else write.stderr,
+           export=[e["node-name"] for e in exports if e["id"] == "esn"],
+           overlay_backing=os.path.basename(nodes.get("sn-a1", {}).get("backing_file", "")),
+           depth=nodes.get("sn-a1", {}).get("backing_file_depth"))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", paths["a1"], "-F", "qcow2", paths["a2"]], check=True)
+    await command(qmp, "snapshots: blockdev-add overlay a2", "blockdev-add",
+                  {"driver": "qcow2", "node-name": "sn-a2", "backing": None, "file": {"driver": "file", "filename": paths["a2"]}})
+    await command(qmp, "blockdev-snapshot onto an overlay with a backing", "blockdev-snapshot", {"node": "sn-a", "overlay": "sn-a1"})
+    await command(qmp, "snapshots: transaction of two", "transaction", {"actions": [
+        {"type": "blockdev-snapshot", "data": {"node": "sn-a1", "overlay": "sn-a2"}},
+        {"type": "blockdev-snapshot-sync", "data": {"node-name": "sn-b", "snapshot-file": paths["b1"], "snapshot-node-name": "sn-b1"}}]})
+    await command(qmp, "snapshots: failing transaction", "transaction", {"actions": [
+        {"type": "blockdev-snapshot-sync", "data": {"node-name": "sn-a2", "snapshot-file": paths["a3"], "snapshot-node-name": "sn-a3"}},
+        {"type": "blockdev-snapshot-sync", "data": {"node-name": "nothing", "snapshot-file": paths["b1"], "snapshot-node-name": "sn-x"}}]})
+    write = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x33 128k 64k", "nbd+unix:///sn-a?socket=" + nbd_socket],
+                           capture_output=True, text=True)
+    exports = await qmp.execute("query-block-exports", {})
+    nodes = {n["node-name"]: n for n in await qmp.execute("query-named-block-nodes", {})}
+    record("after the transaction", "ok" if write.returncode == 0 else write.stderr,
+           export=[e["node-name"] for e in exports if e["id"] == "esn"], a3_exists="sn-a3" in nodes,
+           depths={n: nodes.get(n, {}).get("backing_file_depth") for n in ("sn-a2", "sn-b1")})
+    await command(qmp, "snapshots: block-export-del", "block-export-del", {"id": "esn"})
+    async with asyncio.timeout(20):
+        async for received in qmp.events:
+            if received["event"] == "BLOCK_EXPORT_DELETED":
+                break
+    for node in ("sn-a2", "sn-a1", "sn-a", "sn-b1", "sn-b"):
+        await command(qmp, f"snapshots: blockdev-del {node}", "blockdev-del", {"node-name": node})
+    infos = {n: json.loads(subprocess.run(["qemu-img", "info", "--output=json", paths[n]], capture_output=True, text=True).stdout)
+             for n in ("a1", "a2", "b1")}
+    reads = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x22 64k 64k",
+                            "-c", "read -P 0x33 128k 64k", paths["a2"]], capture_output=True, text=True)
+    base = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x11 0 1M", paths["a"]], capture_output=True, text=True)
+    checks = [subprocess.run(["qemu-img", "check", paths[n]], capture_output=True, text=True).returncode for n in ("a", "a1", "a2", "b", "b1")]
+    record("snapshot images", "ok", backings={n: (os.path.basename(i.get("backing-filename", "")), i.get("backing-filename-format"))
+                                              for n, i in infos.items()},
+           reads="ok" if reads.returncode == 0 and "fail" not in reads.stdout else reads.stdout,
+           base="ok" if base.returncode == 0 and "fail" not in base.stdout else base.stdout, checks=checks)
 
 
 async def active_commit(qmp):

@@ -102,7 +102,7 @@ extension QMPMonitor {
     /// What an edit does to which existing nodes, for the op blockers.
     static func operations(of edit: GraphEdit) -> [(NodeOperation, String)] {
         switch edit {
-        case .addNode, .addBackend, .removeBackend: return []
+        case .addNode, .addImplicitNode, .addBackend, .removeBackend: return []
         case .removeNode(let name): return [(.delete, name)]
         case .insertFilterAbove(let node, _): return [(.filterEdit, node)]
         case .insertFilterOnEdge(let parent, _, _): return [(.filterEdit, parent)]

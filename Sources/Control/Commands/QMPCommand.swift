@@ -19,5 +19,5 @@ struct QMPCommand: Sendable {
 enum QMPCommandTable {
     static let all: [QMPCommand] = MonitorCommands.all + BlockdevCommands.all + ExportCommands.all + ObjectCommands.all
         + TransactionCommands.all + StatsCommands.all
-        + JobCommands.all + BlockJobCommands.all + BitmapCommands.all
+        + JobCommands.all + BlockJobCommands.all + BitmapCommands.all + SnapshotCommands.all
 }

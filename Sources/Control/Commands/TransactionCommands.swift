@@ -26,6 +26,7 @@ enum TransactionCommands {
             var backups: [BackupRequest] = []
             var edits: [GraphEdit] = []
             var atomicCancels: [String] = []
+            var snapshots: [SnapshotAction] = []
             var order: [Int] = []
             for action in actions {
                 guard case .object(let fields) = action, case .string(let type)? = fields["type"] else {
@@ -40,6 +41,9 @@ enum TransactionCommands {
                     order.append(1)
                 } else if type == "abort" {
                     order.append(2)
+                } else if type == "blockdev-snapshot-sync" || type == "blockdev-snapshot" {
+                    snapshots.append(type == "blockdev-snapshot" ? try SnapshotAction.parse(&data) : try SnapshotAction.parseSync(&data))
+                    order.append(3)
                 } else if type == "x-block-job-cancel" {
                     atomicCancels.append(try data.string("device"))
                     try data.finish()
@@ -52,6 +56,7 @@ enum TransactionCommands {
             do {
                 var nextBitmap = 0
                 var nextBackup = 0
+                var nextSnapshot = 0
                 let controller = monitor.daemon.engine.controller
                 for kind in order {
                     switch kind {
@@ -61,6 +66,9 @@ enum TransactionCommands {
                     case 1:
                         _ = try await backups[nextBackup].plan(controller)
                         nextBackup += 1
+                    case 3:
+                        edits += try await snapshots[nextSnapshot].prepare(monitor)
+                        nextSnapshot += 1
                     default:
                         throw QMPError("Transaction aborted using Abort action")
                     }

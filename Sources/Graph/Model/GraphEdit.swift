@@ -2,6 +2,9 @@
 /// `{"type": "blockdev-add", "data": {...blockdev options...}}`.
 public enum GraphEdit: Sendable {
     case addNode(JSONValue)
+    /// A node that belongs to its parents, not to the monitor (an overlay blockdev-snapshot-sync
+    /// creates): blockdev-del refuses it, and it goes with its last parent.
+    case addImplicitNode(JSONValue)
     case removeNode(String)
     case insertFilterAbove(node: String, filter: JSONValue)
     case insertFilterOnEdge(parent: String, optionKey: String?, filter: JSONValue)
@@ -86,6 +89,7 @@ extension GraphModel {
         for edit in edits {
             switch edit {
             case .addNode(let options): try next.addNode(options)
+            case .addImplicitNode(let options): try next.addImplicitNode(options)
             case .removeNode(let name): try next.removeNode(name)
             case .insertFilterAbove(let node, let filter): _ = try next.insertFilter(above: node, filter: filter)
             case .insertFilterOnEdge(let parent, let key, let filter): _ = try next.insertFilter(onEdgeOf: parent, optionKey: key, filter: filter)

@@ -77,6 +77,13 @@ public struct GraphModel: Sendable {
         return name
     }
 
+    /// Adds a node that belongs to its parents rather than to whoever added it (see
+    /// `GraphEdit.addImplicitNode`).
+    public mutating func addImplicitNode(_ options: JSONValue) throws(GraphError) {
+        let name = try addNode(options)
+        nodes[name]?.ownedByParent = true
+    }
+
     public mutating func removeNode(_ name: String) throws(GraphError) {
         _ = try node(name)
         let users = users(of: name)

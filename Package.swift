@@ -83,7 +83,7 @@ let package = Package(
         // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer", "StrataEngine",
-            "StrataJobs", deque,
+            "StrataImageTools", "StrataJobs", deque,
         ]),
 
         // Layer 9: the command line and the bench programs.

@@ -14,6 +14,9 @@ each daemon started with the same nodes and one monitor socket, in turn, run by 
      added, 1%, 10% and 50% of the disk written by qemu-io over NBD (1 MiB writes spread evenly),
      then blockdev-backup sync=incremental into a new qcow2, timed from the command to
      BLOCK_JOB_COMPLETED. The time should grow with the dirty data, not the disk size.
+  4. How much of the disk a guest keeps during a job: 4 KiB random reads over NBD (QD16, one
+     second) on the row 1 source, alone and while an unthrottled blockdev-mirror copies it; the
+     share is the second IOPS over the first. Strata's jobs yield to guest I/O; QEMU's do not.
 
 Every figure is the median of --runs runs. Usage: python3 Bench/run_jobs.py [--runs N] [--size-gib N]
 """
@@ -117,6 +120,33 @@ def writes_during_mirror(daemon: str, work: Path, seconds: int) -> float:
         target.unlink(missing_ok=True)
 
 
+def guest_reads(daemon: str, nbd: str, seconds: int) -> float:
+    node = json.dumps({"driver": "nbd", "node-name": "remote", "server": {"type": "unix", "path": nbd}, "export": "disk"})
+    out = subprocess.run([str(REPO / STRATA), "bench", "--blockdev", node, "--queues", "1", "--depth", "16", "--rw", "randread",
+                          "--bs", "4k", "--seconds", str(seconds), "--json"], capture_output=True, text=True, check=True).stdout
+    report = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    if report["failed"]:
+        raise RuntimeError(f"{daemon}: {report['failed']} failed reads")
+    return float(report["iops"])
+
+
+def guest_share_during_mirror(daemon: str, work: Path, source: Path, size: int) -> tuple[float, float]:
+    target = work / f"{daemon}-share-target.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(size)], check=True)
+    os.sync()
+    sock, nbd = str(work / f"{daemon}-share.qmp"), str(work / f"{daemon}-share.nbd")
+    process = start(daemon_argv(daemon, sock, chain_nodes(source, target), export="src", nbd=nbd), sock, work / f"{daemon}-share.log")
+    try:
+        qmp = Monitor(sock)
+        alone = guest_reads(daemon, nbd, 1)
+        qmp.execute("blockdev-mirror", {"job-id": "m0", "device": "src", "target": "dst", "sync": "full"})
+        during = guest_reads(daemon, nbd, 1)
+        return alone, during
+    finally:
+        stop(process)
+        target.unlink(missing_ok=True)
+
+
 def incremental_backup_once(daemon: str, work: Path, source: Path, size: int, percent: int) -> float:
     copy = work / f"{daemon}-inc-source.qcow2"
     target = work / f"{daemon}-inc-target.qcow2"
@@ -161,6 +191,7 @@ def main() -> int:
     walls = {"strata": [], "qsd": []}
     cpus = {"strata": [], "qsd": []}
     iops = {"strata": [], "qsd": []}
+    shares = {"strata": [], "qsd": []}
     percents = (1, 10, 50)
     backups = {(daemon, percent): [] for daemon in ("strata", "qsd") for percent in percents}
     with tempfile.TemporaryDirectory(prefix="strata-jobs-", dir="/var/tmp") as directory:
@@ -188,6 +219,10 @@ def main() -> int:
                 value = writes_during_mirror(daemon, work, args.seconds)
                 iops[daemon].append(value)
                 print(f"run {run + 1}: {daemon} writes during a write-blocking mirror {value:,.0f} IOPS", flush=True)
+            for daemon in (("strata", "qsd") if run % 2 == 0 else ("qsd", "strata")):
+                alone, during = guest_share_during_mirror(daemon, work, source, size)
+                shares[daemon].append(during / alone)
+                print(f"run {run + 1}: {daemon} guest reads alone {alone:,.0f} IOPS, during a mirror {during:,.0f} IOPS", flush=True)
             for percent in percents:
                 for daemon in (("strata", "qsd") if run % 2 == 0 else ("qsd", "strata")):
                     value = incremental_backup_once(daemon, work, source, size, percent)
@@ -219,12 +254,17 @@ def main() -> int:
         f"{cpu_ratio:.2f}x | <= 0.7x | {verdict(cpu_ratio <= 0.7)} |",
         f"| 2 | Guest 4 KiB random writes over NBD during a write-blocking mirror (QD16) | {median(iops['strata']):,.0f} IOPS | "
         f"{median(iops['qsd']):,.0f} IOPS | {iops_ratio:.2f}x | >= 1.5x | {verdict(iops_ratio >= 1.5)} |",
-        *backup_rows, "",
+        *backup_rows,
+        f"| 4 | Share of its 4 KiB random-read IOPS (QD16) a guest keeps while an unthrottled mirror copies its disk | "
+        f"{median(shares['strata']):.0%} | {median(shares['qsd']):.0%} | "
+        f"{median(shares['strata']) / median(shares['qsd']):.2f}x | - | - |", "",
         "## Runs", "",
         f"- mirror wall (s), Strata: {', '.join(f'{v:.2f}' for v in walls['strata'])}; QSD: {', '.join(f'{v:.2f}' for v in walls['qsd'])}",
         f"- mirror CPU (s), Strata: {', '.join(f'{v:.2f}' for v in cpus['strata'])}; QSD: {', '.join(f'{v:.2f}' for v in cpus['qsd'])}",
         f"- writes during the mirror (IOPS), Strata: {', '.join(f'{v:,.0f}' for v in iops['strata'])}; "
         f"QSD: {', '.join(f'{v:,.0f}' for v in iops['qsd'])}",
+        f"- guest share during a mirror, Strata: {', '.join(f'{v:.0%}' for v in shares['strata'])}; "
+        f"QSD: {', '.join(f'{v:.0%}' for v in shares['qsd'])}",
         *(f"- incremental backup of {p}% dirty (s), Strata: {', '.join(f'{v:.2f}' for v in backups[('strata', p)])}; "
           f"QSD: {', '.join(f'{v:.2f}' for v in backups[('qsd', p)])}" for p in percents), "",
         "## Commands", "",
@@ -236,7 +276,10 @@ def main() -> int:
         f"--bs 4k --seconds {args.seconds} --json` against each daemon.",
         "- Row 3: a copy of the row 1 source exported over NBD, `block-dirty-bitmap-add node=src name=b0`, then `qemu-io -f raw "
         "-c 'write -P 7 <k*step>M 1M' ... nbd+unix:///disk` over 1%, 10% or 50% of the MiBs, then `blockdev-backup job-id=b0 "
-        "device=src target=dst sync=incremental bitmap=b0` into a new qcow2.", "",
+        "device=src target=dst sync=incremental bitmap=b0` into a new qcow2.",
+        f"- Row 4: the row 1 source exported over NBD; `{STRATA} bench --blockdev '{{\"driver\":\"nbd\",...}}' --queues 1 --depth 16 "
+        "--rw randread --bs 4k --seconds 1 --json` alone, then again right after `blockdev-mirror job-id=m0 device=src target=dst "
+        "sync=full` (no speed).", "",
         "## Machine", "",
         *(f"- {key}: {value}" for key, value in machine_facts().items()), "",
     ]

@@ -131,6 +131,9 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
         await context.setProgress(current: 0, total: total)
         let control = controller.control
         let chunksPerCopy = max(1, Self.copyBytes / Int(chunk))
+        // The job's reads land on the source; the guest's there too, through the filter.
+        let pacer = JobPacer(controller: controller, node: plan.source)
+        let reads = SourceReads()
         var cursor = 0
         while let first = wanted.next(from: cursor) {
             await context.pausePoint()
@@ -138,7 +141,8 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
             // Up to `maxInFlight` runs of wanted chunks.
             var runs: [ClosedRange<Int>] = []
             var next: Int? = first
-            while runs.count < Self.maxInFlight, let start = next {
+            let inFlight = await pacer.concurrency(upTo: Self.maxInFlight)
+            while runs.count < inFlight, let start = next {
                 var last = start
                 while last - start + 1 < chunksPerCopy, last + 1 < wanted.bitCount, wanted.isSet(last + 1) { last += 1 }
                 runs.append(start...last)
@@ -148,7 +152,7 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
                 for run in runs {
                     group.addTask {
                         let (_, failure) = await filterState.copyPending(run) { offset, length in
-                            await Self.copy(offset: offset, length: length, source: sourceState, from: readPort, to: writePort)
+                            await Self.copy(offset: offset, length: length, source: sourceState, from: readPort, to: writePort, reads: reads)
                         }
                         return failure
                     }
@@ -175,12 +179,8 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
             }
             await context.setProgress(current: done, total: total)
             cursor = runs.last!.upperBound + 1
-            let speed = await context.speed
-            if speed > 0 {
-                let copied = runs.reduce(0) { $0 + UInt64($1.count) } * chunk
-                let dueNs = MonotonicClock.now() + copied * 1_000_000_000 / speed
-                await Task(executorPreference: control) { await control.sleep(untilNs: dueNs) }.value
-            }
+            let copied = runs.reduce(0) { $0 + UInt64($1.count) } * chunk
+            await pacer.account(bytes: copied, operations: reads.take(), speed: await context.speed, control: control)
         }
         let flushed = await writePort.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard flushed.isOK else { throw JobError(flushed) }
@@ -189,7 +189,8 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
     /// One run, source to target, extent by extent: ranges that read as zeros become
     /// write-zeroes, so the target stays sparse where the source is (QEMU's block-copy asks block
     /// status the same way).
-    private static func copy(offset: UInt64, length: Int, source: any NodeState, from reader: BackendPort, to writer: BackendPort) async -> CopyOutcome {
+    private static func copy(offset: UInt64, length: Int, source: any NodeState, from reader: BackendPort, to writer: BackendPort,
+                             reads: SourceReads) async -> CopyOutcome {
         let end = offset + UInt64(length)
         var position = offset
         var buffer: AlignedBuffer?
@@ -204,6 +205,7 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
             } else {
                 let memory = buffer ?? AlignedBuffer(count: length)
                 buffer = memory
+                reads.count()
                 let read = await reader.submit(BlockRequest(operation: .read, offsetBytes: position, lengthBytes: piece,
                                                             buffer: memory.slice(from: 0, count: piece)))
                 guard read.isOK else { return CopyOutcome(status: read, failedReading: true) }
@@ -248,4 +250,14 @@ public final class BlockBackupJob: JobDriver, @unchecked Sendable {
         for port in prepared.ports { await controller.detach(port) }
         try await controller.apply([.removeBackend(prepared.reader), .removeBackend(prepared.writer), .removeFilter(prepared.filter)])
     }
+}
+
+/// The reads the job's copies sent to the source (from several copy tasks at once), for the
+/// pacer to tell them from the guest's.
+final class SourceReads: Sendable {
+    private let counter = Atomic<UInt64>(0)
+
+    func count() { counter.add(1, ordering: .relaxed) }
+
+    func take() -> UInt64 { counter.exchange(0, ordering: .relaxed) }
 }

@@ -82,6 +82,8 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
             try await qcow2.resize(to: size, executor: controller.control)
         }
         let buffer = AlignedBuffer(count: Self.chunkBytes)
+        // The job reads through the filter, and so does the guest below the overlay.
+        let pacer = JobPacer(controller: controller, node: filterName)
         var offset: UInt64 = 0
         await context.setProgress(current: 0, total: size)
         while offset < size {
@@ -91,7 +93,9 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
             guard extent.lengthBytes > 0 else { break }
             let length = Int(extent.lengthBytes)
             // Held by a committed layer (depth counts from top): copy; below them it is the base's already.
-            if extent.isAllocated, let depth = extent.depth, depth < plan.committed.count {
+            let copiedChunk = extent.isAllocated && extent.depth.map { $0 < plan.committed.count } == true
+            if copiedChunk {
+                _ = await pacer.concurrency(upTo: 1)
                 let slice = buffer.slice(from: 0, count: length)
                 let read = await readPort.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length, buffer: slice))
                 let written = read.isOK
@@ -105,11 +109,8 @@ public final class BlockCommitJob: JobDriver, @unchecked Sendable {
             }
             offset += UInt64(length)
             await context.setProgress(current: offset, total: size)
-            let speed = await context.speed
-            if speed > 0 && extent.isAllocated {
-                let control = controller.control
-                let dueNs = MonotonicClock.now() + UInt64(length) * 1_000_000_000 / speed
-                await Task(executorPreference: control) { await control.sleep(untilNs: dueNs) }.value
+            if copiedChunk {
+                await pacer.account(bytes: UInt64(length), operations: 1, speed: await context.speed, control: controller.control)
             }
         }
         // What was written is durable before the overlay names the base.

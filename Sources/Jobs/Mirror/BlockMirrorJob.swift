@@ -173,8 +173,9 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
         }
 
         // Up to `inFlight` copies at once (QEMU's MAX_IN_FLIGHT), each of up to `bufferBytes`.
-        let inFlight = Self.maxInFlight
-        let buffer = AlignedBuffer(count: plan.bufferBytes * inFlight)
+        let buffer = AlignedBuffer(count: plan.bufferBytes * Self.maxInFlight)
+        // The job's reads land on the source; the guest's there too, through the filter.
+        let pacer = JobPacer(controller: controller, node: plan.source)
         let chunksPerCopy = max(1, plan.bufferBytes / Int(plan.granularity))
         var copied: UInt64 = 0
         var ready = false
@@ -207,6 +208,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             }
             // Runs of dirty chunks, each up to the buffer, claimed (cleared) before they are copied.
             var runs: [(offset: UInt64, length: Int)] = []
+            let inFlight = await pacer.concurrency(upTo: Self.maxInFlight)
             while runs.count < inFlight, let first = map.next(from: cursor) ?? map.next(from: 0) {
                 var count = 0
                 while count < chunksPerCopy, first + count < map.bitCount, map.take(first + count) { count += 1 }
@@ -255,11 +257,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
             copied += UInt64(length)
             let remaining = UInt64(map.dirtyCount) * plan.granularity
             await context.setProgress(current: copied, total: copied + remaining)
-            let speed = await context.speed
-            if speed > 0 {
-                let dueNs = MonotonicClock.now() + UInt64(length) * 1_000_000_000 / speed
-                await Task(executorPreference: control) { await control.sleep(untilNs: dueNs) }.value
-            }
+            await pacer.account(bytes: UInt64(length), operations: UInt64(runs.count), speed: await context.speed, control: control)
         }
         let flushed = await writePorts[0].submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0))
         guard flushed.isOK else { throw JobError(flushed) }

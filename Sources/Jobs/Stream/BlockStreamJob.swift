@@ -78,8 +78,8 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
 
         let buffer = AlignedBuffer(count: Self.chunkBytes)
         var offset: UInt64 = 0
-        var startNs = MonotonicClock.now()
-        var copiedSinceStart: UInt64 = 0
+        // The job reads through the filter, and so does the guest.
+        let pacer = JobPacer(controller: controller, node: filterName)
         await context.setProgress(current: 0, total: size)
         // As QEMU's stream_run: `ignore` goes on past a failed chunk, and the job still fails at
         // the end with the first error; `stop` retries the chunk after job-resume.
@@ -88,6 +88,7 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
             await context.pausePoint()
             if await context.isCancelled { return }
             let length = Int(min(UInt64(Self.chunkBytes), size - offset))
+            _ = await pacer.concurrency(upTo: 1)
             let status = await port.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
                                                         buffer: buffer.slice(from: 0, count: length)))
             if !status.isOK {
@@ -98,24 +99,8 @@ public final class BlockStreamJob: JobDriver, @unchecked Sendable {
                 }
             }
             offset += UInt64(length)
-            copiedSinceStart += UInt64(length)
             await context.setProgress(current: offset, total: size)
-            // block-job-set-speed: keep to the rate by waiting out what ran ahead of it.
-            let speed = await context.speed
-            if speed > 0 {
-                let dueNs = startNs + copiedSinceStart * 1_000_000_000 / speed
-                let nowNs = MonotonicClock.now()
-                if dueNs > nowNs {
-                    // The control executor's timers: the programs' global executor has no delayed jobs
-                    // (ThreadAffineExecutors), so Task.sleep is not available there.
-                    let control = controller.control
-                    await Task(executorPreference: control) { await control.sleep(untilNs: dueNs) }.value
-                }
-                if nowNs > dueNs + 1_000_000_000 {
-                    startNs = nowNs
-                    copiedSinceStart = 0
-                }
-            }
+            await pacer.account(bytes: UInt64(length), operations: 1, speed: await context.speed, control: controller.control)
         }
         if let ignored { throw JobError(ignored) }
     }

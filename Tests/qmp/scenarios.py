@@ -445,8 +445,9 @@ async def error_policies(qmp):
                   {"driver": "raw", "node-name": "ep-bad", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": source},
                                                                      "inject-error": [{"event": "nonsense"}]}})
     cases = [("epm1", "mirror", "stop", 5), ("epm2", "mirror", "report", 5), ("epm3", "mirror", "ignore", 5),
-             ("epm4", "mirror", "enospc", 5), ("epm5", "mirror", "enospc", 28), ("epb1", "backup", "stop", 5),
-             ("epb2", "backup", "report", 28), ("eps1", "stream", "stop", 5), ("eps2", "stream", "ignore", 5)]
+             ("epm4", "mirror", "enospc", 5), ("epm5", "mirror", "enospc", 28), ("epr1", "mirror-source", "stop", 5),
+             ("epr2", "mirror-source", "report", 5), ("epb1", "backup", "stop", 5), ("epb2", "backup", "report", 28),
+             ("eps1", "stream", "stop", 5), ("eps2", "stream", "ignore", 5)]
 
     async def until(job, *names):
         seen = []
@@ -465,7 +466,7 @@ async def error_policies(qmp):
 
     for job, kind, policy, errno in cases:
         target = os.path.join(WORKDIR, f"{job}.raw")
-        inject = [{"event": "read_aio" if kind == "stream" else "write_aio", "errno": errno, "once": True}]
+        inject = [{"event": "read_aio" if kind in ("stream", "mirror-source") else "write_aio", "errno": errno, "once": True}]
         if kind == "stream":
             # top (empty qcow2) over a raw base whose first read fails.
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", source, "-F", "raw", target], check=True)
@@ -476,6 +477,18 @@ async def error_policies(qmp):
             await command(qmp, f"{job}: blockdev-add top", "blockdev-add",
                           {"driver": "qcow2", "node-name": f"{job}-top", "backing": f"{job}-base", "file": {"driver": "file", "filename": target}})
             await command(qmp, f"{job}: block-stream", "block-stream", {"job-id": job, "device": f"{job}-top", "on-error": policy})
+        elif kind == "mirror-source":
+            # A copy of the source whose first read fails, mirrored into a plain target.
+            copy = os.path.join(WORKDIR, f"{job}-src.raw")
+            subprocess.run(["cp", source, copy], check=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "raw", target, "4M"], check=True)
+            await command(qmp, f"{job}: blockdev-add source", "blockdev-add",
+                          {"driver": "raw", "node-name": f"{job}-src",
+                           "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": copy}, "inject-error": inject}})
+            await command(qmp, f"{job}: blockdev-add target", "blockdev-add",
+                          {"driver": "raw", "node-name": job, "file": {"driver": "file", "filename": target}})
+            await command(qmp, f"{job}: blockdev-mirror", "blockdev-mirror",
+                          {"job-id": job, "device": f"{job}-src", "target": job, "sync": "full", "on-source-error": policy})
         else:
             subprocess.run(["qemu-img", "create", "-q", "-f", "raw", target, "4M"], check=True)
             await command(qmp, f"{job}: blockdev-add target", "blockdev-add",
@@ -505,7 +518,8 @@ async def error_policies(qmp):
         if copy:
             same = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", source, copy]).returncode
         record(f"{job}: {kind} with {policy} after errno {errno}", "ok", seen=without_drain_pauses(seen), stopped=stopped, target_equal=same)
-        for node in ([f"{job}-top", f"{job}-base"] if kind == "stream" else [job]):
+        nodes = {"stream": [f"{job}-top", f"{job}-base"], "mirror-source": [job, f"{job}-src"]}.get(kind, [job])
+        for node in nodes:
             await command(qmp, f"{job}: blockdev-del {node}", "blockdev-del", {"node-name": node})
     # Grouped completion: when one backup of the transaction fails, the other is cancelled.
     for name in ("epg1", "epg2"):

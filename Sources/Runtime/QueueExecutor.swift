@@ -102,7 +102,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         }
         remoteJobs.withLock { jobs in
             jobs.append(job)
-            remoteJobCount.add(1, ordering: .releasing)
+            remoteJobCount.add(1, ordering: .sequentiallyConsistent)
         }
         remoteEnqueueTotal.add(1, ordering: .relaxed)
         wake()
@@ -205,8 +205,11 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         io_uring_prep_read(sqe, wakeFd, wakeBuffer, 8, 0)
     }
 
+    /// The producer's half of a Dekker pair with the loop (see `.wakeup` in `handleCompletion`):
+    /// the job count goes up, then the flag is read, both sequentially consistent, so either the
+    /// loop sees the job before it sleeps or this sees the flag cleared and signals.
     private func wake() {
-        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+        if !wakePending.exchange(true, ordering: .sequentiallyConsistent) {
             _ = strata_eventfd_signal(wakeFd)
         }
     }
@@ -236,7 +239,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
                 && remoteJobCount.load(ordering: .acquiring) == 0 && ring.inFlight - (wakeupArmed ? 1 : 0) == 0 {
                 return
             }
-            let idle = localJobs.isEmpty && yielded.isEmpty && remoteJobCount.load(ordering: .acquiring) == 0
+            // Sequentially consistent: this load must not move before the wakeup's flag store.
+            let idle = localJobs.isEmpty && yielded.isEmpty && remoteJobCount.load(ordering: .sequentiallyConsistent) == 0
             ring.submit(wait: idle)
             ring.reap(handleCompletion)
         }
@@ -253,7 +257,11 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             timers.fire(UnsafeMutablePointer(bitPattern: address)!)
         case .wakeup:
             wakeupArmed = false
-            wakePending.store(false, ordering: .releasing)
+            // The loop's half of the Dekker pair with `wake()`: a release store here could sit in
+            // the store buffer while the idle check below loads a job count from before a
+            // producer's increment, and that producer, still reading the flag set, would not
+            // signal: the loop would sleep with a job queued (a lost wakeup).
+            wakePending.store(false, ordering: .sequentiallyConsistent)
             if !stopRequested.load(ordering: .acquiring) { armWakeup() }
         case nil:
             preconditionFailure("completion with unknown kind \(userData)")

@@ -1,13 +1,19 @@
 import StrataGraph
 
-/// A mirror_top node's options: its child, the mirror's source.
+/// A mirror_top node's options: its child, the mirror's source, and the granularity of the
+/// dirty map the node keeps from the moment it opens (`x-granularity`, set by the job; the driver
+/// is internal, as QEMU's).
 struct MirrorTopConfiguration: NodeConfiguration {
     let file: ChildLink
+    let granularity: UInt64
 
     var children: [ChildLink] { [file] }
 
     init(parsing reader: inout OptionReader) throws(GraphError) {
         file = try reader.child("file", role: .filtered)
+        let granularity = try reader.integer("x-granularity", default: 65536, range: 512...(64 << 20))
+        guard granularity & (granularity - 1) == 0 else { throw reader.bad("x-granularity", "must be a power of 2") }
+        self.granularity = UInt64(granularity)
         try reader.finish()
     }
 
@@ -19,6 +25,6 @@ struct MirrorTopConfiguration: NodeConfiguration {
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
         guard let child = children[file] else { throw GraphError.missingChild(node: name, role: .filtered, child: file.nodeName) }
-        return MirrorTopNodeState(file: file, child: child)
+        return MirrorTopNodeState(file: file, child: child, granularity: granularity)
     }
 }

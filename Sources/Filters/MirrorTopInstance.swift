@@ -33,7 +33,7 @@ actor MirrorTopInstance: BlockNode {
             if !mirrored.isOK { return mirrored }
         }
         // After the target write: a copy racing this write is redone, never left stale.
-        state.dirtyMap?.mark(offsetBytes: request.offsetBytes, lengthBytes: UInt64(max(0, request.lengthBytes)))
+        state.dirtyMap.mark(offsetBytes: request.offsetBytes, lengthBytes: UInt64(max(0, request.lengthBytes)))
         return .ok
     }
 }

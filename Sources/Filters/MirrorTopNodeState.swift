@@ -2,13 +2,18 @@ import StrataGraph
 import StrataRuntime
 import Synchronization
 
-/// A mirror_top node's shared state: the dirty map its writes mark, and, in write-blocking mode,
-/// where each queue writes the target (the job's ports, one per queue, set before the mode).
+/// A mirror_top node's shared state: the dirty map its writes mark (from the moment it opens, so
+/// no write between the filter going in and the job starting is missed), and, in write-blocking
+/// mode, where each queue writes the target (the job's ports, one per queue). A write reads both
+/// without a lock.
 public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     private let file: ChildLink
     private let child: ChildStateReference
-    private let dirty = Mutex<AtomicBitmap?>(nil)
-    private let target = Mutex<[any BlockTarget]>([])
+    public let dirtyMap: AtomicBitmap
+    /// The target ports, set once; the Mutex owns them, the atomic publishes them to writes.
+    private let targetPorts = Mutex<TargetPorts?>(nil)
+    /// The set's address (0: none yet).
+    private let publishedPorts = Atomic<UInt>(0)
     private let writeBlocking = Atomic<Bool>(false)
     /// The atomic cancel of several mirrors: while the gate is closed, new writes wait before
     /// they touch anything; `writesInside` counts those past it.
@@ -18,22 +23,23 @@ public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     /// The mirror stopped: writes go to the source only, and mark nothing.
     private let detachedFlag = Atomic<Bool>(false)
 
-    init(file: ChildLink, child: any NodeState) {
+    init(file: ChildLink, child: any NodeState, granularity: UInt64) {
         self.file = file
         self.child = ChildStateReference(child)
+        dirtyMap = AtomicBitmap(sizeBytes: child.sizeBytes, granularity: granularity)
     }
 
     public var sizeBytes: UInt64 { child.current.sizeBytes }
 
-    /// Attaches the job's dirty map (before any instance counts on it: the job sets it right
-    /// after inserting the filter, and instances read it per write).
-    public func attach(_ map: AtomicBitmap) { dirty.withLock { $0 = map } }
-
-    var dirtyMap: AtomicBitmap? { dirty.withLock { $0 } }
-
-    /// From now on every write also goes to the target, through `targets[queue index]`.
+    /// From now on every write also goes to the target, through `targets[queue index]`. The
+    /// ports are the same for the job's whole life: a second call keeps the first set.
     public func startWriteBlocking(targets: [any BlockTarget]) {
-        target.withLock { $0 = targets }
+        targetPorts.withLock { owned in
+            guard owned == nil else { return }
+            let ports = TargetPorts(targets)
+            owned = ports
+            publishedPorts.store(UInt(bitPattern: Unmanaged.passUnretained(ports).toOpaque()), ordering: .releasing)
+        }
         writeBlocking.store(true, ordering: .releasing)
     }
 
@@ -77,7 +83,13 @@ public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     }
 
     func target(forQueue index: Int) -> (any BlockTarget)? {
-        target.withLock { index >= 0 && index < $0.count ? $0[index] : nil }
+        // Not counted: `targetPorts` owns the set until this state goes, and it is set once.
+        guard let raw = UnsafeRawPointer(bitPattern: publishedPorts.load(ordering: .acquiring)) else { return nil }
+        assert(targetPorts.withLock { $0.map { Unmanaged.passUnretained($0).toOpaque() == UnsafeMutableRawPointer(mutating: raw) } ?? false },
+               "the published ports are the ones owned")
+        return Unmanaged<TargetPorts>.fromOpaque(raw)._withUnsafeGuaranteedRef { ports in
+            index >= 0 && index < ports.targets.count ? ports.targets[index] : nil
+        }
     }
 
     public func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
@@ -96,4 +108,11 @@ public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
 /// Called on the queue the write came from, and answered there.
 public protocol BlockTarget: Sendable {
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus
+}
+
+/// A write-blocking mirror's target ports, one per queue.
+final class TargetPorts: Sendable {
+    let targets: [any BlockTarget]
+
+    init(_ targets: [any BlockTarget]) { self.targets = targets }
 }

@@ -84,7 +84,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
 
     public func run(_ context: JobContext) async throws {
         let id = await context.id
-        var filter: [String: JSONValue] = ["driver": .string("mirror_top")]
+        var filter: [String: JSONValue] = ["driver": .string("mirror_top"), "x-granularity": .int(Int64(plan.granularity))]
         if let name = plan.filterName { filter["node-name"] = .string(name) }
         let report = try await controller.apply([.insertFilterAbove(node: plan.source, filter: .object(filter))])
         guard let filterName = report.addedNodes.first, let filterState = try await controller.state(of: filterName) as? MirrorTopNodeState else {
@@ -102,8 +102,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
                 throw JobError("Source and target image have different sizes")
             }
         }
-        let map = AtomicBitmap(sizeBytes: size, granularity: plan.granularity)
-        filterState.attach(map)
+        let map = filterState.dirtyMap
         // The job reads the source below the filter, and writes the target: from queue 0, and in
         // write-blocking mode from every queue (the filter's instances there).
         let reader = "#mirror-\(id)-source"

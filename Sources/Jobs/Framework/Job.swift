@@ -135,7 +135,11 @@ public actor Job: JobContext {
         while pauseCount > 0 && !isCancelled {
             let resumed: JobStatus = status == .ready ? .ready : .running
             await move(to: status == .ready ? .standby : .paused)
-            await withCheckedContinuation { resumeWaiters.append($0) }
+            // Sending the event suspended this actor: a job-resume (or cancel) that ran meanwhile
+            // found no waiter to wake, so look again before waiting.
+            if pauseCount > 0 && !isCancelled {
+                await withCheckedContinuation { resumeWaiters.append($0) }
+            }
             await move(to: resumed)
         }
     }

@@ -45,11 +45,11 @@ public actor JobManager {
         let emit = self.emit
         let job = Job(id: id, driver: driver, autoFinalize: autoFinalize, autoDismiss: autoDismiss, speed: speed, control: control,
                       transaction: transaction, emit: { [weak self] event in
+                          // The job's nodes are free once its work is committed or undone: before a
+                          // client hears BLOCK_JOB_COMPLETED or BLOCK_JOB_CANCELLED (and may delete
+                          // them, as QEMU lets it), or `concluded` for jobs without those events.
+                          if Self.endsUse(event) { await self?.release(id) }
                           await emit(event)
-                          if event.name == "JOB_STATUS_CHANGE", case .object(let fields) = event.data,
-                             fields.contains(where: { $0.0 == "status" && $0.1 == .string(JobStatus.concluded.rawValue) }) {
-                              await self?.release(id)
-                          }
                       },
                       onDismissed: { [weak self] id in await self?.remove(id) })
         jobs.insert(job, at: 0)
@@ -129,6 +129,12 @@ public actor JobManager {
                 await control.sleep(untilNs: MonotonicClock.now() + 10_000_000)
             }
         }
+    }
+
+    static func endsUse(_ event: JobEvent) -> Bool {
+        if event.name == "BLOCK_JOB_COMPLETED" || event.name == "BLOCK_JOB_CANCELLED" { return true }
+        guard event.name == "JOB_STATUS_CHANGE", case .object(let fields) = event.data else { return false }
+        return fields.contains { $0.0 == "status" && $0.1 == .string(JobStatus.concluded.rawValue) }
     }
 
     private func release(_ id: String) {

@@ -47,6 +47,32 @@ import Testing
         #expect((report["ops"] as? Int ?? 0) > 1000, "\(json)")
     }
 
+    /// base (0x11 everywhere) <- mid (0x22 over 8-24 MiB) <- top, named nodes on a daemon that
+    /// exports top as `disk` over NBD: the chain the stream and commit tests work on under load.
+    static func exportedChain(_ name: String) async throws -> (ScratchDirectory, NBDServerProcess, socket: String, nbdSocket: String,
+                                                                base: String, top: String) {
+        let scratch = try ScratchDirectory(name)
+        let base = scratch.path("base.qcow2")
+        let mid = scratch.path("mid.qcow2")
+        let top = scratch.path("top.qcow2")
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid])
+        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x22 8M 16M", mid])
+        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
+        let nbdSocket = scratch.path("nbd.sock")
+        var nodes: [String] = []
+        for (name, path, backing) in [("base", base, "null"), ("mid", mid, "\"base\""), ("top", top, "\"mid\"")] {
+            nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
+                      "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
+        }
+        let (process, socket) = try daemon(scratch, extra: nodes + [
+            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
+            "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on",
+        ])
+        return (scratch, process, socket, nbdSocket, base, top)
+    }
+
     @Test func badInputGetsGenericErrorAndTheMonitorLivesOn() throws {
         let scratch = try ScratchDirectory("qmp-bad")
         let (process, socket) = try Self.daemon(scratch)
@@ -215,26 +241,11 @@ import Testing
     /// guest wrote is overwritten by older chain data; afterwards the image names the base as its
     /// backing file and is clean.
     @Test func blockStreamUnderAVerifiedLoad() async throws {
-        let scratch = try ScratchDirectory("qmp-stream-load")
-        let base = scratch.path("base.qcow2")
-        let mid = scratch.path("mid.qcow2")
-        let top = scratch.path("top.qcow2")
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
-        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid])
-        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x22 8M 16M", mid])
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
-        let nbdSocket = scratch.path("nbd.sock")
-        var nodes: [String] = []
-        for (name, path, backing) in [("base", base, "null"), ("mid", mid, "\"base\""), ("top", top, "\"mid\"")] {
-            nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
-                      "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
+        let (scratch, process, socket, nbdSocket, base, top) = try await Self.exportedChain("qmp-stream-load")
+        defer {
+            _ = process.stop()
+            withExtendedLifetime(scratch) {}
         }
-        let (process, socket) = try Self.daemon(scratch, extra: nodes + [
-            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
-            "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on",
-        ])
-        defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
         let bench = Self.verifiedLoad(socket: nbdSocket)
         // 32 MiB at 16 MiB/s: the stream runs for about two seconds of the load.
@@ -268,26 +279,11 @@ import Testing
     /// on reads the base: a write the commit missed would read back wrong).
     @Test(arguments: [false, true])
     func blockCommitUnderAVerifiedLoad(active: Bool) async throws {
-        let scratch = try ScratchDirectory("qmp-commit-load")
-        let base = scratch.path("base.qcow2")
-        let mid = scratch.path("mid.qcow2")
-        let top = scratch.path("top.qcow2")
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", base, "32M"])
-        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 0 32M", base])
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid])
-        try await QemuTool.require("qemu-io", ["-f", "qcow2", "-c", "write -P 0x22 8M 16M", mid])
-        try await QemuTool.require("qemu-img", ["create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
-        let nbdSocket = scratch.path("nbd.sock")
-        var nodes: [String] = []
-        for (name, path, backing) in [("base", base, "null"), ("mid", mid, "\"base\""), ("top", top, "\"mid\"")] {
-            nodes += ["--blockdev", #"{"driver":"file","node-name":"\#(name)-file","filename":"\#(path)"}"#,
-                      "--blockdev", #"{"driver":"qcow2","node-name":"\#(name)","file":"\#(name)-file","backing":\#(backing)}"#]
+        let (scratch, process, socket, nbdSocket, base, top) = try await Self.exportedChain("qmp-commit-load")
+        defer {
+            _ = process.stop()
+            withExtendedLifetime(scratch) {}
         }
-        let (process, socket) = try Self.daemon(scratch, extra: nodes + [
-            "--nbd-server", "addr.type=unix,addr.path=\(nbdSocket)",
-            "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on",
-        ])
-        defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
         let bench = Self.verifiedLoad(socket: nbdSocket)
         var arguments: [String: JSONValue] = ["job-id": "c0", "device": "top", "base-node": "base", "speed": .int(16 << 20)]

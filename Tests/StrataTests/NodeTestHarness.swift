@@ -143,6 +143,18 @@ enum QemuTool {
         return Result(status: status, output: String(decoding: data, as: UTF8.self))
     }
 
+    /// Runs `tool` until QEMU no longer finds the image locked (up to `timeout` seconds). A process
+    /// killed with I/O in flight on io_uring is reaped before the kernel has torn its ring down, and
+    /// the ring's requests keep the files, and so their OFD locks, open until it has.
+    static func runOnceUnlocked(_ tool: String, _ arguments: [String], timeout: Double = 20) async throws -> Result {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let result = try await run(tool, arguments)
+            guard result.output.contains("Failed to get") && result.output.contains("lock"), Date() < deadline else { return result }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
     /// `qemu-io -f raw -c COMMAND FILE`; true when it exited 0 without a pattern mismatch.
     static func io(_ command: String, _ file: String, extra: [String] = []) async throws -> Bool {
         let result = try await run("qemu-io", extra + ["-f", "raw", "-c", command, file])

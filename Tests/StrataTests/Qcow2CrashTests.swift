@@ -69,7 +69,7 @@ import Testing
         let finished = process.terminationReason == .exit
         let durable = finished ? writes.count : completed > 0 ? (completed - 1) / 8 * 8 : 0
 
-        let check = try await QemuTool.run("qemu-img", ["check", "--output=json", image])
+        let check = try await QemuTool.runOnceUnlocked("qemu-img", ["check", "--output=json", image])
         #expect(check.status == 0 || check.status == 3, "round \(round), killed after \(delayMs) ms, \(completed) writes: \(check.output)")
         #expect(check.output.contains("\"corruptions\": 0") || !check.output.contains("\"corruptions\""), "\(check.output)")
         #expect(!check.output.contains("\"check-errors\": ") || check.output.contains("\"check-errors\": 0"), "\(check.output)")

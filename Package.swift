@@ -26,7 +26,8 @@ let package = Package(
         .executable(name: "strata", targets: ["StrataCLI"]),
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
-            "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools", "StrataControl",
+            "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataVhostUser", "StrataVhostUserServer", "StrataEngine",
+            "StrataImageTools", "StrataControl",
         ]),
     ],
     dependencies: [
@@ -48,6 +49,8 @@ let package = Package(
         strata("StrataFormatting", "Formatting", []),
         // The NBD protocol codec: handshake state machines, request and reply layouts. No I/O.
         strata("StrataNBD", "NBD/Codec", []),
+        // The vhost-user protocol codec: message layouts, features, payload checks. No I/O.
+        strata("StrataVhostUser", "VhostUser/Protocol", []),
 
         // Layer 2: requests, node contracts, the graph and its transactions.
         strata("StrataGraph", "Graph", ["StrataRuntime"]),
@@ -61,6 +64,11 @@ let package = Package(
         strata("StrataDevices", "Devices", ["CStrataShim", "StrataRuntime", "StrataGraph"]),
         // The NBD export server: connections served on the queue executors' rings.
         strata("StrataNBDServer", "NBD/Server", ["CStrataShim", "StrataRuntime", "StrataGraph", "StrataNBD"]),
+        // The vhost-user-blk export: a front end's control socket, guest memory, one device queue
+        // per virtqueue on its queue executor.
+        strata("StrataVhostUserServer", "VhostUser/Server", [
+            "CStrataShim", "StrataRuntime", "StrataGraph", "StrataDevices", "StrataVhostUser",
+        ]),
 
         // Layer 4: the guest load generator, the driver side of the device model.
         strata("StrataLoad", "Load", ["StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", histogram]),
@@ -68,6 +76,7 @@ let package = Package(
         // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
         strata("StrataEngine", "Engine", [
             "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
+            "StrataVhostUserServer",
         ]),
 
         // Layer 6: the image toolkit behind `strata img` and `strata io`.
@@ -82,15 +91,16 @@ let package = Package(
 
         // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [
-            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer", "StrataEngine",
-            "StrataImageTools", "StrataJobs", deque,
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer",
+            "StrataVhostUserServer", "StrataEngine", "StrataImageTools", "StrataJobs", deque,
         ]),
 
         // Layer 9: the command line and the bench programs.
         .executableTarget(
             name: "StrataCLI",
             dependencies: [
-                "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer", "StrataLoad",
+                "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer",
+                "StrataVhostUserServer", "StrataLoad",
                 "StrataEngine", "StrataImageTools", "StrataControl", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings

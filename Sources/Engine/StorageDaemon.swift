@@ -1,6 +1,7 @@
 import StrataGraph
 import StrataNBDServer
 import StrataRuntime
+import StrataVhostUserServer
 
 /// qemu-storage-daemon's job put together in one place: an engine, a graph built from blockdev-add
 /// actions, and the exports over it. The command line turns its options into a `Plan`; the daemon
@@ -24,20 +25,23 @@ public final class StorageDaemon: Sendable {
         public var blockdevActions: [JSONValue]
         public var nbdListeners: [NBDListener]
         public var nbdExports: [NBDExportOptions]
+        public var vhostUserExports: [VhostUserBlkExportOptions]
         public var handshakeLimitSeconds: Double
 
         public init(queueCount: Int, blockdevActions: [JSONValue], nbdListeners: [NBDListener], nbdExports: [NBDExportOptions],
-                    handshakeLimitSeconds: Double = 10) {
+                    vhostUserExports: [VhostUserBlkExportOptions] = [], handshakeLimitSeconds: Double = 10) {
             self.queueCount = queueCount
             self.blockdevActions = blockdevActions
             self.nbdListeners = nbdListeners
             self.nbdExports = nbdExports
+            self.vhostUserExports = vhostUserExports
             self.handshakeLimitSeconds = handshakeLimitSeconds
         }
     }
 
     public let engine: Engine
     public let nbdServer: NBDServer
+    public let vhostUserServer: VhostUserBlkServer
     private let plan: Plan
 
     public init(plan: Plan, log: @escaping @Sendable (String) -> Void) throws {
@@ -49,6 +53,7 @@ public final class StorageDaemon: Sendable {
         settings.handshakeLimitSeconds = plan.handshakeLimitSeconds
         settings.maxConnections = plan.nbdListeners.map(\.maxConnections).max() ?? 0
         nbdServer = NBDServer(controller: engine.controller, settings: settings, log: log)
+        vhostUserServer = VhostUserBlkServer(controller: engine.controller, log: log)
     }
 
     /// Builds the graph, adds the exports and starts listening; returns the bound addresses (a
@@ -57,6 +62,7 @@ public final class StorageDaemon: Sendable {
         do {
             if !plan.blockdevActions.isEmpty { try await engine.controller.apply(json: .array(try Self.withBackingChains(plan.blockdevActions))) }
             for export in plan.nbdExports { try await nbdServer.addExport(export) }
+            for export in plan.vhostUserExports { try await vhostUserServer.addExport(export) }
             return try plan.nbdListeners.map { try nbdServer.listen(on: $0.address) }
         } catch {
             await shutdown()
@@ -81,6 +87,7 @@ public final class StorageDaemon: Sendable {
 
     /// Stops reading requests, answers what was read, flushes writable exports, then stops the engine.
     public func shutdown() async {
+        await vhostUserServer.shutdown()
         await nbdServer.shutdown()
         await engine.shutdown()
     }

@@ -99,6 +99,22 @@ public struct RingSocket: Sendable, Hashable {
         }
     }
 
+    /// Receives into the buffers `message` scatters to, with its control buffer for ancillary data
+    /// (SCM_RIGHTS); returns the bytes received, 0 when the peer closed. The message, its iovecs
+    /// and control buffer must stay valid until this returns; `msg_flags` then says what happened
+    /// (MSG_CTRUNC: descriptors were dropped).
+    public nonisolated(nonsending) func receiveMessage(_ message: UnsafeMutablePointer<msghdr>) async throws(SystemError) -> Int {
+        let executor = Self.currentExecutor("receiveMessage")
+        let fd = self.fd
+        let flags = UInt32(MSG_CMSG_CLOEXEC)
+        while true {
+            let result = await executor.perform { io_uring_prep_recvmsg($0, fd, message, flags) }
+            if result >= 0 { return Int(result) }
+            if result == -EINTR { continue }
+            throw SystemError("recvmsg", errno: -result)
+        }
+    }
+
     /// Ends one or both directions (SHUT_RD, SHUT_WR, SHUT_RDWR) while keeping the descriptor, so
     /// a receive blocked on another task returns EOF and the peer sees the end of the stream.
     public nonisolated(nonsending) func shutdown(_ how: Int32 = Int32(SHUT_RDWR)) async throws(SystemError) {

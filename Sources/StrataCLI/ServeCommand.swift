@@ -6,6 +6,7 @@ import StrataGraph
 import StrataImageTools
 import StrataNBDServer
 import StrataRuntime
+import StrataVhostUserServer
 
 /// `strata serve`: a storage daemon in qemu-storage-daemon's style. Builds a graph from
 /// `--blockdev` (or opens `--image`), exports nodes over NBD and runs until SIGTERM or SIGINT,
@@ -36,7 +37,11 @@ struct ServeCommand: AsyncParsableCommand {
     var blockdevs: [String] = []
     @Option(name: .customLong("nbd-server"), help: "addr.type=inet,addr.host=H,addr.port=P or addr.type=unix,addr.path=S [,max-connections=N] (repeatable).")
     var nbdServers: [String] = []
-    @Option(name: .customLong("export"), help: "type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on|off][,description=TEXT][,allocation-depth=on|off] (repeatable).")
+    @Option(name: .customLong("export"), help: """
+        type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on|off][,description=TEXT][,allocation-depth=on|off] or \
+        type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=PATH[,writable=on|off][,num-queues=N]\
+        [,logical-block-size=N] (repeatable).
+        """)
     var exportSpecs: [String] = []
     @Option(name: .customLong("chardev"), help: "socket,id=ID,path=PATH,server=on,wait=off (or host=H,port=P): a monitor socket (repeatable).")
     var chardevs: [String] = []
@@ -72,8 +77,9 @@ struct ServeCommand: AsyncParsableCommand {
             // With a monitor, everything may come later over QMP, as with qemu-storage-daemon.
             let controlled = !monitorSpecs.isEmpty
             if blockdevs.isEmpty && !controlled { throw ValidationError("give --image, or the graph with --blockdev, or a --monitor") }
-            if nbdServers.isEmpty && !controlled { throw ValidationError("give --nbd-server (or --image with --nbd)") }
-            if exportSpecs.isEmpty && !controlled { throw ValidationError("give at least one --export type=nbd,...") }
+            let onlyVhostUser = !exportSpecs.isEmpty && exportSpecs.allSatisfy { $0.hasPrefix("type=vhost-user-blk") }
+            if nbdServers.isEmpty && !controlled && !onlyVhostUser { throw ValidationError("give --nbd-server (or --image with --nbd)") }
+            if exportSpecs.isEmpty && !controlled { throw ValidationError("give at least one --export type=nbd,... or type=vhost-user-blk,...") }
             if !nbdAddresses.isEmpty { throw ValidationError("--nbd goes with --image; use --nbd-server with --blockdev") }
         } else {
             if !blockdevs.isEmpty || !exportSpecs.isEmpty { throw ValidationError("give --image or --blockdev/--export, not both") }
@@ -88,7 +94,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        let (actions, exports) = try plan()
+        let (actions, exports, vhostUserExports) = try plan()
         let control = try ServeMonitorOptions(chardevs: chardevs, monitors: monitorSpecs, objects: objects)
         var listeners: [StorageDaemon.NBDListener] = []
         for spec in nbdServers { listeners.append(try serverListener(spec)) }
@@ -97,7 +103,7 @@ struct ServeCommand: AsyncParsableCommand {
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let daemon = try StorageDaemon(
             plan: StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
-                                     nbdExports: exports, handshakeLimitSeconds: handshakeLimit),
+                                     nbdExports: exports, vhostUserExports: vhostUserExports, handshakeLimitSeconds: handshakeLimit),
             log: { StandardError.print($0) })
         let signals = try SignalWaiter(signals: Self.terminationSignals)
         let monitor = QMPMonitor(daemon: daemon) { signals.post(Self.quitSignal) }
@@ -132,6 +138,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         for address in bound { print("strata serve: NBD server listening on \(address)") }
+        for export in vhostUserExports { print("strata serve: vhost-user-blk export '\(export.id)' listening on unix:\(export.socketPath)") }
         fflush(nil)
         if let pidfile {
             do { try writePidfile(pidfile) } catch {
@@ -148,18 +155,22 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     /// The graph's blockdev-add actions and the exports to add over it.
-    private func plan() throws -> (actions: [JSONValue], exports: [NBDExportOptions]) {
+    private func plan() throws -> (actions: [JSONValue], exports: [NBDExportOptions], vhostUser: [VhostUserBlkExportOptions]) {
         if let image {
             let options = ImageOpenOptions(format: format, readOnly: readOnly, cacheMode: cache)
             let (actions, top) = try ImageSession.blockdevActions(for: image, options: options)
-            return (actions, [NBDExportOptions(id: "export0", nodeName: top, name: exportName, writable: !readOnly)])
+            return (actions, [NBDExportOptions(id: "export0", nodeName: top, name: exportName, writable: !readOnly)], [])
         }
         var actions: [JSONValue] = []
         for text in blockdevs {
             actions.append(.object(["type": "blockdev-add", "data": try KeyValueOptions.blockdev(text)]))
         }
         var exports: [NBDExportOptions] = []
-        for spec in exportSpecs {
+        var vhostUser: [VhostUserBlkExportOptions] = []
+        for spec in exportSpecs where spec.hasPrefix("type=vhost-user-blk") {
+            vhostUser.append(try vhostUserExport(spec))
+        }
+        for spec in exportSpecs where !spec.hasPrefix("type=vhost-user-blk") {
             let keys = try KeyValueOptions.dictionary(spec, option: "--export",
                                                       allowed: Set(["type", "id", "node-name", "name", "writable", "description", "allocation-depth"]
                                                           + (0..<64).map { "bitmaps.\($0)" }))
@@ -173,7 +184,30 @@ struct ServeCommand: AsyncParsableCommand {
                 // QSD's list syntax: bitmaps.0=NAME, bitmaps.1=NAME, ...
                 bitmaps: (0..<64).compactMap { keys["bitmaps.\($0)"] }))
         }
-        return (actions, exports)
+        return (actions, exports, vhostUser)
+    }
+
+    /// `type=vhost-user-blk,...` as qemu-storage-daemon takes it.
+    private func vhostUserExport(_ spec: String) throws -> VhostUserBlkExportOptions {
+        let keys = try KeyValueOptions.dictionary(spec, option: "--export", allowed: [
+            "type", "id", "node-name", "addr.type", "addr.path", "writable", "num-queues", "logical-block-size", "writethrough",
+        ])
+        guard let id = keys["id"], !id.isEmpty else { throw ValidationError("--export: needs id=") }
+        guard let node = keys["node-name"], !node.isEmpty else { throw ValidationError("--export \(id): needs node-name=") }
+        guard keys["addr.type"] == "unix", let path = keys["addr.path"], !path.isEmpty else {
+            throw ValidationError("--export \(id): vhost-user-blk needs addr.type=unix,addr.path=PATH")
+        }
+        func integer(_ key: String, default value: Int) throws -> Int {
+            guard let text = keys[key] else { return value }
+            guard let number = Int(text) else { throw ValidationError("--export \(id): \(key)=\(text) is not a number") }
+            return number
+        }
+        let options = VhostUserBlkExportOptions(
+            id: id, nodeName: node, socketPath: path,
+            writable: try KeyValueOptions.onOff(keys["writable"], key: "writable", option: "--export \(id)", default: false),
+            queueCount: try integer("num-queues", default: 1), logicalBlockSize: try integer("logical-block-size", default: 512))
+        if let problem = options.problem { throw ValidationError("--export \(id): \(problem)") }
+        return options
     }
 
     private func serverListener(_ spec: String) throws -> StorageDaemon.NBDListener {

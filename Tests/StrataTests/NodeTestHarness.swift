@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import StrataGraph
 import StrataRuntime
+import Synchronization
 
 /// What the node tests share: a control and a queue executor, a private temporary directory, and
 /// helpers to open nodes through their descriptors and run requests on the queue's thread.
@@ -130,6 +131,13 @@ enum QemuTool {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
+        // Read while it runs: a child that prints more than a pipe holds would block forever on a
+        // reader that waits for its exit.
+        let collected = Mutex(Data())
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            collected.withLock { $0.append(chunk) }
+        }
         let status: Int32 = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
             do {
@@ -139,7 +147,9 @@ enum QemuTool {
                 continuation.resume(throwing: error)
             }
         }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        pipe.fileHandleForReading.readabilityHandler = nil
+        let rest = pipe.fileHandleForReading.readDataToEndOfFile()
+        let data = collected.withLock { $0 + rest }
         return Result(status: status, output: String(decoding: data, as: UTF8.self))
     }
 

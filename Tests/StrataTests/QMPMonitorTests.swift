@@ -38,6 +38,22 @@ import Testing
         }
     }
 
+    /// Returns once `node` has served `operations` reads and writes: the load is connected and
+    /// running, so what the test does next happens under it (and the load saw the node as it was).
+    static func awaitLoad(on node: String, _ client: QMPClient, operations: Int64 = 256, timeout: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if case .array(let entries)? = try client.execute("query-blockstats", arguments: ["query-nodes": true]).result,
+               let stats = entries.compactMap(\.objectValue).first(where: { $0["node-name"] == .string(node) })?["stats"]?.objectValue,
+               case .int(let reads)? = stats["rd_operations"], case .int(let writes)? = stats["wr_operations"],
+               reads + writes >= operations {
+                return
+            }
+            usleep(5000)
+        }
+        Issue.record("no load reached \(node) within \(timeout) s")
+    }
+
     /// The load ended well: no failed, lost or misread request, and it did run.
     static func expectCleanLoad(_ load: Task<QemuTool.Result, any Error>, log: @autoclosure () -> String) async throws {
         let result = try await load.value
@@ -214,6 +230,8 @@ import Testing
         defer { _ = process.stop() }
         let client = try QMPClient(address: socket)
         let bench = Self.verifiedLoad(socket: nbdSocket)
+        // Connected before the first resize: a load that met the grown node would see 4 GiB.
+        try Self.awaitLoad(on: "fmt", client)
         func ok(_ command: String, _ arguments: [String: JSONValue]) throws {
             let reply = try client.execute(command, arguments: arguments)
             #expect(!reply.isError, "\(command) \(arguments): \(String(describing: reply.error)) \(process.log)")

@@ -1,9 +1,11 @@
 import StrataFormatting
 import StrataGraph
 import StrataNBDServer
+import StrataVhostUserServer
 
 /// The NBD server and exports: nbd-server-start/stop, nbd-server-add/remove (QEMU's older
-/// forms), block-export-add/del, query-block-exports, with BLOCK_EXPORT_DELETED on removal.
+/// forms), block-export-add/del (NBD and vhost-user-blk exports), query-block-exports, with
+/// BLOCK_EXPORT_DELETED on removal.
 enum ExportCommands {
     static let all: [QMPCommand] = [
         QMPCommand("nbd-server-start") { monitor, arguments in
@@ -25,6 +27,10 @@ enum ExportCommands {
         },
         QMPCommand("block-export-add") { monitor, arguments in
             let type = try arguments.string("type")
+            if type == "vhost-user-blk" {
+                try await monitor.addVhostUserExport(&arguments)
+                return .emptyObject
+            }
             guard type == "nbd" else { throw QMPError("Parameter 'type' does not accept value '\(type)'") }
             let id = try arguments.string("id")
             let node = try arguments.string("node-name")
@@ -63,6 +69,10 @@ enum ExportCommands {
             let id = try arguments.string("id")
             let mode = try Self.removeMode(try arguments.optionalString("mode"))
             try arguments.finish()
+            if monitor.daemon.vhostUserServer.export(id: id) != nil {
+                await monitor.removeVhostUserExport(id: id)
+                return .emptyObject
+            }
             try monitor.removeNBDExport(id: id, mode: mode)
             return .emptyObject
         },
@@ -76,17 +86,24 @@ enum ExportCommands {
         QMPCommand("query-block-exports") { monitor, arguments in
             try arguments.finish()
             let model = await monitor.daemon.engine.controller.model
-            return .array(monitor.daemon.nbdServer.exportOptions.map { export in
-                .object([("type", .string("nbd")), ("id", .string(export.id)), ("node-name", .string(Self.exportedNode(export, model: model))),
+            let nbd: [OrderedJSON] = monitor.daemon.nbdServer.exportOptions.map { export in
+                .object([("type", .string("nbd")), ("id", .string(export.id)),
+                         ("node-name", .string(Self.exportedNode(id: export.id, node: export.nodeName, model: model))),
                          ("shutting-down", .bool(false))])
-            })
+            }
+            let vhostUser: [OrderedJSON] = monitor.daemon.vhostUserServer.all.map { export in
+                .object([("type", .string("vhost-user-blk")), ("id", .string(export.options.id)),
+                         ("node-name", .string(Self.exportedNode(id: export.options.id, node: export.options.nodeName, model: model))),
+                         ("shutting-down", .bool(false))])
+            }
+            return .array(nbd + vhostUser)
         },
     ]
 
     /// The node an export serves now (a mirror's pivot moves it), as QEMU names its root: past
     /// implicit filters (`#blockN`, which a job inserts) to the node under them.
-    static func exportedNode(_ export: NBDExportOptions, model: GraphModel) -> String {
-        guard var name = model.backends[export.id]?.nodeName else { return export.nodeName }
+    static func exportedNode(id: String, node: String, model: GraphModel) -> String {
+        guard var name = model.backends[id]?.nodeName else { return node }
         while name.hasPrefix("#"), let entry = model.nodes[name], entry.isFilter, let child = entry.children.first?.nodeName {
             name = child
         }
@@ -146,5 +163,40 @@ extension QMPMonitor {
         } catch {
             throw QMPError("Export '\(id)' is not found")
         }
+    }
+}
+
+extension QMPMonitor {
+    /// block-export-add's BlockExportOptionsVhostUserBlk: addr (a SocketAddress, unix only),
+    /// writable, num-queues, logical-block-size.
+    func addVhostUserExport(_ arguments: inout QMPArguments) async throws {
+        let id = try arguments.string("id")
+        let node = try arguments.string("node-name")
+        var address = QMPArguments(try arguments.object("addr"))
+        let writable = try arguments.optionalBool("writable") ?? false
+        _ = try arguments.optionalBool("writethrough")
+        let queueCount = try arguments.optionalInteger("num-queues") ?? 1
+        let blockSize = try arguments.optionalInteger("logical-block-size") ?? 512
+        try arguments.finish()
+        let type = try address.string("type")
+        guard type == "unix" else { throw QMPError("vhost-user-blk export '\(id)': addr type '\(type)' is not supported; use unix") }
+        let path = try address.string("path")
+        _ = try address.optionalBool("abstract")
+        try address.finish()
+        guard await daemon.engine.controller.model.nodes[node] != nil else {
+            throw QMPError("Cannot find device=\(node) nor node_name=\(node)")
+        }
+        if daemon.vhostUserServer.export(id: id) != nil || daemon.nbdServer.exportOptions.contains(where: { $0.id == id }) {
+            throw QMPError("Block export id '\(id)' is already in use")
+        }
+        let options = VhostUserBlkExportOptions(id: id, nodeName: node, socketPath: path, writable: writable, queueCount: Int(queueCount),
+                                                logicalBlockSize: Int(blockSize))
+        if let problem = options.problem { throw QMPError(problem) }
+        do { try await daemon.vhostUserServer.addExport(options) } catch { throw QMPError("\(error)") }
+    }
+
+    func removeVhostUserExport(id: String) async {
+        guard await daemon.vhostUserServer.removeExport(id: id) else { return }
+        await emit(QMPEvent("BLOCK_EXPORT_DELETED", data: .object([("id", .string(id))])))
     }
 }

@@ -5,6 +5,26 @@ import StrataRuntime
 /// through the graph version its queue has installed, writes the status byte and returns the chain
 /// on the used ring. One per queue, bound to that queue's executor.
 public actor VirtioBlkDevice: GraphAttachment {
+    /// How the device was configured and negotiated.
+    public struct Settings: Sendable {
+        /// seg_max: data buffers one request may have (after merging adjacent ones).
+        public var segmentsPerRequest = 16
+        /// VIRTIO_RING_F_EVENT_IDX negotiated.
+        public var eventIndex = false
+        /// The available position to consume first and the used index the driver last saw (a
+        /// resumed queue); 0 for a new one.
+        public var nextAvailableIndex: UInt16 = 0
+        public var usedIndex: UInt16 = 0
+        /// VIRTIO_BLK_F_RO: writes, discards and write-zeroes fail with IOERR.
+        public var readOnly = false
+        /// blk_size: reads and writes must start and end on it.
+        public var logicalBlockSize = VirtioBlk.sectorSize
+        /// What GET_ID answers (at most 20 bytes are sent); nil: "strata-BACKEND".
+        public var deviceID: String?
+
+        public init() {}
+    }
+
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     public nonisolated let backendName: String
     public nonisolated let queueIndex: Int
@@ -14,27 +34,49 @@ public actor VirtioBlkDevice: GraphAttachment {
     private let segmentsPerRequest: Int
     private let segmentStorage: UnsafeMutableBufferPointer<IOBuffer>
     private let deviceID: String
+    private let readOnly: Bool
+    /// Sectors per logical block, minus one: a mask for the alignment check.
+    private let blockSectorMask: UInt64
     private let versions = VersionedRoot()
     private let pending: UnsafeMutableBufferPointer<PendingRequest?>
     private(set) var switchTimes: [(version: UInt64, timeNs: UInt64)] = []
     /// Chains that were not virtio-blk requests at all (returned with used length 0).
     public private(set) var malformedChains = 0
+    /// The driver's available index ran more than a queue ahead: the queue is broken and the
+    /// device needs a reset; nothing more is popped.
+    public private(set) var isBroken = false
+    /// VIRTIO_BLK_F_CONFIG_WCE's writeback field: off means writethrough, each write followed by a
+    /// flush before it completes.
+    public private(set) var writeCacheEnabled = true
+
+    public func setWriteCache(_ enabled: Bool) { writeCacheEnabled = enabled }
 
     public init(queue: QueueContext, backendName: String, capacityBytes: UInt64, virtqueue: SplitVirtqueue, segmentsPerRequest: Int = 16) {
-        precondition(segmentsPerRequest > 0)
+        var settings = Settings()
+        settings.segmentsPerRequest = segmentsPerRequest
+        self.init(queue: queue, backendName: backendName, capacityBytes: capacityBytes, virtqueue: virtqueue, settings: settings)
+    }
+
+    public init(queue: QueueContext, backendName: String, capacityBytes: UInt64, virtqueue: SplitVirtqueue, settings: Settings) {
+        precondition(settings.segmentsPerRequest > 0)
+        precondition(settings.logicalBlockSize >= VirtioBlk.sectorSize && settings.logicalBlockSize & (settings.logicalBlockSize - 1) == 0,
+                     "a logical block is a power of two of at least 512 bytes")
         unownedExecutor = queue.executor.asUnownedSerialExecutor()
         executor = queue.executor
         self.backendName = backendName
         self.queueIndex = queue.index
-        self.virtqueue = VirtqueueDevice(queue: virtqueue)
+        self.virtqueue = VirtqueueDevice(queue: virtqueue, eventIndex: settings.eventIndex, maxIndirectEntries: 1024,
+                                         nextAvailableIndex: settings.nextAvailableIndex, usedIndex: settings.usedIndex)
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)
-        self.segmentsPerRequest = segmentsPerRequest
+        self.segmentsPerRequest = settings.segmentsPerRequest
         // One segment array per descriptor head: a head is unique while its request is in flight.
-        segmentStorage = .allocate(capacity: virtqueue.size * segmentsPerRequest)
+        segmentStorage = .allocate(capacity: virtqueue.size * settings.segmentsPerRequest)
         segmentStorage.initialize(repeating: .empty)
         pending = .allocate(capacity: virtqueue.size)
         pending.initialize(repeating: nil)
-        deviceID = String("strata-\(backendName)".prefix(VirtioBlk.deviceIDLength))
+        deviceID = String((settings.deviceID ?? "strata-\(backendName)").utf8.prefix(VirtioBlk.deviceIDLength))!
+        readOnly = settings.readOnly
+        blockSectorMask = UInt64(settings.logicalBlockSize / VirtioBlk.sectorSize - 1)
     }
 
     isolated deinit {
@@ -89,6 +131,7 @@ public actor VirtioBlkDevice: GraphAttachment {
     /// Pops the next request and serves what can be served synchronously: parsing, answering
     /// malformed or immediate requests, and routing through nodes that forward or complete at once.
     public func serviceNext() -> ServiceStep {
+        guard !isBroken else { return .idle }
         let head: UInt16
         do {
             guard let available = try virtqueue.popAvail() else { return .idle }
@@ -96,6 +139,13 @@ public actor VirtioBlkDevice: GraphAttachment {
         } catch {
             // The avail index itself is corrupt: nothing can be popped safely.
             malformedChains += 1
+            isBroken = true
+            return .idle
+        }
+        guard Int(head) < virtqueue.queue.size else {
+            // Returned as is: the used ring names only heads of the table.
+            malformedChains += 1
+            isBroken = true
             return .idle
         }
         let storage = UnsafeMutableBufferPointer(rebasing: segmentStorage[Int(head) * segmentsPerRequest ..< Int(head + 1) * segmentsPerRequest])
@@ -112,7 +162,11 @@ public actor VirtioBlkDevice: GraphAttachment {
             virtqueue.pushUsed(id: head, length: request.complete(status))
         case .getID:
             virtqueue.pushUsed(id: head, length: request.completeGetID(deviceID))
-        case .io:
+        case .io(let operation):
+            if let refusal = refusal(request, operation) {
+                virtqueue.pushUsed(id: head, length: request.complete(refusal))
+                return .completed
+            }
             // The request runs on the version current now, even if the graph switches meanwhile.
             guard let version = versions.begin() else {
                 virtqueue.pushUsed(id: head, length: request.complete(.ioError))
@@ -120,7 +174,7 @@ public actor VirtioBlkDevice: GraphAttachment {
             }
             var target = version._withUnsafeGuaranteedRef { $0.rootReference }
             var trail = RouteTrail()
-            guard var routed = request.blockRequest() else {
+            guard var routed = request.blockRequest(), writeCacheEnabled || operation != .write else {
                 // Scattered over several buffers: submitted segment by segment through the root's handle.
                 pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version,
                                                     trail: trail, pastTrailCapacity: true)
@@ -160,6 +214,11 @@ public actor VirtioBlkDevice: GraphAttachment {
         if let routed = pending.routed {
             status = pending.pastTrailCapacity ? await pending.target.counted.submit(routed) : await pending.target.node.submit(routed)
             pending.trail.resumed(routed, status: status)
+        } else if let whole = pending.request.blockRequest() {
+            // Writethrough (the write cache is off): the write is durable before it completes.
+            let written = await pending.target.counted.submit(whole)
+            status = written.isOK ? await pending.target.counted.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0,
+                                                                                       buffer: .empty)) : written
         } else {
             status = await submitSegments(pending.request, to: pending.target.counted)
         }
@@ -167,12 +226,50 @@ public actor VirtioBlkDevice: GraphAttachment {
         virtqueue.pushUsed(id: pending.request.head, length: pending.request.complete(status.isOK ? .ok : .ioError))
     }
 
-    /// A request scattered over several guest buffers: one node request per buffer, in order.
+    /// A request scattered over several guest buffers: one node request per buffer, in order (and
+    /// a flush after a write when the write cache is off).
     private func submitSegments(_ request: VirtioBlkRequest, to node: NodeHandle) async -> IOStatus {
         for segment in request.segmentRequests() {
             let status = await node.submit(segment)
             if !status.isOK { return status }
         }
+        if !writeCacheEnabled, case .io(.write) = request.action {
+            return await node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0, buffer: .empty))
+        }
         return .ok
     }
+
+    /// The status a request gets without reaching the graph: a change to a read-only device, or a
+    /// read or write not on logical-block boundaries.
+    private func refusal(_ request: VirtioBlkRequest, _ operation: BlockOperation) -> VirtioBlkStatus? {
+        switch operation {
+        case .write, .discard, .writeZeroes:
+            if readOnly { return .ioError }
+        default:
+            break
+        }
+        guard blockSectorMask != 0, operation == .read || operation == .write else { return nil }
+        let sectors = UInt64(request.lengthBytes / VirtioBlk.sectorSize)
+        return (request.offsetBytes / UInt64(VirtioBlk.sectorSize)) & blockSectorMask != 0 || sectors & blockSectorMask != 0 ? .ioError : nil
+    }
+
+    // MARK: Notifications (a device fed by a real driver)
+
+    /// Whether the driver wants an interrupt for the chains used since the last call.
+    public func needsNotification() -> Bool { virtqueue.needsNotification() }
+
+    /// Asks for kicks before sleeping (then recheck `hasAvailable`), or stops asking while busy.
+    public func requestKicks(_ enabled: Bool) { virtqueue.requestKicks(enabled) }
+
+    /// Whether the driver published a chain not yet popped; false once the queue is broken.
+    public func hasAvailable() -> Bool {
+        guard !isBroken else { return false }
+        do { return try virtqueue.hasAvailable() } catch {
+            isBroken = true
+            return false
+        }
+    }
+
+    /// last_avail_idx: where a restarted queue resumes (vhost-user's GET_VRING_BASE).
+    public var nextAvailableIndex: UInt16 { virtqueue.nextAvailableIndex }
 }

@@ -28,14 +28,20 @@ public struct VirtqueueDevice: ~Copyable, @unchecked Sendable {
     /// A device starting at ring position 0 (a freshly initialized queue). The default indirect
     /// limit is QEMU's VIRTQUEUE_MAX_SIZE, which Linux guests stay within.
     public init(queue: SplitVirtqueue, eventIndex: Bool = false, maxIndirectEntries: Int = 1024) {
+        self.init(queue: queue, eventIndex: eventIndex, maxIndirectEntries: maxIndirectEntries, nextAvailableIndex: 0, usedIndex: 0)
+    }
+
+    /// A device resuming a queue: the available position to consume next (vhost-user's
+    /// SET_VRING_BASE) and the used index the driver last saw.
+    public init(queue: SplitVirtqueue, eventIndex: Bool, maxIndirectEntries: Int, nextAvailableIndex: UInt16, usedIndex: UInt16) {
         precondition(maxIndirectEntries >= 1 && maxIndirectEntries <= 65536)
         self.queue = queue
         self.eventIndex = eventIndex
         self.maxIndirectEntries = maxIndirectEntries
-        lastAvailableIndex = 0
-        cachedAvailableIndex = 0
-        usedIndex = 0
-        usedAtLastNotification = 0
+        lastAvailableIndex = nextAvailableIndex
+        cachedAvailableIndex = nextAvailableIndex
+        self.usedIndex = usedIndex
+        usedAtLastNotification = usedIndex
     }
 
     /// The head of the next available chain, or nil when the driver published nothing new. The
@@ -52,6 +58,31 @@ public struct VirtqueueDevice: ~Copyable, @unchecked Sendable {
         let head = queue.loadAvailableEntry(lastAvailableIndex)
         lastAvailableIndex &+= 1
         return head
+    }
+
+    /// Whether the driver has published a chain not yet popped (one acquire load).
+    @inlinable
+    public mutating func hasAvailable() throws(VirtqueueError) -> Bool {
+        if lastAvailableIndex != cachedAvailableIndex { return true }
+        let published = queue.loadAvailableIndexAcquire()
+        guard Int(published &- lastAvailableIndex) <= queue.size else { throw .availableIndexOverrun }
+        cachedAvailableIndex = published
+        return published != lastAvailableIndex
+    }
+
+    /// Asks the driver for a kick on the next chain it publishes (before the device sleeps), or
+    /// tells it kicks are not needed (while the device is busy popping anyway). The caller checks
+    /// `hasAvailable()` after enabling: a chain published before the driver saw the request came
+    /// without a kick.
+    @inlinable
+    public func requestKicks(_ enabled: Bool) {
+        if eventIndex {
+            // With EVENT_IDX the driver kicks when it passes avail_event; while busy, leaving the
+            // event behind means no kicks.
+            if enabled { setAvailableEvent(lastAvailableIndex) }
+        } else {
+            suppressAvailableNotifications(!enabled)
+        }
     }
 
     /// A validating walk over the chain that starts at `head`.

@@ -112,6 +112,36 @@ int strata_signal_to_pipe(int signo, int write_fd) {
 int strata_eventfd_create(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd < 0 ? -errno : fd; }
 int strata_eventfd_signal(int fd) { return eventfd_write(fd, 1) < 0 ? -errno : 0; }
 
+size_t strata_cmsg_space_fds(int count) { return CMSG_SPACE(sizeof(int) * (size_t)count); }
+
+void strata_cmsg_put_fds(struct msghdr *message, const int *fds, int count) {
+    struct cmsghdr *header = CMSG_FIRSTHDR(message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+    memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)count);
+    message->msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
+}
+
+int strata_cmsg_take_fds(const struct msghdr *message, int *fds, int max) {
+    int taken = 0;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(message); header; header = CMSG_NXTHDR((struct msghdr *)message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(header);
+        for (size_t index = 0; index < count; index++) {
+            int fd;
+            memcpy(&fd, data + index * sizeof(int), sizeof(int));
+            if (taken < max) fds[taken++] = fd; else close(fd);
+        }
+    }
+    if (message->msg_flags & MSG_CTRUNC) {
+        for (int index = 0; index < taken; index++) close(fds[index]);
+        return -1;
+    }
+    return taken;
+}
+
 int strata_o_direct(void) { return O_DIRECT; }
 int strata_o_dsync(void) { return O_DSYNC; }
 int strata_f_ofd_setlk(void) { return F_OFD_SETLK; }

@@ -216,6 +216,13 @@ final class Qcow2Allocator: @unchecked Sendable {
         return true
     }
 
+    /// The file was cut to `end` (a shrink): space past it is no longer zero-extended, so the next
+    /// allocation there extends the file again before anything (an L2 table) is placed in it.
+    func fileTruncated(to end: UInt64) {
+        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        zeroExtendedTo = min(zeroExtendedTo, end)
+    }
+
     // MARK: Write-back
 
     /// Makes everything written so far durable: data, then metadata in dependency order.

@@ -29,20 +29,23 @@ extension Qcow2NodeState {
         }
         metadata.setSize(newSize)
         await drain()
-        let lastUsedCluster: UInt64
+        let clusterSize = UInt64(metadata.clusterSize)
         do {
-            lastUsedCluster = try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
-                try await Self.shrink(allocator, from: oldSize, to: newSize, io: io)
+            try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
+                let lastUsedCluster = try await Self.shrink(allocator, from: oldSize, to: newSize, io: io)
+                // The file ends after its last cluster in use, as QEMU truncates it. Under the
+                // allocation lock: a write allocating meanwhile could place an L2 table past the
+                // cut, where a later read of that table would find no file.
+                let fileEnd = (lastUsedCluster + 1) * clusterSize
+                // A cut that fails leaves a longer file with unused space at its end, as before.
+                guard let fileNode = fileState as? FileNodeState, fileEnd < fileNode.sizeBytes,
+                      (try? await fileNode.resize(to: fileEnd)) != nil else { return }
+                allocator.fileTruncated(to: fileEnd)
             }
         } catch {
             // The size on disk is written last: the image still has the old one.
             metadata.setSize(oldSize)
             throw error
-        }
-        // The file ends after its last cluster in use, as QEMU truncates it.
-        let fileEnd = (lastUsedCluster + 1) * UInt64(metadata.clusterSize)
-        if let fileNode = fileState as? FileNodeState, fileEnd < fileNode.sizeBytes {
-            try await fileNode.resize(to: fileEnd)
         }
     }
 

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/select.h>
+#include <sys/socket.h>
 #include <liburing.h>
 
 struct strata_ring;  // opaque: wraps struct io_uring so Swift never sees its layout
@@ -54,6 +55,15 @@ int strata_cpu_has_invariant_tsc(void);
 // Wakeups.
 int strata_eventfd_create(void);
 int strata_eventfd_signal(int fd);
+
+// SCM_RIGHTS (the CMSG macros cannot be imported): control-buffer room for `count` descriptors;
+// putting descriptors into a message's control buffer; taking the descriptors a received message
+// carries into `fds` (at most `max`; any beyond are closed). Returns the count taken, or -1 when
+// the control data was cut short (MSG_CTRUNC: descriptors were lost; those that came are closed).
+size_t strata_cmsg_space_fds(int count);
+void strata_cmsg_put_fds(struct msghdr *message, const int *fds, int count);
+int strata_cmsg_take_fds(const struct msghdr *message, int *fds, int max);
+
 /// Routes `signo` to a handler that writes the signal number as one byte to `write_fd` (the
 /// self-pipe trick: a signal becomes readable data, whichever thread it lands on). 0 or -errno.
 int strata_signal_to_pipe(int signo, int write_fd);

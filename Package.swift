@@ -71,7 +71,9 @@ let package = Package(
         ]),
 
         // Layer 4: the guest load generator, the driver side of the device model.
-        strata("StrataLoad", "Load", ["StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", histogram]),
+        strata("StrataLoad", "Load", [
+            "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", "StrataVhostUser", histogram,
+        ]),
 
         // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
         strata("StrataEngine", "Engine", [

@@ -90,7 +90,7 @@ public enum LoadRun {
                           graph: await controller.describe(), crossings: zip(queues, crossingsBefore).map { $0.executor.crossThreadEnqueues - $1 })
     }
 
-    private static func makeReport(results: [GuestQueueResult], applied: [(TimedEdit, TransactionReport?, String?)], spec: WorkloadSpec,
+    static func makeReport(results: [GuestQueueResult], applied: [(TimedEdit, TransactionReport?, String?)], spec: WorkloadSpec,
                                    seconds: Double, cpuNs: UInt64, graph: [String], crossings: [Int]) -> LoadReport {
         var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         var queueReports: [QueueReport] = []

@@ -24,6 +24,8 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
     /// The next used-ring position to reap, and the device's used.idx as last read.
     @usableFromInline var lastUsedIndex: UInt16
     @usableFromInline var cachedUsedIndex: UInt16
+    /// Used elements whose id named no descriptor.
+    public var outOfRangeIDs = 0
 
     /// Initializes the queue memory as a driver does before handing it to the device: both rings
     /// zeroed (spec: used flags start at 0) and every descriptor on the free list.
@@ -107,18 +109,29 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
     }
 
     /// The next used element since the last call, or nil when the device has returned nothing new.
-    /// Reads used.idx (acquire) only when the elements already seen run out.
+    /// Reads used.idx (acquire) only when the elements already seen run out. An element naming no
+    /// descriptor (a broken device in another process) is counted in `outOfRangeIDs` and skipped.
     @inlinable
     public mutating func reapUsed() -> (id: UInt16, len: UInt32)? {
-        if lastUsedIndex == cachedUsedIndex {
-            cachedUsedIndex = queue.loadUsedIndexAcquire()
-            if lastUsedIndex == cachedUsedIndex { return nil }
+        while true {
+            if lastUsedIndex == cachedUsedIndex {
+                cachedUsedIndex = queue.loadUsedIndexAcquire()
+                if lastUsedIndex == cachedUsedIndex { return nil }
+            }
+            let element = queue.loadUsedElement(lastUsedIndex)
+            lastUsedIndex &+= 1
+            if element.id < UInt32(queue.size) { return (UInt16(element.id), element.length) }
+            outOfRangeIDs += 1
         }
-        let element = queue.loadUsedElement(lastUsedIndex)
-        lastUsedIndex &+= 1
-        // The device of this driver is ours; a foreign id would be a bug in it, not guest input.
-        precondition(element.id < UInt32(queue.size), "device returned a descriptor id out of range")
-        return (UInt16(element.id), element.length)
+    }
+
+    /// Whether the device has returned an element not yet reaped (one acquire load when none is
+    /// cached).
+    @inlinable
+    public mutating func hasUsed() -> Bool {
+        if lastUsedIndex != cachedUsedIndex { return true }
+        cachedUsedIndex = queue.loadUsedIndexAcquire()
+        return lastUsedIndex != cachedUsedIndex
     }
 
     /// Whether the device must be notified (kicked) about chains published since the last call:

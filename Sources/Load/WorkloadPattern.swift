@@ -6,6 +6,7 @@ public enum WorkloadMode: String, Sendable, CaseIterable, Codable {
 
     public var isRandom: Bool { self == .randread || self == .randwrite || self == .randrw }
     public var isMixed: Bool { self == .randrw || self == .rw }
+    public var writes: Bool { self != .read && self != .randread }
 }
 
 /// What one queue of the load generator asks for.

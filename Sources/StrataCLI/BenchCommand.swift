@@ -28,6 +28,8 @@ struct BenchCommand: AsyncParsableCommand {
     var cache = "writeback"
     @Option(help: "Size of the default null-co node (e.g. 1G).")
     var size = "1G"
+    @Option(name: .customLong("vhost-user"), help: "Drive a vhost-user-blk back end on this socket (Strata's or qemu-storage-daemon's) instead of an in-process graph.")
+    var vhostUser: String?
     @Option(help: "Number of queues, one pinned executor each.")
     var queues = 1
     @Option(help: "CPUs to pin queues to, comma separated (default: queue i on CPU i mod online CPUs).")
@@ -72,6 +74,9 @@ struct BenchCommand: AsyncParsableCommand {
         if let seconds, !(seconds > 0 && seconds <= 86_400) { throw ValidationError("--seconds must be in (0, 86400], got \(seconds)") }
         if let ops, ops <= 0 { throw ValidationError("--ops must be positive, got \(ops)") }
         if image != nil && !blockdevs.isEmpty { throw ValidationError("give --image or --blockdev, not both") }
+        if vhostUser != nil && (image != nil || !blockdevs.isEmpty || !editsAt.isEmpty) {
+            throw ValidationError("--vhost-user drives a back end in another process: --image, --blockdev and --edit-at do not apply")
+        }
         _ = try parsedCPUs()
         _ = try parsedEdits()
     }
@@ -133,10 +138,19 @@ struct BenchCommand: AsyncParsableCommand {
         let engine = try Engine(queueCount: queues, cpus: try parsedCPUs(), submitBatchLimit: UInt32(submitBatch), accounting: accounting == .on)
         let outcome: Result<LoadReport, Error>
         do {
-            var setup: [GraphEdit] = actions.map { .addNode($0) }
-            setup.append(.addBackend(BackendEntry(name: "disk0", nodeName: rootName, writable: spec.mode != .read && spec.mode != .randread)))
-            try await engine.controller.apply(setup)
-            outcome = .success(try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: length, edits: edits))
+            if let vhostUser {
+                do {
+                    outcome = .success(try await VhostUserLoadRun.run(socketPath: vhostUser, control: engine.control, queues: engine.queues,
+                                                                      spec: spec, length: length))
+                } catch {
+                    throw ValidationError("\(error)")
+                }
+            } else {
+                var setup: [GraphEdit] = actions.map { .addNode($0) }
+                setup.append(.addBackend(BackendEntry(name: "disk0", nodeName: rootName, writable: spec.mode.writes)))
+                try await engine.controller.apply(setup)
+                outcome = .success(try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: length, edits: edits))
+            }
         } catch {
             outcome = .failure(error)
         }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -111,6 +112,11 @@ int strata_signal_to_pipe(int signo, int write_fd) {
 
 int strata_eventfd_create(void) { int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); return fd < 0 ? -errno : fd; }
 int strata_eventfd_signal(int fd) { return eventfd_write(fd, 1) < 0 ? -errno : 0; }
+
+int strata_memfd_create(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
 
 size_t strata_cmsg_space_fds(int count) { return CMSG_SPACE(sizeof(int) * (size_t)count); }
 

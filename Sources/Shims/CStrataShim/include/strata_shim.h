@@ -61,6 +61,8 @@ int strata_eventfd_signal(int fd);
 // carries into `fds` (at most `max`; any beyond are closed). Returns the count taken, or -1 when
 // the control data was cut short (MSG_CTRUNC: descriptors were lost; those that came are closed).
 size_t strata_cmsg_space_fds(int count);
+/// An anonymous shareable file (memfd, close-on-exec): guest memory a vhost-user back end can map.
+int strata_memfd_create(const char *name);
 void strata_cmsg_put_fds(struct msghdr *message, const int *fds, int count);
 int strata_cmsg_take_fds(const struct msghdr *message, int *fds, int max);
 

@@ -15,6 +15,8 @@ final class NBDServerProcess: @unchecked Sendable {
         case unixSocket(String)
         /// A peer on TCP: 127.0.0.1:port accepts a connection.
         case tcpPort(Int)
+        /// Nothing to wait for (a guest, whose output `waitForOutput` watches).
+        case started
     }
 
     enum Endpoint: Equatable {
@@ -135,6 +137,8 @@ final class NBDServerProcess: @unchecked Sendable {
                     return
                 }
                 usleep(20_000)
+            case .started:
+                return
             case .tcpPort(let port):
                 if let fd = NBDSocket.connectTCP(port: port) {
                     close(fd)
@@ -145,6 +149,23 @@ final class NBDServerProcess: @unchecked Sendable {
             }
         }
         throw NBDServerError("\(arguments.joined(separator: " ")) was not ready within \(timeout) s; stdout: \(stdoutText) stderr: \(log)")
+    }
+
+    /// Reads standard output until it contains `text` (true), the process exits or `timeout`
+    /// seconds pass (false). `stdoutText` holds everything read so far.
+    func waitForOutput(_ text: String, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            readStdout()
+            if stdoutText.contains(text) { return true }
+            if reap(wait: false) != nil {
+                readStdout()
+                return stdoutText.contains(text)
+            }
+            var descriptor = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&descriptor, 1, 100)
+        }
+        return false
     }
 
     private func readStdout() {

@@ -11,6 +11,10 @@ struct RawNodeConfiguration: NodeConfiguration {
     /// The `size` option; nil means "up to the end of the child", following the child's size.
     let explicitSizeBytes: UInt64?
     let readOnly: Bool
+    /// `discard=ignore` answers discards here without passing them on, as QEMU drops them at any
+    /// node without BDRV_O_UNMAP. Without the option they pass (QEMU's default is ignore; Strata's
+    /// raw node has always passed them, and images served by `--image` rely on it).
+    let dropsDiscards: Bool
 
     var children: [ChildLink] { [file] }
 
@@ -22,6 +26,13 @@ struct RawNodeConfiguration: NodeConfiguration {
         offsetBytes = UInt64(try reader.integer("offset", default: 0, range: 0...Int64.max))
         explicitSizeBytes = try reader.optionalInteger("size", range: 0...Int64.max).map { UInt64($0) }
         readOnly = try reader.bool("read-only", default: false)
+        // "on"/"off" are QEMU's older spellings (bdrv_parse_discard_flags).
+        dropsDiscards = try reader.optionalString("discard").map { value throws(GraphError) in
+            guard ["ignore", "unmap", "off", "on"].contains(value) else {
+                throw reader.bad("discard", "expects ignore or unmap, got '\(value)'")
+            }
+            return value == "ignore" || value == "off"
+        } ?? false
         if let size = explicitSizeBytes, size % Self.sectorSize != 0 {
             throw reader.bad("size", "is not a multiple of \(Self.sectorSize) (got \(size))")
         }

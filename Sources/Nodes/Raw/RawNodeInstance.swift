@@ -10,6 +10,7 @@ actor RawNodeInstance: BlockNode {
     private let fileState: any NodeState
     private let offsetBytes: UInt64
     private let readOnly: Bool
+    private let dropsDiscards: Bool
 
     init(state: RawNodeState, file: NodeHandle, fileState: any NodeState, queue: QueueContext) {
         self.fileState = fileState
@@ -18,6 +19,7 @@ actor RawNodeInstance: BlockNode {
         self.file = file
         self.offsetBytes = state.configuration.offsetBytes
         self.readOnly = state.configuration.readOnly
+        self.dropsDiscards = state.configuration.dropsDiscards
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
@@ -27,6 +29,7 @@ actor RawNodeInstance: BlockNode {
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
         if request.operation == .flush { return .forward(to: NodeReference(file)) }
         if readOnly && request.operation.isWrite { return .complete(.readOnly) }
+        if dropsDiscards && request.operation == .discard { return .complete(.ok) }
         guard let end = request.validatedEnd else { return .complete(.invalid) }
         // QEMU's raw_adjust_offset: nothing may leak out of the window; a write that does not fit
         // is ENOSPC, any other request EINVAL.

@@ -3,6 +3,7 @@ import Glibc
 import StrataDevices
 import StrataGraph
 import StrataRuntime
+import Synchronization
 
 /// The built-in guest load against a vhost-user-blk back end in another process (`strata bench
 /// --vhost-user SOCKET`): the front end negotiates over the socket, shares one memfd holding every
@@ -64,11 +65,19 @@ public enum VhostUserLoadRun {
         let deadline = RunDeadline(ns: cycleEndNs)
         let opsLimit: Int? = if case .opsPerQueue(let ops) = length { ops } else { nil }
         let started = guestQueues
+        let finished = RunFinished()
+        // Wakes a queue stuck on a back end that stopped answering, once the grace has passed;
+        // checks ten times a second so it ends with the run.
         let watchdog: Task<Void, Never>? = if case .seconds(let seconds) = length {
             Task(executorPreference: control) {
-                await control.sleep(untilNs: startNs + UInt64(seconds * 1e9) + graceNs)
-                if Task.isCancelled { return }
-                for guestQueue in started { await guestQueue.abandon() }
+                let giveUpNs = startNs + UInt64(seconds * 1e9) + graceNs
+                while !finished.flag.load(ordering: .acquiring) {
+                    if MonotonicClock.now() >= giveUpNs {
+                        for guestQueue in started { await guestQueue.abandon() }
+                        return
+                    }
+                    await control.sleep(untilNs: MonotonicClock.now() + 100_000_000)
+                }
             }
         } else { nil }
         let results = await withTaskGroup(of: GuestQueueResult.self) { group in
@@ -79,7 +88,8 @@ public enum VhostUserLoadRun {
             for await result in group { results.append(result) }
             return results.sorted { $0.queueIndex < $1.queueIndex }
         }
-        watchdog?.cancel()
+        finished.flag.store(true, ordering: .releasing)
+        await watchdog?.value
         let endNs = clock.nowNs
         let cpuNs = LoadRun.processCPUTimeNs() - cpuStart
         // Stopped before the memory goes: the back end must not touch it afterwards.
@@ -88,6 +98,11 @@ public enum VhostUserLoadRun {
                                   graph: ["vhost-user-blk \(socketPath) (\(device.capacityBytes) bytes, \(queues.count) queues)"],
                                   crossings: Array(repeating: 0, count: results.count))
     }
+}
+
+/// Set once every queue has reported.
+private final class RunFinished: Sendable {
+    let flag = Atomic(false)
 }
 
 /// A vhost-user run that cannot start, in words.

@@ -64,15 +64,16 @@ let package = Package(
         strata("StrataDevices", "Devices", ["CStrataShim", "StrataRuntime", "StrataGraph"]),
         // The NBD export server: connections served on the queue executors' rings.
         strata("StrataNBDServer", "NBD/Server", ["CStrataShim", "StrataRuntime", "StrataGraph", "StrataNBD"]),
+
+        // Layer 4: what drives the device model: the guest load generator (its driver side) and the
+        // vhost-user-blk export (a real guest's device queues).
+        strata("StrataLoad", "Load", [
+            "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", "StrataVhostUser", histogram,
+        ]),
         // The vhost-user-blk export: a front end's control socket, guest memory, one device queue
         // per virtqueue on its queue executor.
         strata("StrataVhostUserServer", "VhostUser/Server", [
             "CStrataShim", "StrataRuntime", "StrataGraph", "StrataDevices", "StrataVhostUser",
-        ]),
-
-        // Layer 4: the guest load generator, the driver side of the device model.
-        strata("StrataLoad", "Load", [
-            "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataDevices", "StrataVhostUser", histogram,
         ]),
 
         // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
@@ -110,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "strata-alloc-count",
             dependencies: [
-                "StrataRuntime", "StrataGraph", "StrataLoad", "StrataEngine",
+                "StrataRuntime", "StrataGraph", "StrataLoad", "StrataEngine", "StrataVhostUserServer",
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Bench/AllocationCount", swiftSettings: swiftSettings

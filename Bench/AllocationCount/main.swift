@@ -2,6 +2,8 @@
 // requests per queue with malloc counting on, and reports (count(2N) - count(N)) / N, which
 // cancels everything a run allocates once (queues, buffers, tasks). Run it with the interposer
 // preloaded: LD_PRELOAD=.build/release/libMallocInterposerSwift.so strata-alloc-count [--image F] [--format raw|qcow2] [--ops N]
+// With --vhost-user the requests go through a vhost-user-blk export in this process, driven by
+// the bench's vhost-user front end over a Unix socket: both sides of the export path are counted.
 import FoundationEssentials
 import Glibc
 import MallocInterposerSwift
@@ -9,6 +11,7 @@ import StrataEngine
 import StrataGraph
 import StrataLoad
 import StrataRuntime
+import StrataVhostUserServer
 
 ThreadAffineExecutors.install()
 
@@ -17,14 +20,16 @@ var image: String?
 var format = "raw"
 var opsPerRun = 200_000
 var queues = 1
+var vhostUser = false
 while let argument = arguments.popFirst() {
     switch argument {
     case "--image": image = arguments.popFirst()
     case "--ops": opsPerRun = Int(arguments.popFirst() ?? "") ?? opsPerRun
     case "--queues": queues = Int(arguments.popFirst() ?? "") ?? queues
     case "--format": format = arguments.popFirst() ?? format
+    case "--vhost-user": vhostUser = true
     default:
-        print("usage: strata-alloc-count [--image FILE] [--format raw|qcow2] [--ops N] [--queues N]")
+        print("usage: strata-alloc-count [--image FILE] [--format raw|qcow2] [--ops N] [--queues N] [--vhost-user]")
         exit(2)
     }
 }
@@ -42,11 +47,19 @@ try await engine.controller.apply([
 ])
 var spec = WorkloadSpec()
 spec.mode = .randread
+let throughVhostUser = vhostUser
+let socket = "/tmp/strata-alloc-count-\(getpid()).sock"
+let exports = VhostUserBlkServer(controller: engine.controller, log: { print($0) })
+if vhostUser {
+    try await exports.addExport(VhostUserBlkExportOptions(id: "v0", nodeName: "throttle0", socketPath: socket, queueCount: queues))
+}
 
 func mallocs(ops: Int) async throws -> (count: Int, report: LoadReport) {
     MallocInterposerSwift.reset()
     MallocInterposerSwift.hook()
-    let report = try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .opsPerQueue(ops))
+    let report = throughVhostUser
+        ? try await VhostUserLoadRun.run(socketPath: socket, control: engine.control, queues: engine.queues, spec: spec, length: .opsPerQueue(ops))
+        : try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .opsPerQueue(ops))
     MallocInterposerSwift.unhook()
     return (MallocInterposerSwift.getStatistics().mallocCount, report)
 }
@@ -60,4 +73,5 @@ print("""
 {"ops_n": \(single.report.ops), "mallocs_n": \(single.count), "ops_2n": \(double.report.ops), "mallocs_2n": \(double.count), \
 "mallocs_per_request": \(perRequest), "failed": \(single.report.failed + double.report.failed)}
 """)
+await exports.shutdown()
 await engine.shutdown()

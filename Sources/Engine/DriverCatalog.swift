@@ -14,6 +14,7 @@ public enum DriverCatalog {
         MirrorTopFilter.descriptor,
         NBDClientNode.descriptor,
         NullNode.descriptor,
+        NullNode.aioDescriptor,
         Qcow2Node.descriptor,
         RawNode.descriptor,
         SnapshotAccessFilter.descriptor,

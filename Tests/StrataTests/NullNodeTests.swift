@@ -53,6 +53,26 @@ import Testing
         for sample in elapsed { #expect(sample >= latencyNs, "\(sample) ns") }
     }
 
+    /// null-aio answers nothing while routing: every request suspends and completes through the
+    /// queue's ring, with null-co's checks and read-zeroes.
+    @Test func nullAioCompletesThroughTheRing() async throws {
+        let harness = try NodeTestHarness("nullaio")
+        defer { harness.shutdown() }
+        let state = try await harness.open(NullNode.aioDescriptor, name: "aio0", options: ["read-zeroes": .bool(true), "size": .int(1 << 20)])
+        let node = harness.instance(state)
+        let buffer = TestBuffer(count: 4096, filledWith: 0xFF)
+        var routed = BlockRequest(operation: .read, offsetBytes: 0, lengthBytes: 4096, buffer: buffer.io)
+        guard case .suspend = node.route(&routed) else {
+            Issue.record("null-aio completed a request while routing")
+            return
+        }
+        #expect(await harness.read(node, buffer, at: 4096) == .ok)
+        #expect(buffer.allEqual(0))
+        #expect(await harness.write(node, buffer, at: 0) == .ok)
+        #expect(await harness.flush(node) == .ok)
+        #expect(await harness.read(node, buffer, at: 1 << 20) != .ok)
+    }
+
     /// QEMU's BlockBackend refuses requests past the end with EIO (blk_check_byte_request).
     @Test func requestsPastTheEndFail() async throws {
         let harness = try NodeTestHarness("nullrange")

@@ -1,6 +1,6 @@
 import StrataGraph
 
-/// The validated options of a null-co node.
+/// The validated options of a null-co or null-aio node.
 struct NullNodeConfiguration: NodeConfiguration {
     /// QEMU's default size for null-co: 1 GiB.
     static let defaultSizeBytes: Int64 = 1 << 30
@@ -9,10 +9,13 @@ struct NullNodeConfiguration: NodeConfiguration {
     let readZeroes: Bool
     let latencyNs: UInt64
     let readOnly: Bool
+    /// null-aio: every request completes through the queue's ring.
+    let throughRing: Bool
 
     var children: [ChildLink] { [] }
 
-    init(parsing reader: inout OptionReader) throws(GraphError) {
+    init(parsing reader: inout OptionReader, throughRing: Bool) throws(GraphError) {
+        self.throughRing = throughRing
         sizeBytes = UInt64(try reader.integer("size", default: Self.defaultSizeBytes, range: 0...Int64.max))
         readZeroes = try reader.bool("read-zeroes", default: false)
         latencyNs = UInt64(try reader.integer("latency-ns", default: 0, range: 0...Int64.max))

@@ -11,11 +11,38 @@ actor VhostUserGuestQueue {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     nonisolated let index: Int
     nonisolated let queue: SplitVirtqueue
-    let kickFD: Int32
-    let callFD: Int32
+    private let notifiers: Notifiers
+    nonisolated var kickFD: Int32 { notifiers.kick }
+    nonisolated var callFD: Int32 { notifiers.call }
     private let executor: QueueExecutor
     private let guest: VirtioBlkGuest
-    private let callBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+
+    /// The queue's two eventfds and the word the call eventfd is read into, closed and freed with
+    /// the queue (a class, not an actor deinit: see VirtioBlkDevice's storage). `@unchecked
+    /// Sendable`: immutable apart from the buffer, which only the queue's ring writes.
+    private final class Notifiers: @unchecked Sendable {
+        let kick: Int32
+        let call: Int32
+        let buffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+
+        init() throws(SystemError) {
+            let kick = strata_eventfd_create()
+            guard kick >= 0 else { throw SystemError("eventfd", errno: -kick) }
+            let call = strata_eventfd_create()
+            guard call >= 0 else {
+                close(kick)
+                throw SystemError("eventfd", errno: -call)
+            }
+            self.kick = kick
+            self.call = call
+        }
+
+        deinit {
+            buffer.deallocate()
+            close(kick)
+            close(call)
+        }
+    }
     /// Set by `abandon`: the back end stopped answering; requests in flight count as lost.
     private var abandoned = false
 
@@ -25,21 +52,7 @@ actor VhostUserGuestQueue {
         self.index = index
         self.guest = guest
         queue = guest.queue
-        let kick = strata_eventfd_create()
-        guard kick >= 0 else { throw SystemError("eventfd", errno: -kick) }
-        let call = strata_eventfd_create()
-        guard call >= 0 else {
-            close(kick)
-            throw SystemError("eventfd", errno: -call)
-        }
-        kickFD = kick
-        callFD = call
-    }
-
-    isolated deinit {
-        callBuffer.deallocate()
-        close(kickFD)
-        close(callFD)
+        notifiers = try Notifiers()
     }
 
     /// Runs until `opsLimit` requests completed or the deadline passed and everything in flight is
@@ -60,7 +73,7 @@ actor VhostUserGuestQueue {
                 continue
             }
             let fd = callFD
-            let buffer = callBuffer
+            let buffer = notifiers.buffer
             let result = await executor.perform { io_uring_prep_read($0, fd, buffer, 8, 0) }
             guest.requestInterrupts(false)
             if result < 0 && result != -EINTR { break }

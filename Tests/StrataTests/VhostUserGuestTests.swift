@@ -38,13 +38,18 @@ import Testing
     struct GuestBuildError: Error, CustomStringConvertible { let description: String }
 
     /// A daemon serving `image` (raw, discard passed down) as vhost-user-blk export `v0` on
-    /// `socket` with two queues, and its QMP monitor.
-    static func startDaemon(_ backend: Backend, image: String, socket: String, scratch: ScratchDirectory) throws -> (NBDServerProcess, QMPClient) {
+    /// `socket` with two queues, and its QMP monitor. `slow`: through a throttle of 40 IOPS, so
+    /// that a request is almost always in flight.
+    static func startDaemon(_ backend: Backend, image: String, socket: String, scratch: ScratchDirectory,
+                            slow: Bool = false) throws -> (NBDServerProcess, QMPClient) {
         let qmp = scratch.path("\(backend.rawValue)-\(UUID().uuidString.prefix(6)).qmp")
+        let throttle = slow ? ["--object", "throttle-group,id=tg,limits.iops-total=40",
+                               "--blockdev", #"{"driver":"throttle","node-name":"slow","throttle-group":"tg","file":"disk"}"#] : []
         let process = try QMPDifferentialTests.startDaemon(backend.rawValue, socket: qmp, scratch: scratch, extra: [
             "--blockdev", #"{"driver":"file","node-name":"f0","filename":"\#(image)","discard":"unmap"}"#,
             "--blockdev", #"{"driver":"raw","node-name":"disk","file":"f0","discard":"unmap"}"#,
-            "--export", "type=vhost-user-blk,id=v0,node-name=disk,addr.type=unix,addr.path=\(socket),writable=on,num-queues=2",
+        ] + throttle + [
+            "--export", "type=vhost-user-blk,id=v0,node-name=\(slow ? "slow" : "disk"),addr.type=unix,addr.path=\(socket),writable=on,num-queues=2",
         ])
         // The monitor may come up before the export's socket (qemu-storage-daemon's order).
         let deadline = Date().addingTimeInterval(20)
@@ -109,20 +114,23 @@ import Testing
         #expect(verify.status == 0 && !verify.output.contains("Pattern verification failed"), "\(backend): \(verify.output)")
     }
 
-    /// The daemon stops (SIGTERM) and a new one starts on the same socket while the guest writes:
-    /// QEMU reconnects, the queues resume where they stopped, and every write the guest made is
-    /// there afterwards.
-    @Test(arguments: Backend.allCases)
-    func aGuestWritesOnWhileTheDaemonRestarts(backend: Backend) async throws {
+    /// The daemon stops (SIGTERM: it finishes what it popped) or dies (SIGKILL, under a throttle
+    /// so that a request is in flight) and a new one starts on the same socket while the guest
+    /// writes: QEMU reconnects, the queues resume (after a death, from the inflight region QEMU
+    /// kept, serving again what was popped and never returned), and every write the guest made
+    /// is there afterwards.
+    @Test(arguments: Backend.allCases, [SIGTERM, SIGKILL])
+    func aGuestWritesOnWhileTheDaemonRestarts(backend: Backend, signal: Int32) async throws {
         let scratch = try ScratchDirectory("vhost-restart-\(backend.rawValue)")
         let image = scratch.path("disk.raw")
         try await QemuTool.require("qemu-img", ["create", "-q", "-f", "raw", image, "64M"])
         let socket = scratch.path("vhost.sock")
-        let (first, _) = try Self.startDaemon(backend, image: image, socket: socket, scratch: scratch)
+        let killed = signal == SIGKILL
+        let (first, _) = try Self.startDaemon(backend, image: image, socket: socket, scratch: scratch, slow: killed)
         let guest = try Self.startGuest(socket: socket, scratch: scratch, cmdline: "oracle.mode=loop oracle.loops=24", reconnect: true)
         #expect(guest.waitForOutput("ORACLE-LOOP 3", timeout: 180), "\(guest.stdoutText)\n\(first.log)")
-        #expect(first.stop(timeout: 20).inTime, "the first daemon did not stop: \(first.log)")
-        let (second, client) = try Self.startDaemon(backend, image: image, socket: socket, scratch: scratch)
+        #expect(first.stop(signal: signal, timeout: 20).inTime, "the first daemon did not stop: \(first.log)")
+        let (second, client) = try Self.startDaemon(backend, image: image, socket: socket, scratch: scratch, slow: killed)
         let done = guest.waitForOutput("ORACLE-DONE", timeout: 180)
         #expect(done && Self.field("loop", in: guest.stdoutText) == "PASS", "\(guest.stdoutText)\n\(second.log)\nqemu: \(guest.log)")
         _ = guest.stop(timeout: 10)

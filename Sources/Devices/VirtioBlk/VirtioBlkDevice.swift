@@ -21,6 +21,10 @@ public actor VirtioBlkDevice: GraphAttachment {
         public var logicalBlockSize = VirtioBlk.sectorSize
         /// What GET_ID answers (at most 20 bytes are sent); nil: "strata-BACKEND".
         public var deviceID: String?
+        /// The front end's record of requests in flight (vhost-user INFLIGHT_SHMFD): a resumed
+        /// queue first serves again what a predecessor popped and never returned, and starts
+        /// popping after it.
+        public var inflight: VirtqueueInflight?
 
         public init() {}
     }
@@ -39,6 +43,16 @@ public actor VirtioBlkDevice: GraphAttachment {
     private let blockSectorMask: UInt64
     private let versions = VersionedRoot()
     private let pending: UnsafeMutableBufferPointer<PendingRequest?>
+    private let inflight: VirtqueueInflight?
+    private var inflightCounter: UInt64 = 1
+    /// Heads a predecessor left in flight, newest first (served from the end).
+    private var resubmitQueue: [UInt16] = []
+    /// Requests served again from the inflight record when the queue started.
+    public nonisolated let resubmittedCount: Int
+    /// Owns `segmentStorage` and `pending` and frees them with the device. A class rather than an
+    /// actor deinit: an isolated deinit on this actor sends Swift 6.3's optimizer into a cycle
+    /// when another module creates the device ("circular reference", release builds).
+    private let storage: HeadStorage
     private(set) var switchTimes: [(version: UInt64, timeNs: UInt64)] = []
     /// Chains that were not virtio-blk requests at all (returned with used length 0).
     public private(set) var malformedChains = 0
@@ -65,24 +79,28 @@ public actor VirtioBlkDevice: GraphAttachment {
         executor = queue.executor
         self.backendName = backendName
         self.queueIndex = queue.index
+        var nextAvailable = settings.nextAvailableIndex
+        if let record = settings.inflight {
+            precondition(record.queueSize == virtqueue.size, "an inflight record of \(record.queueSize) entries for a queue of \(virtqueue.size)")
+            let (heads, counter) = record.recover(usedIndex: settings.usedIndex)
+            resubmitQueue = heads.reversed()
+            inflightCounter = counter
+            // Every head popped before is either used or in the record (libvhost-user's rule).
+            nextAvailable = settings.usedIndex &+ UInt16(truncatingIfNeeded: heads.count)
+        }
+        inflight = settings.inflight
+        resubmittedCount = resubmitQueue.count
         self.virtqueue = VirtqueueDevice(queue: virtqueue, eventIndex: settings.eventIndex, maxIndirectEntries: 1024,
-                                         nextAvailableIndex: settings.nextAvailableIndex, usedIndex: settings.usedIndex)
+                                         nextAvailableIndex: nextAvailable, usedIndex: settings.usedIndex)
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)
         self.segmentsPerRequest = settings.segmentsPerRequest
         // One segment array per descriptor head: a head is unique while its request is in flight.
-        segmentStorage = .allocate(capacity: virtqueue.size * settings.segmentsPerRequest)
-        segmentStorage.initialize(repeating: .empty)
-        pending = .allocate(capacity: virtqueue.size)
-        pending.initialize(repeating: nil)
+        storage = HeadStorage(heads: virtqueue.size, segmentsPerHead: settings.segmentsPerRequest)
+        segmentStorage = storage.segments
+        pending = storage.pending
         deviceID = String((settings.deviceID ?? "strata-\(backendName)").utf8.prefix(VirtioBlk.deviceIDLength))!
         readOnly = settings.readOnly
         blockSectorMask = UInt64(settings.logicalBlockSize / VirtioBlk.sectorSize - 1)
-    }
-
-    isolated deinit {
-        segmentStorage.deallocate()
-        _ = pending.deinitialize()
-        pending.deallocate()
     }
 
     public func install(_ version: GraphVersion) -> UInt64 {
@@ -99,6 +117,26 @@ public actor VirtioBlkDevice: GraphAttachment {
     /// The switch times recorded after the first `count`.
     public func switches(after count: Int) -> [(version: UInt64, timeNs: UInt64)] {
         Array(switchTimes.dropFirst(count))
+    }
+
+    /// The per-head arrays. `@unchecked Sendable`: created and freed with the device, touched only
+    /// through the device's own pointers, on its executor.
+    private final class HeadStorage: @unchecked Sendable {
+        let segments: UnsafeMutableBufferPointer<IOBuffer>
+        let pending: UnsafeMutableBufferPointer<PendingRequest?>
+
+        init(heads: Int, segmentsPerHead: Int) {
+            segments = .allocate(capacity: heads * segmentsPerHead)
+            segments.initialize(repeating: .empty)
+            pending = .allocate(capacity: heads)
+            pending.initialize(repeating: nil)
+        }
+
+        deinit {
+            segments.deallocate()
+            _ = pending.deinitialize()
+            pending.deallocate()
+        }
     }
 
     /// A request that must wait: the node that said `.suspend`, the request as routed to it, and
@@ -133,20 +171,28 @@ public actor VirtioBlkDevice: GraphAttachment {
     public func serviceNext() -> ServiceStep {
         guard !isBroken else { return .idle }
         let head: UInt16
-        do {
-            guard let available = try virtqueue.popAvail() else { return .idle }
-            head = available
-        } catch {
-            // The avail index itself is corrupt: nothing can be popped safely.
-            malformedChains += 1
-            isBroken = true
-            return .idle
-        }
-        guard Int(head) < virtqueue.queue.size else {
-            // Returned as is: the used ring names only heads of the table.
-            malformedChains += 1
-            isBroken = true
-            return .idle
+        if let again = resubmitQueue.popLast() {
+            head = again
+        } else {
+            do {
+                guard let available = try virtqueue.popAvail() else { return .idle }
+                head = available
+            } catch {
+                // The avail index itself is corrupt: nothing can be popped safely.
+                malformedChains += 1
+                isBroken = true
+                return .idle
+            }
+            guard Int(head) < virtqueue.queue.size else {
+                // Returned as is: the used ring names only heads of the table.
+                malformedChains += 1
+                isBroken = true
+                return .idle
+            }
+            if let inflight {
+                inflight.fetched(head, counter: inflightCounter)
+                inflightCounter &+= 1
+            }
         }
         let storage = UnsafeMutableBufferPointer(rebasing: segmentStorage[Int(head) * segmentsPerRequest ..< Int(head + 1) * segmentsPerRequest])
         let request: VirtioBlkRequest
@@ -154,22 +200,22 @@ public actor VirtioBlkDevice: GraphAttachment {
             request = try VirtioBlkRequest.parse(virtqueue.chain(head: head), capacitySectors: capacitySectors, segmentStorage: storage)
         } catch {
             malformedChains += 1
-            virtqueue.pushUsed(id: head, length: 0)
+            returnChain(head, 0)
             return .completed
         }
         switch request.action {
         case .complete(let status):
-            virtqueue.pushUsed(id: head, length: request.complete(status))
+            returnChain(head, request.complete(status))
         case .getID:
-            virtqueue.pushUsed(id: head, length: request.completeGetID(deviceID))
+            returnChain(head, request.completeGetID(deviceID))
         case .io(let operation):
             if let refusal = refusal(request, operation) {
-                virtqueue.pushUsed(id: head, length: request.complete(refusal))
+                returnChain(head, request.complete(refusal))
                 return .completed
             }
             // The request runs on the version current now, even if the graph switches meanwhile.
             guard let version = versions.begin() else {
-                virtqueue.pushUsed(id: head, length: request.complete(.ioError))
+                returnChain(head, request.complete(.ioError))
                 return .completed
             }
             var target = version._withUnsafeGuaranteedRef { $0.rootReference }
@@ -190,7 +236,7 @@ public actor VirtioBlkDevice: GraphAttachment {
                 case .complete(let status):
                     trail.completed(routed, status: status, turnStartNs: turnStartNs)
                     versions.end(version)
-                    virtqueue.pushUsed(id: head, length: request.complete(status.isOK ? .ok : .ioError))
+                    returnChain(head, request.complete(status.isOK ? .ok : .ioError))
                     return .completed
                 case .suspend:
                     trail.suspend(routed)
@@ -223,7 +269,14 @@ public actor VirtioBlkDevice: GraphAttachment {
             status = await submitSegments(pending.request, to: pending.target.counted)
         }
         versions.end(pending.version)
-        virtqueue.pushUsed(id: pending.request.head, length: pending.request.complete(status.isOK ? .ok : .ioError))
+        returnChain(pending.request.head, pending.request.complete(status.isOK ? .ok : .ioError))
+    }
+
+    /// Publishes a chain on the used ring, recording it done in the inflight record around it.
+    private func returnChain(_ head: UInt16, _ length: UInt32) {
+        inflight?.completing(head)
+        virtqueue.pushUsed(id: head, length: length)
+        inflight?.completed(head, usedIndex: virtqueue.publishedUsedIndex)
     }
 
     /// A request scattered over several guest buffers: one node request per buffer, in order (and

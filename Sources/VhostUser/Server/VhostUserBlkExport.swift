@@ -143,8 +143,8 @@ public final class VhostUserBlkExport: Sendable {
     }
 
     /// Starts serving virtqueue `index` on its queue executor; nil when the export's backend is gone.
-    func startQueue(_ index: Int, queue: SplitVirtqueue, base: UInt16, eventIndex: Bool, writeCache: Bool, kickFD: Int32,
-                    callFD: Int32) async -> VhostUserVringRunner? {
+    func startQueue(_ index: Int, queue: SplitVirtqueue, base: UInt16, eventIndex: Bool, writeCache: Bool, inflight: VirtqueueInflight?,
+                    kickFD: Int32, callFD: Int32) async -> VhostUserVringRunner? {
         let context = controller.queues[index % controller.queues.count]
         var settings = VirtioBlkDevice.Settings()
         settings.segmentsPerRequest = Self.segmentMax
@@ -154,9 +154,13 @@ public final class VhostUserBlkExport: Sendable {
         settings.readOnly = !options.writable
         settings.logicalBlockSize = options.logicalBlockSize
         settings.deviceID = options.id
+        settings.inflight = inflight
         let device = VirtioBlkDevice(queue: context, backendName: options.id, capacityBytes: await capacityBytes(), virtqueue: queue,
                                      settings: settings)
         await device.setWriteCache(writeCache)
+        if device.resubmittedCount > 0 {
+            log("vhost-user-blk export '\(options.id)': virtqueue \(index): serving again \(device.resubmittedCount) request(s) left in flight")
+        }
         do { try await controller.attach(device) } catch { return nil }
         let runner = VhostUserVringRunner(device: device, index: index, executor: context.executor, kickFD: kickFD, callFD: callFD,
                                           ringSize: queue.size, log: logger)

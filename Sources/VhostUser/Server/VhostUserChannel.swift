@@ -75,13 +75,28 @@ final class VhostUserChannel {
     }
 
     /// Sends a reply to `request`: the header with the reply flag, then what `fill` writes into the
-    /// payload (it returns the byte count).
-    nonisolated(nonsending) func sendReply(to request: VhostUserRequest, _ fill: (UnsafeMutableRawBufferPointer) -> Int) async throws(VhostUserProtocolError) {
+    /// payload (it returns the byte count), with `descriptors` attached.
+    nonisolated(nonsending) func sendReply(to request: VhostUserRequest, descriptors: [Int32] = [],
+                                           _ fill: (UnsafeMutableRawBufferPointer) -> Int) async throws(VhostUserProtocolError) {
         let size = fill(UnsafeMutableRawBufferPointer(rebasing: reply[VhostUserHeader.byteCount...]))
-        precondition(size <= VhostUserHeader.maxPayloadBytes)
+        precondition(size <= VhostUserHeader.maxPayloadBytes && descriptors.count <= Self.maxDescriptors)
         VhostUserHeader(request: request, flags: VhostUserHeader.version | VhostUserHeader.replyFlag, size: UInt32(size))
             .encode(into: reply)
-        do { try await socket.sendAll(from: reply.baseAddress!, count: VhostUserHeader.byteCount + size) } catch {
+        let total = VhostUserHeader.byteCount + size
+        do {
+            var sent = 0
+            if !descriptors.isEmpty {
+                vector.pointee = iovec(iov_base: reply.baseAddress, iov_len: total)
+                message.pointee = msghdr()
+                message.pointee.msg_iov = vector
+                message.pointee.msg_iovlen = 1
+                message.pointee.msg_control = control
+                message.pointee.msg_controllen = controlBytes
+                descriptors.withUnsafeBufferPointer { strata_cmsg_put_fds(message, $0.baseAddress, Int32($0.count)) }
+                sent = try await socket.sendMessage(message)
+            }
+            if sent < total { try await socket.sendAll(from: reply.baseAddress! + sent, count: total - sent) }
+        } catch {
             throw VhostUserProtocolError("vhost-user socket: reply to \(request): \(error)")
         }
     }

@@ -35,6 +35,8 @@ actor VhostUserConnection {
     var features: VirtioFeatures = []
     var protocolFeatures: VhostUserProtocolFeatures = []
     var memory: VhostUserMappedMemory?
+    /// The inflight region (GET_INFLIGHT_FD made it, or SET_INFLIGHT_FD brought a predecessor's).
+    var inflight: VhostUserInflightRegion?
     var vrings: [Vring]
     var writeback: UInt8 = 1
 
@@ -54,7 +56,8 @@ actor VhostUserConnection {
         return offered
     }
 
-    static let offeredProtocolFeatures: VhostUserProtocolFeatures = [.multiQueue, .replyAck, .config, .resetDevice]
+    static let offeredProtocolFeatures: VhostUserProtocolFeatures = [.multiQueue, .replyAck, .config, .resetDevice,
+                                                                     .inflightSharedMemory]
 
     func log(_ message: String) { export.log("vhost-user-blk export '\(export.options.id)' client \(number): \(message)") }
 
@@ -78,6 +81,7 @@ actor VhostUserConnection {
         await stopAll()
         for index in vrings.indices { closeDescriptors(of: index) }
         memory = nil
+        inflight = nil
         try? await channel.socket.close()
         export.connectionEnded(self)
     }
@@ -219,8 +223,27 @@ actor VhostUserConnection {
                 log("\(request): \(bytes.count) bytes at offset \(offset) refused; only the writeback byte is writable")
                 succeeded = false
             }
-        case .getInflightFD, .setInflightFD, .setBackendRequestFD, .getMaxMemSlots, .addMemoryRegion, .removeMemoryRegion,
-             .setStatus, .getStatus, .unsupported:
+        case .getInflightFD(let asked):
+            acknowledge = false
+            guard protocolFeatures.contains(.inflightSharedMemory) else { throw VhostUserProtocolError("\(request) without INFLIGHT_SHMFD negotiated") }
+            guard asked.queueCount >= 1, Int(asked.queueCount) <= vrings.count, SplitVirtqueue.isValidSize(Int(asked.queueSize)) else {
+                throw VhostUserProtocolError("\(request): \(asked.queueCount) queues of \(asked.queueSize) entries")
+            }
+            let region = try VhostUserInflightRegion(queueCount: Int(asked.queueCount), queueSize: Int(asked.queueSize))
+            inflight = region
+            try await channel.sendReply(to: request, descriptors: [region.fd]) { bytes in
+                VhostUserInflight(mmapSize: UInt64(region.byteCount), mmapOffset: 0, queueCount: asked.queueCount,
+                                  queueSize: asked.queueSize).encode(into: bytes)
+                return VhostUserInflight.byteCount
+            }
+        case .setInflightFD(let given):
+            let fd = descriptors.removeFirst()
+            guard protocolFeatures.contains(.inflightSharedMemory), vrings.allSatisfy({ $0.runner == nil }) else {
+                close(fd)
+                throw VhostUserProtocolError("\(request) without INFLIGHT_SHMFD negotiated, or while rings run")
+            }
+            inflight = try VhostUserInflightRegion(adopting: fd, description: given)
+        case .setBackendRequestFD, .getMaxMemSlots, .addMemoryRegion, .removeMemoryRegion, .setStatus, .getStatus, .unsupported:
             for fd in descriptors { close(fd) }
             descriptors = []
             throw VhostUserProtocolError("\(request) is not supported by this back end (its feature was not offered)")
@@ -287,8 +310,10 @@ actor VhostUserConnection {
         } catch {
             throw VhostUserProtocolError("ring \(index): \(error)")
         }
+        let record = inflight?.record(queue: index, size: vring.size)
         guard let runner = await export.startQueue(index, queue: queue, base: vring.base, eventIndex: features.contains(.ringEventIndex),
-                                                   writeCache: writeback == 1, kickFD: vring.kickFD, callFD: vring.callFD) else {
+                                                   writeCache: writeback == 1, inflight: record, kickFD: vring.kickFD,
+                                                   callFD: vring.callFD) else {
             throw VhostUserProtocolError("ring \(index): the export's node is gone")
         }
         vrings[index].runner = runner

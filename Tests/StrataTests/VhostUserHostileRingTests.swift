@@ -1,0 +1,132 @@
+import CStrataShim
+import Foundation
+import Glibc
+import StrataDevices
+import StrataEngine
+@testable import StrataLoad
+import Testing
+
+/// A front end that negotiates properly and then writes descriptor chains no driver should:
+/// loops, buffers outside guest memory, more segments than seg_max, requests past the capacity,
+/// and an available index that runs ahead of the ring. Each bad chain fails on its own (used
+/// length 0, or VIRTIO_BLK_S_IOERR), a good request after them still completes, and once the
+/// ring is broken the daemon goes on serving the next front end.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct VhostUserHostileRingTests {
+    static let ringSize = 256
+    static let capacitySectors: UInt64 = 64 << 11  // 64 MiB
+
+    /// Writes one chain from `first` on and publishes it; returns the used element it gets.
+    static func submit(_ descriptors: [VirtqueueDescriptor], first: UInt16, queue: SplitVirtqueue, published: inout UInt16,
+                       kickFD: Int32) -> (id: UInt32, length: UInt32)? {
+        for (offset, var descriptor) in descriptors.enumerated() {
+            let index = first + UInt16(offset)
+            if offset < descriptors.count - 1 && !descriptor.flags.contains(.next) {
+                descriptor.flags.insert(.next)
+                descriptor.next = index + 1
+            }
+            queue.storeDescriptor(descriptor, at: index)
+        }
+        let usedBefore = queue.loadUsedIndexAcquire()
+        queue.storeAvailableEntry(published, head: first)
+        published &+= 1
+        queue.storeAvailableIndexRelease(published)
+        _ = strata_eventfd_signal(kickFD)
+        let deadline = Date().addingTimeInterval(10)
+        while queue.loadUsedIndexAcquire() == usedBefore {
+            if Date() > deadline { return nil }
+            usleep(1000)
+        }
+        return queue.loadUsedElement(usedBefore)
+    }
+
+    static func header(_ memory: GuestMemory, at address: UInt64, type: UInt32, sector: UInt64) -> VirtqueueDescriptor {
+        let bytes = memory.translate(address: address, length: 16)!
+        bytes.storeBytes(of: type.littleEndian, as: UInt32.self)
+        bytes.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)
+        bytes.storeBytes(of: sector.littleEndian, toByteOffset: 8, as: UInt64.self)
+        return VirtqueueDescriptor(address: address, length: 16)
+    }
+
+    @Test func badChainsFailAloneAndABrokenRingStopsOnlyItself() async throws {
+        let scratch = try ScratchDirectory("vhost-hostile-ring")
+        let socket = scratch.path("vhost.sock")
+        let (daemon, _) = try QMPMonitorTests.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"null-co","node-name":"disk","size":67108864,"read-zeroes":true}"#,
+            "--export", VhostUserExportTests.exportSpec("v0", socket: socket),
+        ])
+        defer { _ = daemon.stop() }
+        let engine = try Engine(queueCount: 1, cpus: nil)
+        let outcomes: [String] = try await Task(executorPreference: engine.control) {
+            let size = 4 << 20
+            let memfd = strata_memfd_create("hostile-ring")
+            guard memfd >= 0, ftruncate(memfd, off_t(size)) == 0 else { return ["no memfd"] }
+            defer { close(memfd) }
+            guard let host = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0), host != MAP_FAILED else { return ["no mmap"] }
+            defer { munmap(host, size) }
+            let memory = GuestMemory(regions: [GuestMemory.Region(guestAddress: 0, size: UInt64(size),
+                                                                  userAddress: UInt64(UInt(bitPattern: host)), host: host)])
+            defer { memory.deallocate() }
+            let kickFD = strata_eventfd_create()
+            let callFD = strata_eventfd_create()
+            defer {
+                close(kickFD)
+                close(callFD)
+            }
+            let frontEnd = try VhostUserFrontEnd(path: socket)
+            _ = try await frontEnd.negotiate(queues: 2)
+            try await frontEnd.setMemory(fd: memfd, size: UInt64(size), host: host)
+            let queue = try SplitVirtqueue(memory: memory, size: Self.ringSize, at: 0)
+            _ = VirtqueueDriver(queue: queue)  // zeroes the rings
+            try await frontEnd.startVring(0, queue: queue, kickFD: kickFD, callFD: callFD)
+            var published: UInt16 = 0
+            var outcomes: [String] = []
+            func status(_ address: UInt64) -> UInt8 { memory.translate(address: address, length: 1)!.load(as: UInt8.self) }
+            func record(_ name: String, _ used: (id: UInt32, length: UInt32)?, head: UInt16, expectLength: UInt32, status address: UInt64? = nil,
+                        expectStatus: UInt8? = nil) {
+                guard let used else { return outcomes.append("\(name): no used element") }
+                if used.id != UInt32(head) || used.length != expectLength { outcomes.append("\(name): used \(used)") }
+                if let address, let expectStatus, status(address) != expectStatus { outcomes.append("\(name): status \(status(address))") }
+            }
+            let read: UInt32 = 0
+            let data: UInt64 = 0x10_0000
+            let statusAddress: UInt64 = 0x8000
+            let statusDescriptor = VirtqueueDescriptor(address: statusAddress, length: 1, flags: .write)
+            // A chain that loops back to its head.
+            let loop = [Self.header(memory, at: 0x4000, type: read, sector: 0),
+                        VirtqueueDescriptor(address: data, length: 512, flags: [.write, .next], next: 0)]
+            record("a loop", Self.submit(loop, first: 0, queue: queue, published: &published, kickFD: kickFD), head: 0, expectLength: 0)
+            // A buffer far outside guest memory.
+            let outside = [Self.header(memory, at: 0x4000, type: read, sector: 0),
+                           VirtqueueDescriptor(address: 0x7fff_0000_0000, length: 4096, flags: .write), statusDescriptor]
+            record("a buffer outside memory", Self.submit(outside, first: 2, queue: queue, published: &published, kickFD: kickFD), head: 2,
+                   expectLength: 0)
+            // More data segments than seg_max (126): 130 buffers that cannot be merged.
+            let segments = (0..<130).map { VirtqueueDescriptor(address: data + UInt64($0) * 1024, length: 512, flags: .write) }
+            let scattered = [Self.header(memory, at: 0x4000, type: read, sector: 0)] + segments + [statusDescriptor]
+            record("130 segments", Self.submit(scattered, first: 5, queue: queue, published: &published, kickFD: kickFD), head: 5,
+                   expectLength: 1, status: statusAddress, expectStatus: VirtioBlkStatus.ioError.rawValue)
+            // A read that ends past the capacity.
+            let past = [Self.header(memory, at: 0x4000, type: read, sector: Self.capacitySectors - 1),
+                        VirtqueueDescriptor(address: data, length: 1024, flags: .write), statusDescriptor]
+            record("a read past the end", Self.submit(past, first: 140, queue: queue, published: &published, kickFD: kickFD), head: 140,
+                   expectLength: 1, status: statusAddress, expectStatus: VirtioBlkStatus.ioError.rawValue)
+            // After all that, a good read completes.
+            let good = [Self.header(memory, at: 0x4000, type: read, sector: 8),
+                        VirtqueueDescriptor(address: data, length: 4096, flags: .write), statusDescriptor]
+            record("a good read", Self.submit(good, first: 150, queue: queue, published: &published, kickFD: kickFD), head: 150,
+                   expectLength: 4097, status: statusAddress, expectStatus: VirtioBlkStatus.ok.rawValue)
+            // An available index a whole ring ahead: the queue is broken and stops.
+            queue.storeAvailableIndexRelease(published &+ UInt16(Self.ringSize + 5))
+            _ = strata_eventfd_signal(kickFD)
+            // The ring stops cleanly all the same.
+            _ = try await frontEnd.stopVring(0)
+            return outcomes
+        }.value
+        #expect(outcomes.isEmpty, "\(outcomes)")
+        await engine.shutdown()
+        #expect(daemon.reap(wait: false) == nil, "the daemon died: \(daemon.log)")
+        #expect(daemon.log.contains("needs a reset"), "\(daemon.log)")
+        let (run, report) = try await VhostUserExportTests.bench(socket, ["--queues", "2", "--ops", "500"])
+        #expect(run.status == 0 && report?["ops"] as? Int == 1000, "\(run.output)\n\(daemon.log)")
+    }
+}

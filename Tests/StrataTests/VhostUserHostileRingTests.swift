@@ -3,8 +3,9 @@ import Foundation
 import Glibc
 import StrataDevices
 import StrataEngine
-@testable import StrataLoad
 import Testing
+
+@testable import StrataLoad
 
 /// A front end that negotiates properly and then writes descriptor chains no driver should:
 /// loops, buffers outside guest memory, more segments than seg_max, requests past the capacity,

@@ -43,6 +43,12 @@ public actor VirtioBlkDevice: GraphAttachment {
     private let blockSectorMask: UInt64
     private let versions = VersionedRoot()
     private let pending: UnsafeMutableBufferPointer<PendingRequest?>
+    /// Bounce buffers for scattered requests, made on first use, at most this many of this size.
+    private static let bounceBytes = 1 << 20
+    private static let maxBounceBuffers = 8
+    private var freeBounces: [UnsafeMutableRawPointer] = []
+    /// Scattered requests served through a bounce buffer, as one node request.
+    public private(set) var bouncedRequests = 0
     private let inflight: VirtqueueInflight?
     private var inflightCounter: UInt64 = 1
     /// Heads a predecessor left in flight, newest first (served from the end).
@@ -90,6 +96,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         }
         inflight = settings.inflight
         resubmittedCount = resubmitQueue.count
+        freeBounces.reserveCapacity(Self.maxBounceBuffers)
         self.virtqueue = VirtqueueDevice(queue: virtqueue, eventIndex: settings.eventIndex, maxIndirectEntries: 1024,
                                          nextAvailableIndex: nextAvailable, usedIndex: settings.usedIndex)
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)
@@ -124,6 +131,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     private final class HeadStorage: @unchecked Sendable {
         let segments: UnsafeMutableBufferPointer<IOBuffer>
         let pending: UnsafeMutableBufferPointer<PendingRequest?>
+        /// Every bounce buffer the device made.
+        var bounces: [UnsafeMutableRawPointer] = []
 
         init(heads: Int, segmentsPerHead: Int) {
             segments = .allocate(capacity: heads * segmentsPerHead)
@@ -133,6 +142,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         }
 
         deinit {
+            for bounce in bounces { bounce.deallocate() }
             segments.deallocate()
             _ = pending.deinitialize()
             pending.deallocate()
@@ -279,9 +289,25 @@ public actor VirtioBlkDevice: GraphAttachment {
         inflight?.completed(head, usedIndex: virtqueue.publishedUsedIndex)
     }
 
-    /// A request scattered over several guest buffers: one node request per buffer, in order (and
-    /// a flush after a write when the write cache is off).
+    /// A request scattered over several guest buffers (a guest's large request spans pages): one
+    /// node request through a bounce buffer, or, when the request is larger than one or all are
+    /// taken, one node request per buffer, in order. A write is followed by a flush when the
+    /// write cache is off.
     private func submitSegments(_ request: VirtioBlkRequest, to node: NodeHandle) async -> IOStatus {
+        if case .io(let operation) = request.action, request.lengthBytes <= Self.bounceBytes, let bounce = takeBounce() {
+            defer { freeBounces.append(bounce) }
+            let buffer = IOBuffer(base: bounce, count: request.lengthBytes)
+            if operation == .write { _ = request.gather(into: buffer) }
+            let status = await node.submit(BlockRequest(operation: operation, offsetBytes: request.offsetBytes,
+                                                        lengthBytes: request.lengthBytes, buffer: buffer))
+            bouncedRequests += 1
+            guard status.isOK else { return status }
+            if operation == .read { _ = request.scatter(from: buffer) }
+            if operation == .write && !writeCacheEnabled {
+                return await node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0, buffer: .empty))
+            }
+            return .ok
+        }
         for segment in request.segmentRequests() {
             let status = await node.submit(segment)
             if !status.isOK { return status }
@@ -290,6 +316,17 @@ public actor VirtioBlkDevice: GraphAttachment {
             return await node.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0, buffer: .empty))
         }
         return .ok
+    }
+
+    /// A free bounce buffer; one more is made while fewer than `maxBounceBuffers` exist (steady
+    /// state makes none).
+    private func takeBounce() -> UnsafeMutableRawPointer? {
+        if let free = freeBounces.popLast() { return free }
+        guard storage.bounces.count < Self.maxBounceBuffers else { return nil }
+        // 4 KiB aligned: O_DIRECT files take it as it is.
+        let made = UnsafeMutableRawPointer.allocate(byteCount: Self.bounceBytes, alignment: 4096)
+        storage.bounces.append(made)
+        return made
     }
 
     /// The status a request gets without reaching the graph: a change to a read-only device, or a

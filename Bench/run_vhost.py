@@ -14,6 +14,9 @@ alternate run by run; every figure is the MEDIAN of --runs runs.
      (`strata-alloc-count --vhost-user`, malloc interposer): 0.
   6. `strata bench` on `null-aio` (every request completed through the queue's ring) against
      `qemu-img bench -d 32 -t none` on null-aio: IOPS, Strata / qemu-img >= 3x.
+  7. the NBD server next to nbdkit on the same 1 GiB raw file (page cache warm), fio's nbd engine
+     over a Unix socket: 4 KiB random reads at QD1, mean latency, Strata / nbdkit <= 1.0x; and at
+     QD32, the server's CPU time per I/O, Strata / nbdkit <= 0.6x.
 
 Daemons: `.build/release/strata serve --queues 2 --blockdev ... --export type=vhost-user-blk,...,num-queues=2`
 and `qemu-storage-daemon --blockdev ... --export type=vhost-user-blk,...,num-queues=2`.
@@ -71,6 +74,42 @@ def measure(key: str, node: str, queues: int, depth: int, seconds: float) -> dic
             raise RunError(f"bench against {key} failed: {tail(out.stdout + out.stderr)}")
         report = json.loads(out.stdout.strip().splitlines()[-1])
         return {"iops": report["iops"], "mean_ns": report["latency_ns"]["mean"], "p99_ns": report["latency_ns"]["p99"]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def cpu_ns(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def nbd_run(key: str, image: Path, depth: int, seconds: float) -> tuple[float, float]:
+    """One fio run against one NBD server: (mean latency ns, server CPU ns per I/O)."""
+    socket = WORK / f"nbd-{key}.sock"
+    if socket.exists():
+        socket.unlink()
+    argv = ([str(REPO / STRATA), "serve", "--image", str(image), "--format", "raw", "--read-only", "--nbd", f"unix:{socket}"]
+            if key == "strata" else ["nbdkit", "-f", "-r", "-U", str(socket), "file", str(image)])
+    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while not socket.exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RunError(f"{key} did not listen: {tail(proc.stderr.read() if proc.stderr else '')}")
+            time.sleep(0.02)
+        before = cpu_ns(proc.pid)
+        out = subprocess.run(["fio", "--name=r", "--ioengine=nbd", f"--uri=nbd+unix:///?socket={socket}", "--rw=randread", "--bs=4k",
+                              f"--iodepth={depth}", f"--runtime={seconds:g}", "--time_based", "--output-format=json"],
+                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=seconds + 60)
+        spent = cpu_ns(proc.pid) - before
+        if out.returncode != 0:
+            raise RunError(f"fio against {key} failed: {tail(out.stdout + out.stderr)}")
+        read = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]["read"]
+        return read["lat_ns"]["mean"], spent / max(1, read["total_ios"])
     finally:
         proc.terminate()
         try:
@@ -149,12 +188,32 @@ def main(argv: list[str]) -> int:
                  sa / qa, ">= 3x", sa / qa >= 3))
     runs_aio = f"- null-aio (IOPS): Strata {', '.join(f'{v:,.0f}' for v in aio_strata)}; qemu-img bench {', '.join(f'{v:,.0f}' for v in aio_qemu)}"
 
+    nbd = {key: {"lat": [], "cpu": []} for key in ("strata", "nbdkit")}
+    for run in range(args.runs):
+        for key in (["strata", "nbdkit"] if run % 2 == 0 else ["nbdkit", "strata"]):
+            for depth in (1, 32):
+                lat, cpu = nbd_run(key, image, depth, args.seconds)
+                if depth == 1:
+                    nbd[key]["lat"].append(lat)
+                else:
+                    nbd[key]["cpu"].append(cpu)
+    sl, nl = median(nbd["strata"]["lat"]), median(nbd["nbdkit"]["lat"])
+    rows.append(("7a", "NBD server, 4 KiB random reads, QD1 (fio nbd engine): mean latency (peer: nbdkit)", micros(sl), micros(nl), sl / nl,
+                 "<= 1.0x", sl / nl <= 1.0))
+    sc, nc = median(nbd["strata"]["cpu"]), median(nbd["nbdkit"]["cpu"])
+    rows.append(("7b", "NBD server, 4 KiB random reads, QD32: server CPU per I/O (peer: nbdkit)", f"{sc:,.0f} ns", f"{nc:,.0f} ns", sc / nc,
+                 "<= 0.6x", sc / nc <= 0.6))
+    runs_nbd = (f"- NBD QD1 (mean us): Strata {', '.join(f'{v / 1000:.1f}' for v in nbd['strata']['lat'])}; "
+                f"nbdkit {', '.join(f'{v / 1000:.1f}' for v in nbd['nbdkit']['lat'])}\n"
+                f"- NBD QD32 server CPU per I/O (ns): Strata {', '.join(f'{v:,.0f}' for v in nbd['strata']['cpu'])}; "
+                f"nbdkit {', '.join(f'{v:,.0f}' for v in nbd['nbdkit']['cpu'])}")
+
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     facts = machine_facts()
-    lines = ["# vhost-user-blk: `strata serve` next to qemu-storage-daemon", "",
+    lines = ["# vhost-user-blk and low queue depth: `strata serve` next to qemu-storage-daemon and nbdkit", "",
              f"Regenerated by `bash Bench/run-vhost.sh` on {now}; medians of {args.runs} runs (daemons alternating), "
-             f"release build of Strata commit {commit_measured()}.", "",
-             "| row | measure | Strata | QSD | ratio | target | result |", "|---|---|---|---|---|---|---|"]
+             f"release build of Strata commit {commit_measured()}. The peer is qemu-storage-daemon unless the row names another.", "",
+             "| row | measure | Strata | peer | ratio | target | result |", "|---|---|---|---|---|---|---|"]
     for key, title, strata, qsd, ratio, target, ok in rows:
         shown = "-" if qsd == "-" else f"{ratio:.2f}x"
         lines.append(f"| {key} | {title} | {strata} | {qsd} | {shown} | {target} | {'-' if ok is None else ('PASS' if ok else 'FAIL')} |")
@@ -165,6 +224,7 @@ def main(argv: list[str]) -> int:
         unit = "IOPS" if field == "iops" else "mean us"
         lines.append(f"- {case[0]}, {case[1]} queue(s), QD{case[2]} ({unit}): Strata {show(results[case]['strata'])}; QSD {show(results[case]['qsd'])}")
     lines.append(runs_aio)
+    lines.append(runs_nbd)
     lines += ["", "## Commands", "",
               "- Front end, for both: `.build/release/strata bench --vhost-user SOCK --queues Q --depth D --rw randread --bs 4k "
               f"--seconds {args.seconds:g} --json` (a separate process; virtqueue i on its queue executor i).",
@@ -177,6 +237,10 @@ def main(argv: list[str]) -> int:
               "[--image IMG]`: an export and the front end in one process, (mallocs(2N) - mallocs(N)) / N.",
               f"- Row 6: `.build/release/strata bench --blockdev '{{\"driver\":\"null-aio\",...}}' --queues 1 --depth 32 --seconds {args.seconds:g}` "
               "and `qemu-img bench -c 2000000 -d 32 -t none --image-opts driver=null-aio,size=1073741824` (timed).",
+              f"- Row 7: `.build/release/strata serve --image IMG --format raw --read-only --nbd unix:SOCK` or "
+              f"`nbdkit -f -r -U SOCK file IMG`, then `fio --name=r --ioengine=nbd --uri=nbd+unix:///?socket=SOCK --rw=randread "
+              f"--bs=4k --iodepth=1|32 --runtime={args.seconds:g} --time_based --output-format=json`; server CPU from /proc/PID/stat "
+              "(utime + stime) over the fio run, divided by fio's I/O count.",
               "", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
     lines.append(f"- front end and back end share the machine's {os.cpu_count()} CPUs: on 2 CPUs, Strata's two queue "

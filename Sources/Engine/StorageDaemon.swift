@@ -27,6 +27,8 @@ public final class StorageDaemon: Sendable {
         public var nbdExports: [NBDExportOptions]
         public var vhostUserExports: [VhostUserBlkExportOptions]
         public var handshakeLimitSeconds: Double
+        /// CPUs the queue executors are pinned to, in turn (nil: queue i on CPU i mod online CPUs).
+        public var cpus: [Int]?
 
         public init(queueCount: Int, blockdevActions: [JSONValue], nbdListeners: [NBDListener], nbdExports: [NBDExportOptions],
                     vhostUserExports: [VhostUserBlkExportOptions] = [], handshakeLimitSeconds: Double = 10) {
@@ -48,7 +50,7 @@ public final class StorageDaemon: Sendable {
         precondition(plan.queueCount >= 1, "a daemon needs a queue")
         precondition(plan.handshakeLimitSeconds >= 0, "a handshake limit is a duration")
         self.plan = plan
-        engine = try Engine(queueCount: plan.queueCount, cpus: nil)
+        engine = try Engine(queueCount: plan.queueCount, cpus: plan.cpus)
         var settings = NBDServer.Settings()
         settings.handshakeLimitSeconds = plan.handshakeLimitSeconds
         settings.maxConnections = plan.nbdListeners.map(\.maxConnections).max() ?? 0

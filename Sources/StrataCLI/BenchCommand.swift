@@ -77,15 +77,8 @@ struct BenchCommand: AsyncParsableCommand {
         if vhostUser != nil && (image != nil || !blockdevs.isEmpty || !editsAt.isEmpty) {
             throw ValidationError("--vhost-user drives a back end in another process: --image, --blockdev and --edit-at do not apply")
         }
-        _ = try parsedCPUs()
+        _ = try CPUListOption.parse(cpus)
         _ = try parsedEdits()
-    }
-
-    func parsedCPUs() throws -> [Int]? {
-        guard let cpus else { return nil }
-        let list = cpus.split(separator: ",").map { Int($0.trimmingPrefix(" ")) }
-        guard !list.isEmpty, list.allSatisfy({ $0 != nil && $0! >= 0 }) else { throw ValidationError("--cpus must be a comma-separated list of CPU numbers, got '\(cpus)'") }
-        return list.map { $0! }
     }
 
     func parsedEdits() throws -> [TimedEdit] {
@@ -135,7 +128,7 @@ struct BenchCommand: AsyncParsableCommand {
         let (actions, rootName) = try graphActions()
         let edits = try parsedEdits()
 
-        let engine = try Engine(queueCount: queues, cpus: try parsedCPUs(), submitBatchLimit: UInt32(submitBatch), accounting: accounting == .on)
+        let engine = try Engine(queueCount: queues, cpus: try CPUListOption.parse(cpus), submitBatchLimit: UInt32(submitBatch), accounting: accounting == .on)
         let outcome: Result<LoadReport, Error>
         do {
             if let vhostUser {

@@ -69,6 +69,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(help: "Number of queues (one pinned executor each) connections are spread over (default: online CPUs, at most 8).")
     var queues: Int?
+    @Option(help: "CPUs the queues are pinned to, comma separated (default: queue i on CPU i mod online CPUs). A queue's buffers and a vhost-user virtqueue's bounce buffers go on its CPU's NUMA node.")
+    var cpus: String?
     @Option(name: .customLong("handshake-limit"), help: "Seconds a client may take to finish the handshake (0: no limit).")
     var handshakeLimit: Double = 10
 
@@ -89,6 +91,7 @@ struct ServeCommand: AsyncParsableCommand {
             do { _ = try StatsStreamAddress(parsing: spec) } catch { throw ValidationError(error.description) }
         }
         if let queues, !(1...256).contains(queues) { throw ValidationError("--queues must be 1-256, got \(queues)") }
+        _ = try CPUListOption.parse(cpus)
         if !(handshakeLimit >= 0 && handshakeLimit <= 86400) { throw ValidationError("--handshake-limit must be 0-86400 seconds") }
     }
 
@@ -102,8 +105,12 @@ struct ServeCommand: AsyncParsableCommand {
 
         let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let daemon = try StorageDaemon(
-            plan: StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
-                                     nbdExports: exports, vhostUserExports: vhostUserExports, handshakeLimitSeconds: handshakeLimit),
+            plan: {
+                var plan = StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
+                                              nbdExports: exports, vhostUserExports: vhostUserExports, handshakeLimitSeconds: handshakeLimit)
+                plan.cpus = try CPUListOption.parse(cpus)
+                return plan
+            }(),
             log: { StandardError.print($0) })
         let signals = try SignalWaiter(signals: Self.terminationSignals)
         let monitor = QMPMonitor(daemon: daemon) { signals.post(Self.quitSignal) }

@@ -87,6 +87,27 @@ import Testing
         #expect(gone.status != 0 && gone.output.contains("connect"), "\(gone.output)")
     }
 
+    /// `strata serve --cpus`: every queue executor runs on the CPUs listed, in turn.
+    @Test func serveTakesTheCPUsItsQueuesRunOn() async throws {
+        let scratch = try ScratchDirectory("vhost-cpus")
+        let last = sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1
+        let (daemon, _) = try QMPMonitorTests.daemon(scratch, extra: ["--cpus", "\(last)"])
+        defer { _ = daemon.stop() }
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon.pid)/task")
+        var queueThreads = 0
+        for task in tasks {
+            let name = (try? String(contentsOfFile: "/proc/\(daemon.pid)/task/\(task)/comm", encoding: .utf8)) ?? ""
+            guard name.hasPrefix("strata-q") else { continue }
+            queueThreads += 1
+            let status = try String(contentsOfFile: "/proc/\(daemon.pid)/task/\(task)/status", encoding: .utf8)
+            let allowed = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last
+            #expect(allowed.map(String.init) == "\(last)", "\(name): \(String(describing: allowed))")
+        }
+        #expect(queueThreads == 2)
+        let bad = try await QemuTool.run(CommandLineTests.binary, ["serve", "--cpus", "one", "--monitor", "chardev=m0"])
+        #expect(bad.status != 0 && bad.output.contains("--cpus must be a comma-separated list of CPU numbers, got 'one'"), "\(bad.output)")
+    }
+
     // MARK: Hostile front ends
 
     /// One message: header (version 1 unless `flags` says otherwise), payload, descriptors.

@@ -1,3 +1,4 @@
+import CStrataShim
 import StrataGraph
 import StrataRuntime
 
@@ -44,7 +45,7 @@ public actor VirtioBlkDevice: GraphAttachment {
     private let versions = VersionedRoot()
     private let pending: UnsafeMutableBufferPointer<PendingRequest?>
     /// Bounce buffers for scattered requests, made on first use, at most this many of this size.
-    private static let bounceBytes = 1 << 20
+    fileprivate static let bounceBytes = 1 << 20
     private static let maxBounceBuffers = 8
     private var freeBounces: [UnsafeMutableRawPointer] = []
     /// Scattered requests served through a bounce buffer, as one node request.
@@ -102,7 +103,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)
         self.segmentsPerRequest = settings.segmentsPerRequest
         // One segment array per descriptor head: a head is unique while its request is in flight.
-        storage = HeadStorage(heads: virtqueue.size, segmentsPerHead: settings.segmentsPerRequest)
+        storage = HeadStorage(heads: virtqueue.size, segmentsPerHead: settings.segmentsPerRequest, numaNode: queue.executor.numaNode)
         segmentStorage = storage.segments
         pending = storage.pending
         deviceID = String((settings.deviceID ?? "strata-\(backendName)").utf8.prefix(VirtioBlk.deviceIDLength))!
@@ -131,10 +132,12 @@ public actor VirtioBlkDevice: GraphAttachment {
     private final class HeadStorage: @unchecked Sendable {
         let segments: UnsafeMutableBufferPointer<IOBuffer>
         let pending: UnsafeMutableBufferPointer<PendingRequest?>
-        /// Every bounce buffer the device made.
+        /// Every bounce buffer the device made, on `numaNode`.
         var bounces: [UnsafeMutableRawPointer] = []
+        let numaNode: Int32
 
-        init(heads: Int, segmentsPerHead: Int) {
+        init(heads: Int, segmentsPerHead: Int, numaNode: Int32) {
+            self.numaNode = numaNode
             segments = .allocate(capacity: heads * segmentsPerHead)
             segments.initialize(repeating: .empty)
             pending = .allocate(capacity: heads)
@@ -142,7 +145,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         }
 
         deinit {
-            for bounce in bounces { bounce.deallocate() }
+            for bounce in bounces { strata_free_aligned(bounce, VirtioBlkDevice.bounceBytes, numaNode) }
             segments.deallocate()
             _ = pending.deinitialize()
             pending.deallocate()
@@ -323,8 +326,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     private func takeBounce() -> UnsafeMutableRawPointer? {
         if let free = freeBounces.popLast() { return free }
         guard storage.bounces.count < Self.maxBounceBuffers else { return nil }
-        // 4 KiB aligned: O_DIRECT files take it as it is.
-        let made = UnsafeMutableRawPointer.allocate(byteCount: Self.bounceBytes, alignment: 4096)
+        // 4 KiB aligned, so O_DIRECT files take it as it is, and on the queue's CPU's NUMA node.
+        guard let made = strata_alloc_aligned(Self.bounceBytes, 4096, executor.numaNode) else { return nil }
         storage.bounces.append(made)
         return made
     }

@@ -2,7 +2,6 @@ import Foundation
 import Glibc
 import StrataGraph
 import StrataRuntime
-import Synchronization
 
 /// What the node tests share: a control and a queue executor, a private temporary directory, and
 /// helpers to open nodes through their descriptors and run requests on the queue's thread.
@@ -131,12 +130,12 @@ enum QemuTool {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        // Read while it runs: a child that prints more than a pipe holds would block forever on a
-        // reader that waits for its exit.
-        let collected = Mutex(Data())
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let chunk = handle.availableData
-            collected.withLock { $0.append(chunk) }
+        // Read while it runs, on a thread of its own: a child that prints more than a pipe holds
+        // would block forever on a reader that waits for its exit, and a blocking read must not
+        // hold one of the few cooperative threads that the parallel test cases share.
+        let reader = pipe.fileHandleForReading
+        async let output: Data = withCheckedContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(returning: reader.readDataToEndOfFile()) }
         }
         let status: Int32 = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
@@ -144,12 +143,11 @@ enum QemuTool {
                 try process.run()
             } catch {
                 process.terminationHandler = nil
+                try? pipe.fileHandleForWriting.close()
                 continuation.resume(throwing: error)
             }
         }
-        pipe.fileHandleForReading.readabilityHandler = nil
-        let rest = pipe.fileHandleForReading.readDataToEndOfFile()
-        let data = collected.withLock { $0 + rest }
+        let data = await output
         return Result(status: status, output: String(decoding: data, as: UTF8.self))
     }
 

@@ -29,6 +29,8 @@ public final class StorageDaemon: Sendable {
         public var handshakeLimitSeconds: Double
         /// CPUs the queue executors are pinned to, in turn (nil: queue i on CPU i mod online CPUs).
         public var cpus: [Int]?
+        /// How long an idle queue spins on its ring before it sleeps (0: never).
+        public var pollMaxNs: UInt64 = 0
 
         public init(queueCount: Int, blockdevActions: [JSONValue], nbdListeners: [NBDListener], nbdExports: [NBDExportOptions],
                     vhostUserExports: [VhostUserBlkExportOptions] = [], handshakeLimitSeconds: Double = 10) {
@@ -50,7 +52,7 @@ public final class StorageDaemon: Sendable {
         precondition(plan.queueCount >= 1, "a daemon needs a queue")
         precondition(plan.handshakeLimitSeconds >= 0, "a handshake limit is a duration")
         self.plan = plan
-        engine = try Engine(queueCount: plan.queueCount, cpus: plan.cpus)
+        engine = try Engine(queueCount: plan.queueCount, cpus: plan.cpus, pollMaxNs: plan.pollMaxNs)
         var settings = NBDServer.Settings()
         settings.handshakeLimitSeconds = plan.handshakeLimitSeconds
         settings.maxConnections = plan.nbdListeners.map(\.maxConnections).max() ?? 0

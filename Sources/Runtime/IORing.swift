@@ -1,8 +1,10 @@
 import CStrataShim
 import Glibc
 
-/// One io_uring instance, owned by exactly one thread (its queue executor). Not thread-safe by
-/// design: submissions batch per loop turn and completions are reaped from shared memory.
+/// One io_uring instance, owned by exactly one thread (its queue executor), which creates,
+/// submits to, reaps and destroys it: the kernel defers completion work to that thread's own
+/// `io_uring_enter` and its ring descriptor is registered in that thread's table. Not thread-safe
+/// by design: submissions batch per loop turn and completions are reaped from shared memory.
 final class IORing {
     /// What a completion's user-data points at; the low 3 bits of the pointer say which.
     enum CompletionKind: UInt64 {
@@ -54,9 +56,16 @@ final class IORing {
     var hasPendingSubmissions: Bool { strata_ring_pending_sqes(ring) > 0 }
     var pendingSubmissions: UInt32 { strata_ring_pending_sqes(ring) }
 
-    /// One syscall: submits what is queued and, when `wait` is set, sleeps until a completion.
+    /// Completions are ready to reap, or wait in the kernel for this thread to enter.
+    var hasCompletionsOrKernelWork: Bool { strata_ring_ready_cqes(ring) > 0 || hasKernelWork }
+
+    /// Completions wait in the kernel for this thread to enter (deferred task work).
+    var hasKernelWork: Bool { strata_ring_has_kernel_work(ring) != 0 }
+
+    /// One syscall: submits what is queued, runs completion work the kernel deferred to this
+    /// thread, and, when `wait` is set, sleeps until a completion. None when there is nothing to do.
     func submit(wait: Bool) {
-        guard wait || hasPendingSubmissions else { return }
+        guard wait || hasPendingSubmissions || hasKernelWork else { return }
         let result = strata_ring_submit(ring, wait ? 1 : 0)
         precondition(result >= 0 || result == -EINTR || result == -EBUSY || result == -EAGAIN,
                      "io_uring_enter failed: \(result)")

@@ -11,7 +11,7 @@ import Synchronization
 /// queued SQEs in one syscall (sleeping in the kernel when idle), reap completions from shared
 /// memory and resume their continuations here.
 ///
-/// Thread ownership: `localJobs`, `ring` and `timers` are touched only by the executor's own thread
+/// Thread ownership: `localJobs`, `ring`, `timers` and `polling` are touched only by the executor's own thread
 /// (checked with `assertOnExecutor`). Other threads reach it only through `remoteJobs` (a Mutex),
 /// the atomics and the eventfd.
 public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Sendable {
@@ -29,6 +29,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     /// batches of 2-8 kept it and cost ~8% more CPU per I/O than unbounded ones.
     public let submitBatchLimit: UInt32
 
+    private var polling: IdlePolling
     private var localJobs = Deque<UnownedJob>(minimumCapacity: 1024)
     private let remoteJobs = Mutex(Deque<UnownedJob>())
     private let remoteJobCount = Atomic<Int>(0)
@@ -47,10 +48,12 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private let exited = DispatchSemaphore(value: 0)
     private let exitWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
 
-    /// Starts the thread and its ring; returns once the ring is ready.
-    public init(name: String, cpu: Int? = nil, ringEntries: UInt32 = 512, submitBatchLimit: UInt32 = 4) throws {
+    /// Starts the thread and its ring; returns once the ring is ready. `pollMaxNs` is the longest
+    /// an idle loop spins before it sleeps (see `IdlePolling`); 0 sleeps at once.
+    public init(name: String, cpu: Int? = nil, ringEntries: UInt32 = 512, submitBatchLimit: UInt32 = 4, pollMaxNs: UInt64 = 0) throws {
         precondition(submitBatchLimit > 0)
         self.name = name
+        self.polling = IdlePolling(maxNs: pollMaxNs)
         self.cpu = cpu
         self.submitBatchLimit = submitBatchLimit
         self.numaNode = cpu.map { strata_numa_node_of_cpu(Int32($0)) } ?? -1
@@ -70,6 +73,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             }
             started.signal()
             self.runLoop()
+            // The ring belongs to this thread (its registered descriptor is in this thread's table).
+            self.ring = nil
             // From here on this thread is no executor: whatever the waiters resume runs elsewhere.
             strata_current_executor_set(nil)
             self.exited.signal()
@@ -241,9 +246,32 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             }
             // Sequentially consistent: this load must not move before the wakeup's flag store.
             let idle = localJobs.isEmpty && yielded.isEmpty && remoteJobCount.load(ordering: .sequentiallyConsistent) == 0
-            ring.submit(wait: idle)
+            if idle && polling.maxNs > 0 {
+                waitIdle()
+            } else {
+                ring.submit(wait: idle)
+            }
             ring.reap(handleCompletion)
         }
+    }
+
+    /// An idle turn: spins on the ring for the polling window, then sleeps in the kernel if
+    /// nothing came, and adapts the window to how long the queue stayed idle.
+    private func waitIdle() {
+        let idleStartNs = CycleClock.now()
+        var woken = false
+        if polling.windowNs > 0 {
+            ring.submit(wait: false)
+            let untilNs = idleStartNs &+ polling.windowNs
+            while !woken {
+                woken = ring.hasCompletionsOrKernelWork || remoteJobCount.load(ordering: .relaxed) > 0
+                if CycleClock.now() >= untilNs { break }
+                strata_cpu_relax()
+            }
+        }
+        // A job handed over meanwhile also signals the eventfd, so sleeping stays safe.
+        ring.submit(wait: !woken)
+        polling.adapt(idleNs: CycleClock.now() &- idleStartNs)
     }
 
     @inline(__always)

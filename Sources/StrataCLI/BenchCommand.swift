@@ -36,6 +36,8 @@ struct BenchCommand: AsyncParsableCommand {
     var cpus: String?
     @Option(name: .customLong("submit-batch"), help: "Most SQEs a queue gathers before entering the kernel (some virtual disks serve bursts slowly).")
     var submitBatch = 4
+    @Option(name: .customLong("poll-max-ns"), help: "Nanoseconds an idle queue spins on its ring before it sleeps, adapted as QEMU's iothreads adapt theirs (0: sleep at once).")
+    var pollMaxNs: UInt64 = PollMaxNsOption.defaultNs
     @Option(help: "Queue depth per queue.")
     var depth = 32
     @Option(help: "Block size (e.g. 4k).")
@@ -62,6 +64,7 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         guard (1...256).contains(queues) else { throw ValidationError("--queues must be between 1 and 256, got \(queues)") }
         guard (1...512).contains(submitBatch) else { throw ValidationError("--submit-batch must be between 1 and 512, got \(submitBatch)") }
+        try PollMaxNsOption.validate(pollMaxNs)
         guard (1...4096).contains(depth) else { throw ValidationError("--depth must be between 1 and 4096, got \(depth)") }
         guard WorkloadMode(rawValue: rw) != nil else {
             throw ValidationError("--rw must be one of \(WorkloadMode.allCases.map(\.rawValue).joined(separator: ", ")), got '\(rw)'")
@@ -128,7 +131,7 @@ struct BenchCommand: AsyncParsableCommand {
         let (actions, rootName) = try graphActions()
         let edits = try parsedEdits()
 
-        let engine = try Engine(queueCount: queues, cpus: try CPUListOption.parse(cpus), submitBatchLimit: UInt32(submitBatch), accounting: accounting == .on)
+        let engine = try Engine(queueCount: queues, cpus: try CPUListOption.parse(cpus), submitBatchLimit: UInt32(submitBatch), pollMaxNs: pollMaxNs, accounting: accounting == .on)
         let outcome: Result<LoadReport, Error>
         do {
             if let vhostUser {

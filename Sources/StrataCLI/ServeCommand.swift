@@ -71,6 +71,8 @@ struct ServeCommand: AsyncParsableCommand {
     var queues: Int?
     @Option(help: "CPUs the queues are pinned to, comma separated (default: queue i on CPU i mod online CPUs). A queue's buffers and a vhost-user virtqueue's bounce buffers go on its CPU's NUMA node.")
     var cpus: String?
+    @Option(name: .customLong("poll-max-ns"), help: "Nanoseconds an idle queue spins on its ring before it sleeps, adapted to how long it stays idle as QEMU's iothreads adapt theirs (0: sleep at once).")
+    var pollMaxNs: UInt64 = PollMaxNsOption.defaultNs
     @Option(name: .customLong("handshake-limit"), help: "Seconds a client may take to finish the handshake (0: no limit).")
     var handshakeLimit: Double = 10
 
@@ -92,6 +94,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if let queues, !(1...256).contains(queues) { throw ValidationError("--queues must be 1-256, got \(queues)") }
         _ = try CPUListOption.parse(cpus)
+        try PollMaxNsOption.validate(pollMaxNs)
         if !(handshakeLimit >= 0 && handshakeLimit <= 86400) { throw ValidationError("--handshake-limit must be 0-86400 seconds") }
     }
 
@@ -109,6 +112,7 @@ struct ServeCommand: AsyncParsableCommand {
                 var plan = StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
                                               nbdExports: exports, vhostUserExports: vhostUserExports, handshakeLimitSeconds: handshakeLimit)
                 plan.cpus = try CPUListOption.parse(cpus)
+                plan.pollMaxNs = pollMaxNs
                 return plan
             }(),
             log: { StandardError.print($0) })

@@ -44,6 +44,8 @@ import Testing
         try await expectRefused(["bench", "--ops", "10", "--size", "lots"], saying: "null0: Parameter 'size' expects a number, got 'lots'")
         try await expectRefused(["bench", "--ops", "10", "--depth", "0"], saying: "--depth must be between 1 and 4096")
         try await expectRefused(["bench", "--ops", "10", "--submit-batch", "0"], saying: "--submit-batch must be between 1 and 512")
+        try await expectRefused(["bench", "--ops", "10", "--poll-max-ns", "2000000000"], saying: "--poll-max-ns must be 0-1000000000, got 2000000000")
+        try await expectRefused(["serve", "--image", "x", "--nbd", "unix:/tmp/x", "--poll-max-ns", "-1"], saying: "--poll-max-ns")
     }
 
     @Test func negativeLimitsAreNamed() async throws {

@@ -3,6 +3,8 @@ import Glibc
 import StrataRuntime
 import Testing
 
+@testable import StrataRuntime
+
 private actor RingUser {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     let executor: QueueExecutor
@@ -34,8 +36,9 @@ private actor RingUser {
         #expect(clock.nowNs >= deadline)
     }
 
-    @Test func nopCompletionsResumeOnTheRingThreadWithoutCrossingThreads() async throws {
-        let executor = try QueueExecutor(name: "test-q0")
+    @Test(arguments: [0, 1_000_000] as [UInt64])
+    func nopCompletionsResumeOnTheRingThreadWithoutCrossingThreads(pollMaxNs: UInt64) async throws {
+        let executor = try QueueExecutor(name: "test-q0", pollMaxNs: pollMaxNs)
         let user = RingUser(executor: executor)
         _ = await user.nops(10)
         let before = executor.crossThreadEnqueues
@@ -73,8 +76,9 @@ private actor Sleeper {
 }
 
 @Suite struct QueueExecutorBehaviourTests {
-    @Test func timersFireInDeadlineOrderAndNotEarly() async throws {
-        let executor = try QueueExecutor(name: "test-timer")
+    @Test(arguments: [0, 1_000_000] as [UInt64])
+    func timersFireInDeadlineOrderAndNotEarly(pollMaxNs: UInt64) async throws {
+        let executor = try QueueExecutor(name: "test-timer", pollMaxNs: pollMaxNs)
         let sleeper = Sleeper(executor: executor)
         let start = MonotonicClock.now()
         await Task(executorPreference: executor) {
@@ -89,8 +93,11 @@ private actor Sleeper {
         await executor.shutdown()
     }
 
-    @Test func jobsFromOtherThreadsWakeAnIdleExecutor() async throws {
-        let executor = try QueueExecutor(name: "test-wake")
+    /// With and without spinning before sleeping: a job handed over while the loop spins (a
+    /// millisecond window covers each of these) or sleeps runs, none is lost.
+    @Test(arguments: [0, 1_000_000] as [UInt64])
+    func jobsFromOtherThreadsWakeAnIdleExecutor(pollMaxNs: UInt64) async throws {
+        let executor = try QueueExecutor(name: "test-wake", pollMaxNs: pollMaxNs)
         let sleeper = Sleeper(executor: executor)
         let before = executor.crossThreadEnqueues
         for label in 0..<50 {
@@ -143,5 +150,35 @@ private actor Sleeper {
         let cycleElapsed = Double(CycleClock.now() - cycleStart)
         let monotonicElapsed = Double(MonotonicClock.now() - monotonicStart)
         #expect(abs(cycleElapsed - monotonicElapsed) / monotonicElapsed < 0.05)
+    }
+}
+
+/// The idle loop's spin window follows QEMU's iothread rule: it grows from nothing while idle
+/// periods are shorter than the longest window, stays while it covers them, and drops to nothing
+/// after one longer than the longest window.
+@Suite struct IdlePollingTests {
+    @Test func theWindowAdaptsAsQEMUsDoes() {
+        var polling = IdlePolling(maxNs: 32_768)
+        #expect(polling.windowNs == 0)
+        var windows: [UInt64] = []
+        for _ in 0..<5 {
+            polling.adapt(idleNs: 10_000)
+            windows.append(polling.windowNs)
+        }
+        #expect(windows == [4_000, 8_000, 16_000, 16_000, 16_000])
+        polling.adapt(idleNs: 30_000)
+        #expect(polling.windowNs == 32_000)
+        polling.adapt(idleNs: 32_500)
+        #expect(polling.windowNs == 32_768)
+        polling.adapt(idleNs: 40_000)
+        #expect(polling.windowNs == 0)
+    }
+
+    @Test func noLongestWindowNeverSpins() {
+        var polling = IdlePolling(maxNs: 0)
+        for idle in [0, 1, 4_000, 1_000_000] as [UInt64] {
+            polling.adapt(idleNs: idle)
+            #expect(polling.windowNs == 0)
+        }
     }
 }

@@ -24,29 +24,49 @@ struct strata_ring { struct io_uring ring; };
 struct strata_ring *strata_ring_create(unsigned entries, int *error_out) {
     struct strata_ring *r = calloc(1, sizeof(*r));
     if (!r) { *error_out = ENOMEM; return NULL; }
-    struct io_uring_params params;
-    memset(&params, 0, sizeof(params));
-    params.flags = IORING_SETUP_CQSIZE;
-    params.cq_entries = entries * 4;  // completions of I/O queued in the kernel must never be dropped
-    int ret = io_uring_queue_init_params(entries, &r->ring, &params);
+    // Completions of I/O queued in the kernel must never be dropped: a CQ four times the SQ.
+    // One thread submits and reaps (SINGLE_ISSUER), so the kernel may defer completion work to
+    // that thread's own io_uring_enter (DEFER_TASKRUN) instead of interrupting it, and flag
+    // pending work in the SQ ring (TASKRUN_FLAG) so a busy loop enters only when there is some.
+    // Kernels before 6.1 refuse those flags; the ring then runs without them.
+    static const unsigned flag_sets[] = {
+        IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        IORING_SETUP_CQSIZE,
+    };
+    int ret = -EINVAL;
+    for (unsigned i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]) && ret == -EINVAL; i++) {
+        struct io_uring_params params;
+        memset(&params, 0, sizeof(params));
+        params.flags = flag_sets[i];
+        params.cq_entries = entries * 4;
+        ret = io_uring_queue_init_params(entries, &r->ring, &params);
+    }
     if (ret < 0) { free(r); *error_out = -ret; return NULL; }
+    // Entering through a registered ring index skips the file table lookup of every
+    // io_uring_enter. The index belongs to this thread: the ring is destroyed on it too.
+    (void)io_uring_register_ring_fd(&r->ring);
     *error_out = 0;
     return r;
 }
 
 void strata_ring_destroy(struct strata_ring *r) { io_uring_queue_exit(&r->ring); free(r); }
-int strata_ring_fd(struct strata_ring *r) { return r->ring.ring_fd; }
 struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *r) { return io_uring_get_sqe(&r->ring); }
 int strata_ring_submit(struct strata_ring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
 unsigned strata_ring_pending_sqes(struct strata_ring *r) { return io_uring_sq_ready(&r->ring); }
 
-int strata_ring_submit_and_wait_timeout(struct strata_ring *r, uint64_t timeout_ns) {
-    struct io_uring_cqe *cqe = NULL;
-    if (timeout_ns == 0) return io_uring_submit_and_wait(&r->ring, 1);
-    struct __kernel_timespec ts = { .tv_sec = (long long)(timeout_ns / 1000000000ull),
-                                    .tv_nsec = (long long)(timeout_ns % 1000000000ull) };
-    int ret = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, &ts, NULL);
-    return (ret == -ETIME) ? 0 : ret;
+void strata_cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+unsigned strata_ring_ready_cqes(struct strata_ring *r) { return io_uring_cq_ready(&r->ring); }
+
+int strata_ring_has_kernel_work(struct strata_ring *r) {
+    unsigned flags = IO_URING_READ_ONCE(*r->ring.sq.kflags);
+    return (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 
 unsigned strata_ring_reap(struct strata_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {

@@ -15,18 +15,23 @@
 
 struct strata_ring;  // opaque: wraps struct io_uring so Swift never sees its layout
 
+/// Creates a ring for the calling thread alone: submit, reap and destroy it on that thread.
 struct strata_ring *strata_ring_create(unsigned entries, int *error_out);
 void strata_ring_destroy(struct strata_ring *ring);
-int strata_ring_fd(struct strata_ring *ring);
 /// Returns NULL when the submission queue is full (the caller submits, then retries).
 struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *ring);
 /// Submits queued SQEs; waits for at least wait_nr completions. Returns submitted count or -errno.
 int strata_ring_submit(struct strata_ring *ring, unsigned wait_nr);
-/// Submits and waits for one completion with a relative timeout in ns (0 = no timeout).
-int strata_ring_submit_and_wait_timeout(struct strata_ring *ring, uint64_t timeout_ns);
 /// Copies up to max ready completions (user_data, res) and marks them seen. No syscall.
 unsigned strata_ring_reap(struct strata_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 unsigned strata_ring_pending_sqes(struct strata_ring *ring);
+/// Nonzero when completions wait in the kernel for this thread's next io_uring_enter (deferred
+/// task work or an overflowed CQ). No syscall.
+int strata_ring_has_kernel_work(struct strata_ring *ring);
+/// A spin-wait hint to the CPU (x86 PAUSE, arm YIELD).
+void strata_cpu_relax(void);
+/// Completions ready to reap without a syscall.
+unsigned strata_ring_ready_cqes(struct strata_ring *ring);
 
 static inline void strata_sqe_set_data(struct io_uring_sqe *sqe, uint64_t data) { sqe->user_data = data; }
 static inline void strata_sqe_set_rw_flags(struct io_uring_sqe *sqe, int flags) { sqe->rw_flags = flags; }

@@ -92,6 +92,32 @@ import Testing
         }
     }
 
+    /// Sequential requests published together reach the node as one (QEMU's virtio-blk request
+    /// merging): the data still verifies, and the root node counts the merges as QEMU's
+    /// `rd_merged` and `wr_merged`.
+    @Test func adjacentRequestsAreMergedAndStillVerify() async throws {
+        let image = try temporaryFile(size: 4 << 20)
+        defer { try? FileManager.default.removeItem(atPath: image) }
+        try await withEngine(queues: 1) { engine in
+            try await defaultGraph(engine, bottom: #"{"driver":"file","node-name":"file0","filename":"\#(image)","cache":"none"}"#, writable: true)
+            var spec = WorkloadSpec()
+            spec.mode = .rw
+            spec.verify = true
+            spec.queueDepth = 16
+            // Three passes over the image: later reads check what earlier writes left.
+            let report = try await LoadRun.run(controller: engine.controller, backend: "disk0", spec: spec, length: .opsPerQueue(3 * 1024))
+            #expect(report.failed == 0)
+            #expect(report.verifyFailures == 0)
+            let root = try #require(try await engine.controller.statistics(of: "throttle0"))
+            #expect(root[.read].merged > 0 && root[.write].merged > 0, "read \(root[.read].merged), write \(root[.write].merged) merged")
+            // Every guest request is either a node request or merged into one, and the file saw
+            // fewer, larger writes than the guest made.
+            #expect(root[.read].operations + root[.write].operations + root[.read].merged + root[.write].merged == UInt64(report.ops))
+            let file = try #require(try await engine.controller.statistics(of: "file0"))
+            #expect(file[.write].operations < UInt64(report.queues[0].writes))
+        }
+    }
+
     @Test func verifyModeCatchesWrongData() async throws {
         // null-co drops writes and reads zeros: every read of a written block must be flagged.
         try await withEngine(queues: 1) { engine in

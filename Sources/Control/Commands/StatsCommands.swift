@@ -96,7 +96,7 @@ enum StatsCommands {
             ("rd_total_time_ns", .uint(read.totalTimeNs)), ("wr_total_time_ns", .uint(write.totalTimeNs)),
             ("flush_total_time_ns", .uint(flush.totalTimeNs)), ("unmap_total_time_ns", .uint(unmap.totalTimeNs)),
             ("wr_highest_offset", .uint(stats.highestWriteOffset)),
-            ("rd_merged", .int(0)), ("wr_merged", .int(0)), ("unmap_merged", .int(0)),
+            ("rd_merged", .uint(read.merged)), ("wr_merged", .uint(write.merged)), ("unmap_merged", .uint(unmap.merged)),
         ]
         if let last = stats.lastCompletionNs { fields.append(("idle_time_ns", .uint(nowNs > last ? nowNs - last : 0))) }
         fields += [

@@ -26,6 +26,9 @@ public actor VirtioBlkDevice: GraphAttachment {
         /// queue first serves again what a predecessor popped and never returned, and starts
         /// popping after it.
         public var inflight: VirtqueueInflight?
+        /// Adjacent reads or writes published together go to the node as one request (QEMU's
+        /// virtio-blk `request-merging`, on by default there too).
+        public var requestMerging = true
 
         public init() {}
     }
@@ -50,6 +53,14 @@ public actor VirtioBlkDevice: GraphAttachment {
     private var freeBounces: [UnsafeMutableRawPointer] = []
     /// Scattered requests served through a bounce buffer, as one node request.
     public private(set) var bouncedRequests = 0
+    /// Requests merged into the one before them (QEMU's rd_merged + wr_merged).
+    public private(set) var mergedRequests = 0
+    private let requestMerging: Bool
+    /// Most requests one merge may take in, the first included (QEMU's virtio-blk takes 32).
+    static let maxMergedRequests = 32
+    /// Per head: the request merged after it, and the requests merged into another (by their head).
+    private let mergedNext: UnsafeMutableBufferPointer<UInt16>
+    private let followers: UnsafeMutableBufferPointer<VirtioBlkRequest?>
     private let inflight: VirtqueueInflight?
     private var inflightCounter: UInt64 = 1
     /// Heads a predecessor left in flight, newest first (served from the end).
@@ -108,6 +119,9 @@ public actor VirtioBlkDevice: GraphAttachment {
         pending = storage.pending
         deviceID = String((settings.deviceID ?? "strata-\(backendName)").utf8.prefix(VirtioBlk.deviceIDLength))!
         readOnly = settings.readOnly
+        requestMerging = settings.requestMerging
+        mergedNext = storage.mergedNext
+        followers = storage.followers
         blockSectorMask = UInt64(settings.logicalBlockSize / VirtioBlk.sectorSize - 1)
     }
 
@@ -132,6 +146,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     private final class HeadStorage: @unchecked Sendable {
         let segments: UnsafeMutableBufferPointer<IOBuffer>
         let pending: UnsafeMutableBufferPointer<PendingRequest?>
+        let mergedNext: UnsafeMutableBufferPointer<UInt16>
+        let followers: UnsafeMutableBufferPointer<VirtioBlkRequest?>
         /// Every bounce buffer the device made, on `numaNode`.
         var bounces: [UnsafeMutableRawPointer] = []
         let numaNode: Int32
@@ -142,6 +158,10 @@ public actor VirtioBlkDevice: GraphAttachment {
             segments.initialize(repeating: .empty)
             pending = .allocate(capacity: heads)
             pending.initialize(repeating: nil)
+            mergedNext = .allocate(capacity: heads)
+            mergedNext.initialize(repeating: 0)
+            followers = .allocate(capacity: heads)
+            followers.initialize(repeating: nil)
         }
 
         deinit {
@@ -149,6 +169,9 @@ public actor VirtioBlkDevice: GraphAttachment {
             segments.deallocate()
             _ = pending.deinitialize()
             pending.deallocate()
+            mergedNext.deallocate()
+            _ = followers.deinitialize()
+            followers.deallocate()
         }
     }
 
@@ -164,6 +187,15 @@ public actor VirtioBlkDevice: GraphAttachment {
         var trail: RouteTrail
         /// The trail was full: `target` is submitted to through its (accounted) handle.
         var pastTrailCapacity: Bool
+        /// The requests merged into this one.
+        var merged: MergeGroup
+    }
+
+    /// Requests merged after a first one: chained from its head through `mergedNext`, their data
+    /// in `bounce` when their buffers do not continue one another in host memory.
+    private struct MergeGroup {
+        var count = 0
+        var bounce: UnsafeMutableRawPointer?
     }
 
     /// What the synchronous part of serving the next available request did.
@@ -236,8 +268,13 @@ public actor VirtioBlkDevice: GraphAttachment {
             guard var routed = request.blockRequest(), writeCacheEnabled || operation != .write else {
                 // Scattered over several buffers: submitted segment by segment through the root's handle.
                 pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version,
-                                                    trail: trail, pastTrailCapacity: true)
+                                                    trail: trail, pastTrailCapacity: true, merged: MergeGroup())
                 return .pending(head: head)
+            }
+            var merged = MergeGroup()
+            if requestMerging && (operation == .read || operation == .write) && resubmitQueue.isEmpty {
+                merged = mergeFollowing(request, operation, into: &routed)
+                if merged.count > 0 { target.countMerged(operation, count: merged.count) }
             }
             let turnStartNs = executor.turnStartNs
             var entered = trail.enter(target, routed, turnStartNs: turnStartNs)
@@ -249,18 +286,18 @@ public actor VirtioBlkDevice: GraphAttachment {
                 case .complete(let status):
                     trail.completed(routed, status: status, turnStartNs: turnStartNs)
                     versions.end(version)
-                    returnChain(head, request.complete(status.isOK ? .ok : .ioError))
+                    completeMerged(request, merged, ok: status.isOK)
                     return .completed
                 case .suspend:
                     trail.suspend(routed)
                     pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
-                                                        trail: trail, pastTrailCapacity: false)
+                                                        trail: trail, pastTrailCapacity: false, merged: merged)
                     return .pending(head: head)
                 }
             }
             trail.suspend(routed)
             pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
-                                                trail: trail, pastTrailCapacity: true)
+                                                trail: trail, pastTrailCapacity: true, merged: merged)
             return .pending(head: head)
         }
         return .completed
@@ -282,7 +319,70 @@ public actor VirtioBlkDevice: GraphAttachment {
             status = await submitSegments(pending.request, to: pending.target.counted)
         }
         versions.end(pending.version)
-        returnChain(pending.request.head, pending.request.complete(status.isOK ? .ok : .ioError))
+        completeMerged(pending.request, pending.merged, ok: status.isOK)
+    }
+
+    /// Takes in the requests published after `first` that continue it: the same operation on the
+    /// next bytes of the device, each in one buffer, up to a bounce buffer's size. Each is looked
+    /// at through its header before it is parsed and consumed, so one that does not continue
+    /// stays on the ring for the next `serviceNext`. `routed` grows to cover them.
+    private func mergeFollowing(_ first: VirtioBlkRequest, _ operation: BlockOperation, into routed: inout BlockRequest) -> MergeGroup {
+        var group = MergeGroup()
+        var last = first.head
+        while group.count + 1 < Self.maxMergedRequests {
+            let end = routed.offsetBytes &+ UInt64(routed.lengthBytes)
+            guard let head = try? virtqueue.peekAvail(), Int(head) < virtqueue.queue.size, head != first.head, followers[Int(head)] == nil,
+                  pending[Int(head)] == nil, let header = VirtioBlkRequest.peekHeader(virtqueue.chain(head: head)),
+                  header.type == first.type, header.sector &* UInt64(VirtioBlk.sectorSize) == end
+            else { break }
+            let storage = UnsafeMutableBufferPointer(rebasing: segmentStorage[Int(head) * segmentsPerRequest ..< Int(head + 1) * segmentsPerRequest])
+            // What counts is what the parse read: the guest may have rewritten the header since.
+            guard let next = try? VirtioBlkRequest.parse(virtqueue.chain(head: head), capacitySectors: capacitySectors, segmentStorage: storage),
+                  next.action == .io(operation), next.offsetBytes == end, refusal(next, operation) == nil, let data = next.data,
+                  let dataBase = data.base, routed.lengthBytes + next.lengthBytes <= Self.bounceBytes
+            else { break }
+            if group.bounce == nil, let base = routed.buffer.base, base + routed.lengthBytes == dataBase {
+                routed.buffer = IOBuffer(base: base, count: routed.lengthBytes + next.lengthBytes)
+            } else {
+                if group.bounce == nil {
+                    guard let bounce = takeBounce() else { break }
+                    if operation == .write, let base = routed.buffer.base { bounce.copyMemory(from: base, byteCount: routed.lengthBytes) }
+                    group.bounce = bounce
+                }
+                let bounce = group.bounce!
+                if operation == .write { (bounce + routed.lengthBytes).copyMemory(from: dataBase, byteCount: next.lengthBytes) }
+                routed.buffer = IOBuffer(base: bounce, count: routed.lengthBytes + next.lengthBytes)
+            }
+            routed.lengthBytes += next.lengthBytes
+            virtqueue.skipPeeked()
+            if let inflight {
+                inflight.fetched(head, counter: inflightCounter)
+                inflightCounter &+= 1
+            }
+            followers[Int(head)] = next
+            mergedNext[Int(last)] = head
+            last = head
+            group.count += 1
+        }
+        mergedRequests += group.count
+        return group
+    }
+
+    /// Completes `first` and the requests merged after it, copying a bounced read out first.
+    private func completeMerged(_ first: VirtioBlkRequest, _ group: MergeGroup, ok: Bool) {
+        let bouncedRead = ok && first.type == .read ? group.bounce : nil
+        if let bouncedRead { _ = first.scatter(from: IOBuffer(base: bouncedRead, count: first.lengthBytes)) }
+        returnChain(first.head, first.complete(ok ? .ok : .ioError))
+        var head = first.head
+        var offset = first.lengthBytes
+        for _ in 0..<group.count {
+            head = mergedNext[Int(head)]
+            guard let follower = followers[Int(head)].take() else { preconditionFailure("no merged request at head \(head)") }
+            if let bouncedRead { _ = follower.scatter(from: IOBuffer(base: bouncedRead + offset, count: follower.lengthBytes)) }
+            offset += follower.lengthBytes
+            returnChain(head, follower.complete(ok ? .ok : .ioError))
+        }
+        if let bounce = group.bounce { freeBounces.append(bounce) }
     }
 
     /// Publishes a chain on the used ring, recording it done in the inflight record around it.

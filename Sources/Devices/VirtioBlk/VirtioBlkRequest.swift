@@ -185,6 +185,18 @@ public struct VirtioBlkRequest {
         }
     }
 
+    /// The type and sector of the chain's header, read without validating the rest of the chain:
+    /// a cheap look at the next request before deciding to parse it. Nil when there is no
+    /// readable header; `parse` then gives the reason.
+    @inlinable
+    public static func peekHeader(_ chain: DescriptorChain) -> (type: VirtioBlkRequestType, sector: UInt64)? {
+        var chain = chain
+        guard let header = try? chain.next(), !header.isDeviceWritable, header.buffer.count >= VirtioBlk.headerSize,
+              let bytes = header.buffer.base else { return nil }
+        return (VirtioBlkRequestType(rawValue: UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self))),
+                UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+    }
+
     /// The data as one buffer: `.empty` without data, nil when it is scattered over several
     /// buffers (then use `segmentRequests`, `gather` or `scatter`).
     @inlinable public var data: IOBuffer? {

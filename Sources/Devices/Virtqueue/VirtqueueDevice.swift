@@ -60,6 +60,20 @@ public struct VirtqueueDevice: ~Copyable, @unchecked Sendable {
         return head
     }
 
+    /// The head `popAvail` would return, without consuming it.
+    @inlinable
+    public mutating func peekAvail() throws(VirtqueueError) -> UInt16? {
+        guard try hasAvailable() else { return nil }
+        return queue.loadAvailableEntry(lastAvailableIndex)
+    }
+
+    /// Consumes the head `peekAvail` returned.
+    @inlinable
+    public mutating func skipPeeked() {
+        precondition(lastAvailableIndex != cachedAvailableIndex, "no peeked head to consume")
+        lastAvailableIndex &+= 1
+    }
+
     /// Whether the driver has published a chain not yet popped (one acquire load).
     @inlinable
     public mutating func hasAvailable() throws(VirtqueueError) -> Bool {

@@ -76,6 +76,7 @@ public final class NodeQueueStats: @unchecked Sendable {
             counters.failed += failed
             counters.invalid += load(base + StatsCells.invalidCell)
             counters.totalTimeNs += load(base + StatsCells.totalTimeCell)
+            counters.merged += load(base + StatsCells.mergedCell)
             var timed: UInt64 = 0
             for bucket in 1..<LatencyBuckets.count {
                 let count = load(base + StatsCells.bucketsCell + bucket)

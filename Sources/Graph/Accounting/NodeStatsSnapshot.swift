@@ -5,16 +5,19 @@ public struct OperationCounters: Sendable, Equatable {
     public var failed: UInt64 = 0
     public var invalid: UInt64 = 0
     public var totalTimeNs: UInt64 = 0
+    /// Requests a device merged into the one before them before they reached the node.
+    public var merged: UInt64 = 0
     public var latencyBuckets = [UInt64](repeating: 0, count: LatencyBuckets.count)
 
     public init() {}
 
-    init(operations: UInt64, bytes: UInt64, failed: UInt64, invalid: UInt64, totalTimeNs: UInt64, latencyBuckets: [UInt64]) {
+    init(operations: UInt64, bytes: UInt64, failed: UInt64, invalid: UInt64, totalTimeNs: UInt64, merged: UInt64, latencyBuckets: [UInt64]) {
         self.operations = operations
         self.bytes = bytes
         self.failed = failed
         self.invalid = invalid
         self.totalTimeNs = totalTimeNs
+        self.merged = merged
         self.latencyBuckets = latencyBuckets
     }
 
@@ -27,7 +30,7 @@ public struct OperationCounters: Sendable, Equatable {
     public func subtracting(_ earlier: OperationCounters) -> OperationCounters {
         OperationCounters(operations: operations &- earlier.operations, bytes: bytes &- earlier.bytes,
                           failed: failed &- earlier.failed, invalid: invalid &- earlier.invalid,
-                          totalTimeNs: totalTimeNs &- earlier.totalTimeNs,
+                          totalTimeNs: totalTimeNs &- earlier.totalTimeNs, merged: merged &- earlier.merged,
                           latencyBuckets: zip(latencyBuckets, earlier.latencyBuckets).map { $0 &- $1 })
     }
 }

@@ -9,8 +9,8 @@ import Synchronization
 /// and `NodeQueueStats.recordCompletion` assert it).
 public struct StatsCells: @unchecked Sendable {
     /// Per operation class: requests started (successes once done) and their bytes, failed,
-    /// invalid, total time, requests suspended and their bytes, then the latency buckets (the
-    /// first, for latency 0, is derived: see `start`).
+    /// invalid, total time, requests suspended and their bytes, requests merged into others, then
+    /// the latency buckets (the first, for latency 0, is derived: see `start`).
     @inlinable public static var operationsCell: Int { 0 }
     @inlinable public static var bytesCell: Int { 1 }
     @inlinable public static var failedCell: Int { 2 }
@@ -18,7 +18,8 @@ public struct StatsCells: @unchecked Sendable {
     @inlinable public static var totalTimeCell: Int { 4 }
     @inlinable public static var suspendedCell: Int { 5 }
     @inlinable public static var suspendedBytesCell: Int { 6 }
-    @inlinable public static var bucketsCell: Int { 7 }
+    @inlinable public static var mergedCell: Int { 7 }
+    @inlinable public static var bucketsCell: Int { 8 }
     @inlinable public static var classStride: Int { bucketsCell + LatencyBuckets.count }
     @inlinable public static var highestWriteCell: Int { classStride * 4 }
     @inlinable public static var lastCompletionCell: Int { highestWriteCell + 1 }
@@ -55,6 +56,12 @@ public struct StatsCells: @unchecked Sendable {
         }
         base[Self.lastCompletionCell].store(nowNs, ordering: .relaxed)
         if accounted != .unmap { bumpCustomBin(Self.customHistogram(accounted), latencyNs: 0, by: 1) }
+    }
+
+    /// `count` requests were merged into the one about to reach the node (QEMU's `rd_merged`).
+    @inlinable
+    public func merged(_ operation: BlockOperation, count: Int) {
+        bump(AccountedOperation(operation).rawValue &* Self.classStride &+ Self.mergedCell, by: UInt64(count))
     }
 
     /// The request waits (I/O, a throttle): until `finish` it is in flight, not done. Called in

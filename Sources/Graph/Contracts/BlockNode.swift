@@ -98,6 +98,11 @@ public struct NodeReference {
         }
     }
 
+    /// A device merged `count` requests into the one it is about to route to this node.
+    @inlinable public func countMerged(_ operation: BlockOperation, count: Int) {
+        statsCells?.merged(operation, count: count)
+    }
+
     @inlinable @inline(__always) var dirtyMarks: DirtyMarks? { handle._withUnsafeGuaranteedRef { $0.dirtyMarks } }
 }
 

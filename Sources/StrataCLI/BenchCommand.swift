@@ -34,6 +34,8 @@ struct BenchCommand: AsyncParsableCommand {
     var queues = 1
     @Option(help: "CPUs to pin queues to, comma separated (default: queue i on CPU i mod online CPUs).")
     var cpus: String?
+    @Option(name: .customLong("numa"), help: "Pin the queues to the CPUs of this NUMA node, in turn (instead of --cpus); their buffers go on that node.")
+    var numaNode: Int?
     @Option(name: .customLong("submit-batch"), help: "Most SQEs a queue gathers before entering the kernel (some virtual disks serve bursts slowly).")
     var submitBatch = 4
     @Option(name: .customLong("poll-max-ns"), help: "Nanoseconds an idle queue spins on its ring before it sleeps, adapted as QEMU's iothreads adapt theirs (0: sleep at once).")
@@ -80,7 +82,7 @@ struct BenchCommand: AsyncParsableCommand {
         if vhostUser != nil && (image != nil || !blockdevs.isEmpty || !editsAt.isEmpty) {
             throw ValidationError("--vhost-user drives a back end in another process: --image, --blockdev and --edit-at do not apply")
         }
-        _ = try CPUListOption.parse(cpus)
+        _ = try CPUListOption.parse(cpus: cpus, numaNode: numaNode)
         _ = try parsedEdits()
     }
 
@@ -131,7 +133,7 @@ struct BenchCommand: AsyncParsableCommand {
         let (actions, rootName) = try graphActions()
         let edits = try parsedEdits()
 
-        let engine = try Engine(queueCount: queues, cpus: try CPUListOption.parse(cpus), submitBatchLimit: UInt32(submitBatch), pollMaxNs: pollMaxNs, accounting: accounting == .on)
+        let engine = try Engine(queueCount: queues, cpus: try CPUListOption.parse(cpus: cpus, numaNode: numaNode), submitBatchLimit: UInt32(submitBatch), pollMaxNs: pollMaxNs, accounting: accounting == .on)
         let outcome: Result<LoadReport, Error>
         do {
             if let vhostUser {

@@ -71,6 +71,8 @@ struct ServeCommand: AsyncParsableCommand {
     var queues: Int?
     @Option(help: "CPUs the queues are pinned to, comma separated (default: queue i on CPU i mod online CPUs). A queue's buffers and a vhost-user virtqueue's bounce buffers go on its CPU's NUMA node.")
     var cpus: String?
+    @Option(name: .customLong("numa"), help: "Pin the queues to the CPUs of this NUMA node, in turn (instead of --cpus); their buffers go on that node.")
+    var numaNode: Int?
     @Option(name: .customLong("poll-max-ns"), help: "Nanoseconds an idle queue spins on its ring before it sleeps, adapted to how long it stays idle as QEMU's iothreads adapt theirs (0: sleep at once).")
     var pollMaxNs: UInt64 = PollMaxNsOption.defaultNs
     @Option(name: .customLong("handshake-limit"), help: "Seconds a client may take to finish the handshake (0: no limit).")
@@ -93,7 +95,7 @@ struct ServeCommand: AsyncParsableCommand {
             do { _ = try StatsStreamAddress(parsing: spec) } catch { throw ValidationError(error.description) }
         }
         if let queues, !(1...256).contains(queues) { throw ValidationError("--queues must be 1-256, got \(queues)") }
-        _ = try CPUListOption.parse(cpus)
+        _ = try CPUListOption.parse(cpus: cpus, numaNode: numaNode)
         try PollMaxNsOption.validate(pollMaxNs)
         if !(handshakeLimit >= 0 && handshakeLimit <= 86400) { throw ValidationError("--handshake-limit must be 0-86400 seconds") }
     }
@@ -111,7 +113,7 @@ struct ServeCommand: AsyncParsableCommand {
             plan: {
                 var plan = StorageDaemon.Plan(queueCount: queues ?? max(1, min(8, online)), blockdevActions: actions, nbdListeners: listeners,
                                               nbdExports: exports, vhostUserExports: vhostUserExports, handshakeLimitSeconds: handshakeLimit)
-                plan.cpus = try CPUListOption.parse(cpus)
+                plan.cpus = try CPUListOption.parse(cpus: cpus, numaNode: numaNode)
                 plan.pollMaxNs = pollMaxNs
                 return plan
             }(),

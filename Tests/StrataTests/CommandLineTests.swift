@@ -46,6 +46,8 @@ import Testing
         try await expectRefused(["bench", "--ops", "10", "--submit-batch", "0"], saying: "--submit-batch must be between 1 and 512")
         try await expectRefused(["bench", "--ops", "10", "--poll-max-ns", "2000000000"], saying: "--poll-max-ns must be 0-1000000000, got 2000000000")
         try await expectRefused(["serve", "--image", "x", "--nbd", "unix:/tmp/x", "--poll-max-ns", "-1"], saying: "--poll-max-ns")
+        try await expectRefused(["bench", "--ops", "10", "--numa", "4096"], saying: "--numa 4096: this machine has NUMA node")
+        try await expectRefused(["bench", "--ops", "10", "--numa", "0", "--cpus", "0"], saying: "give --cpus or --numa, not both")
     }
 
     @Test func negativeLimitsAreNamed() async throws {
@@ -61,6 +63,12 @@ import Testing
         try await expectRefused(["bench", "--ops", "10", "--edit-at", #"1:{"type":"explode","data":{}}"#], saying: "unknown action type 'explode'")
         try await expectRefused(["bench", "--ops", "10", "--rw", "sideways"], saying: "--rw must be one of")
         try await expectRefused(["bench", "--ops", "10", "--image", "/nonexistent/disk.img"], saying: "/nonexistent/disk.img")
+    }
+
+    /// Node 0 exists everywhere: its CPUs take the queues.
+    @Test func queuesGoOnANUMANodesCPUs() async throws {
+        let outcome = try await strata(["bench", "--ops", "200", "--queues", "2", "--numa", "0", "--json"])
+        #expect(outcome.status == 0, "\(outcome.output)")
     }
 
     @Test func aGoodRunPrintsTheRequiredJSON() async throws {

@@ -211,4 +211,13 @@ void strata_place_on_node(void *memory, size_t bytes, int numa_node) {
 }
 
 int strata_numa_node_of_cpu(int cpu) { return numa_available() < 0 ? 0 : numa_node_of_cpu(cpu); }
+int strata_numa_node_cpus(int node, int *cpus, int max) {
+    if (node < 0 || node >= strata_numa_available_nodes()) return -EINVAL;
+    int online = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int count = 0;
+    for (int cpu = 0; cpu < online && count < max; cpu++) {
+        if (strata_numa_node_of_cpu(cpu) == node) cpus[count++] = cpu;
+    }
+    return count;
+}
 int strata_numa_available_nodes(void) { return numa_available() < 0 ? 1 : numa_max_node() + 1; }

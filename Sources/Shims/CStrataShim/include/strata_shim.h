@@ -104,6 +104,8 @@ int strata_numa_node_of_cpu(int cpu);
 /// with a single node or for node < 0.
 void strata_place_on_node(void *memory, size_t bytes, int numa_node);
 int strata_numa_available_nodes(void);
+/// The online CPUs of NUMA node `node` (at most `max`), in order; -EINVAL for a node that does not exist.
+int strata_numa_node_cpus(int node, int *cpus, int max);
 
 // Ordered access to 16-bit virtqueue indices in memory shared with another party: Swift's
 // Atomic cannot point into raw memory. Callers convert to/from little-endian.

@@ -42,7 +42,18 @@ WORK = REPO / "Bench" / "work" / "vhost"
 ENV = dict(os.environ, PATH="/usr/bin:/usr/local/bin:" + os.environ.get("PATH", "/bin"))
 
 
-def daemon_argv(key: str, node: str, socket: Path) -> list[str]:
+def placement(queues: int) -> tuple[list[int], list[int]]:
+    """CPUs for the front end's and the back end's queues: apart when the machine has enough
+    (a spinning or busy back end must not share a CPU with the front end that feeds it), else
+    shared, one front-end and one back-end queue per CPU."""
+    online = os.cpu_count() or 1
+    front = list(range(min(queues, online)))
+    if online >= 2 * queues:
+        return front, list(range(queues, 2 * queues))
+    return front, front
+
+
+def daemon_argv(key: str, node: str, socket: Path, cpus: list[int]) -> list[str]:
     export = f"type=vhost-user-blk,id=v0,node-name=disk,addr.type=unix,addr.path={socket},writable=on,num-queues=2"
     if node == "null":
         blockdev = ["--blockdev", '{"driver":"null-co","node-name":"disk","size":1073741824}']
@@ -50,16 +61,18 @@ def daemon_argv(key: str, node: str, socket: Path) -> list[str]:
         image = WORK / "disk.raw"
         blockdev = ["--blockdev", json.dumps({"driver": "file", "node-name": "disk", "filename": str(image),
                                               "cache": {"direct": True, "no-flush": False}})]
+    cpu_list = ",".join(map(str, cpus))
     if key == "strata":
-        return [str(REPO / STRATA), "serve", "--queues", "2"] + blockdev + ["--export", export]
-    return ["qemu-storage-daemon"] + blockdev + ["--export", export]
+        return [str(REPO / STRATA), "serve", "--queues", "2", "--cpus", cpu_list] + blockdev + ["--export", export]
+    return ["taskset", "-c", cpu_list, "qemu-storage-daemon"] + blockdev + ["--export", export]
 
 
 def measure(key: str, node: str, queues: int, depth: int, seconds: float) -> dict:
     socket = WORK / f"{key}.sock"
     if socket.exists():
         socket.unlink()
-    argv = daemon_argv(key, node, socket)
+    front_cpus, back_cpus = placement(queues)
+    argv = daemon_argv(key, node, socket, back_cpus)
     proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 20
@@ -68,7 +81,8 @@ def measure(key: str, node: str, queues: int, depth: int, seconds: float) -> dic
                 raise RunError(f"{key} did not listen: {tail(proc.stderr.read() if proc.stderr else '')}")
             time.sleep(0.02)
         bench = [str(REPO / STRATA), "bench", "--vhost-user", str(socket), "--queues", str(queues), "--depth", str(depth),
-                 "--rw", "randread", "--bs", "4k", "--seconds", str(seconds), "--json"]
+                 "--rw", "randread", "--bs", "4k", "--seconds", str(seconds), "--json",
+                 "--cpus", ",".join(map(str, front_cpus))]
         out = subprocess.run(bench, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=seconds + 60)
         if out.returncode != 0:
             raise RunError(f"bench against {key} failed: {tail(out.stdout + out.stderr)}")
@@ -227,10 +241,12 @@ def main(argv: list[str]) -> int:
     lines.append(runs_nbd)
     lines += ["", "## Commands", "",
               "- Front end, for both: `.build/release/strata bench --vhost-user SOCK --queues Q --depth D --rw randread --bs 4k "
-              f"--seconds {args.seconds:g} --json` (a separate process; virtqueue i on its queue executor i).",
-              "- Strata: `.build/release/strata serve --queues 2 --blockdev NODE --export "
+              f"--seconds {args.seconds:g} --json --cpus FRONT` (a separate process; virtqueue i on its queue executor i).",
+              "- Strata: `.build/release/strata serve --queues 2 --cpus BACK --blockdev NODE --export "
               "type=vhost-user-blk,id=v0,node-name=disk,addr.type=unix,addr.path=SOCK,writable=on,num-queues=2`.",
-              "- QSD: `qemu-storage-daemon --blockdev NODE --export type=vhost-user-blk,...` (same export options).",
+              "- QSD: `taskset -c BACK qemu-storage-daemon --blockdev NODE --export type=vhost-user-blk,...` (same export options).",
+              "- FRONT and BACK: the CPUs of the front end's and the back end's queues, apart where the machine has twice as many "
+              "CPUs as queues, else the same ones: " + "; ".join(f"{q} queue(s): front {placement(q)[0]}, back {placement(q)[1]}" for q in (1, 2)) + ".",
               "- NODE: `{\"driver\":\"null-co\",\"node-name\":\"disk\",\"size\":1073741824}`, or a file node on a 1 GiB raw image "
               "with `cache.direct=true`.",
               "- Row 5: `LD_PRELOAD=.build/release/libMallocInterposerSwift.so .build/release/strata-alloc-count --vhost-user --ops 50000 "
@@ -243,8 +259,9 @@ def main(argv: list[str]) -> int:
               "(utime + stime) over the fio run, divided by fio's I/O count.",
               "", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
-    lines.append(f"- front end and back end share the machine's {os.cpu_count()} CPUs: on 2 CPUs, Strata's two queue "
-                 "threads and the front end's two compete; QSD's one iothread competes with the front end's.")
+    if (os.cpu_count() or 1) < 4:
+        lines.append(f"- with {os.cpu_count()} CPUs, 2 queues put a front-end and a back-end queue thread on each CPU, where 1 queue "
+                     "has a CPU for each side: row 2's ratio compares 2 queues on shared CPUs with 1 queue on CPUs of its own.")
     Path(args.out).write_text("\n".join(lines) + "\n")
     log(f"wrote {args.out}")
     return 0

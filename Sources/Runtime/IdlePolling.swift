@@ -10,7 +10,15 @@ struct IdlePolling {
     /// The first window after a sleep (QEMU's first growth step).
     static let initialNs: UInt64 = 4_000
 
+    /// A `sched_yield` that took longer than this ran another thread: the CPU is shared with
+    /// work that spinning would delay.
+    static let contendedYieldNs: UInt64 = 3_000
+
     init(maxNs: UInt64) { self.maxNs = maxNs }
+
+    /// Spinning gave the CPU to another thread: stop spinning until idle periods show again that
+    /// a window would catch them.
+    mutating func cpuWasContended() { windowNs = 0 }
 
     /// Adapts the window to an idle period that lasted `idleNs`, spinning included: a period the
     /// window covered keeps it; one longer than the longest window resets it to no spinning; one

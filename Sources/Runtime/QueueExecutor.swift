@@ -265,8 +265,16 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             let untilNs = idleStartNs &+ polling.windowNs
             while !woken {
                 woken = ring.hasCompletionsOrKernelWork || remoteJobCount.load(ordering: .relaxed) > 0
-                if CycleClock.now() >= untilNs { break }
-                strata_cpu_relax()
+                let beforeYieldNs = CycleClock.now()
+                if woken || beforeYieldNs >= untilNs { break }
+                // Spinning on a CPU that another runnable thread needs (the peer that would
+                // produce the completion, when both are pinned there) would starve it: yield, and
+                // once a yield gave the CPU away, stop spinning and sleep.
+                sched_yield()
+                if CycleClock.now() &- beforeYieldNs > IdlePolling.contendedYieldNs {
+                    polling.cpuWasContended()
+                    break
+                }
             }
         }
         // A job handed over meanwhile also signals the eventfd, so sleeping stays safe.

@@ -174,6 +174,17 @@ private actor Sleeper {
         #expect(polling.windowNs == 0)
     }
 
+    @Test func aContendedCPUStopsTheSpinning() {
+        var polling = IdlePolling(maxNs: 32_768)
+        polling.adapt(idleNs: 10_000)
+        polling.adapt(idleNs: 10_000)
+        #expect(polling.windowNs == 8_000)
+        polling.cpuWasContended()
+        #expect(polling.windowNs == 0)
+        polling.adapt(idleNs: 10_000)
+        #expect(polling.windowNs == 4_000)
+    }
+
     @Test func noLongestWindowNeverSpins() {
         var polling = IdlePolling(maxNs: 0)
         for idle in [0, 1, 4_000, 1_000_000] as [UInt64] {

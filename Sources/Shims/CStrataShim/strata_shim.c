@@ -54,14 +54,6 @@ struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *r) { return io_urin
 int strata_ring_submit(struct strata_ring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
 unsigned strata_ring_pending_sqes(struct strata_ring *r) { return io_uring_sq_ready(&r->ring); }
 
-void strata_cpu_relax(void) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 unsigned strata_ring_ready_cqes(struct strata_ring *r) { return io_uring_cq_ready(&r->ring); }
 
 int strata_ring_has_kernel_work(struct strata_ring *r) {

@@ -28,8 +28,6 @@ unsigned strata_ring_pending_sqes(struct strata_ring *ring);
 /// Nonzero when completions wait in the kernel for this thread's next io_uring_enter (deferred
 /// task work or an overflowed CQ). No syscall.
 int strata_ring_has_kernel_work(struct strata_ring *ring);
-/// A spin-wait hint to the CPU (x86 PAUSE, arm YIELD).
-void strata_cpu_relax(void);
 /// Completions ready to reap without a syscall.
 unsigned strata_ring_ready_cqes(struct strata_ring *ring);
 

@@ -130,4 +130,63 @@ import Testing
         let (run, report) = try await VhostUserExportTests.bench(socket, ["--queues", "2", "--ops", "500"])
         #expect(run.status == 0 && report?["ops"] as? Int == 1000, "\(run.output)\n\(daemon.log)")
     }
+
+    /// A head published again while its request is still in flight (a throttle of 2 IOPS holds
+    /// it after the head before it): its slot is taken, so the ring is broken, and the daemon
+    /// neither crashes nor stops serving the next front end.
+    @Test func aHeadPublishedTwiceWhileInFlightBreaksOnlyItsRing() async throws {
+        let scratch = try ScratchDirectory("vhost-hostile-twice")
+        let socket = scratch.path("vhost.sock")
+        let (daemon, _) = try QMPMonitorTests.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"null-co","node-name":"disk","size":67108864,"read-zeroes":true}"#,
+            "--blockdev", #"{"driver":"throttle","node-name":"slow","file":"disk","limits":{"iops-total":2}}"#,
+            "--export", VhostUserExportTests.exportSpec("v0", socket: socket, node: "slow"),
+        ])
+        defer { _ = daemon.stop() }
+        let engine = try Engine(queueCount: 1, cpus: nil)
+        let used: UInt16 = try await Task(executorPreference: engine.control) {
+            let size = 4 << 20
+            let memfd = strata_memfd_create("hostile-twice")
+            guard memfd >= 0, ftruncate(memfd, off_t(size)) == 0 else { return UInt16.max }
+            defer { close(memfd) }
+            guard let host = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0), host != MAP_FAILED else { return UInt16.max }
+            defer { munmap(host, size) }
+            let memory = GuestMemory(regions: [GuestMemory.Region(guestAddress: 0, size: UInt64(size),
+                                                                  userAddress: UInt64(UInt(bitPattern: host)), host: host)])
+            defer { memory.deallocate() }
+            let kickFD = strata_eventfd_create()
+            let callFD = strata_eventfd_create()
+            defer {
+                close(kickFD)
+                close(callFD)
+            }
+            let frontEnd = try VhostUserFrontEnd(path: socket)
+            _ = try await frontEnd.negotiate(queues: 2)
+            try await frontEnd.setMemory(fd: memfd, size: UInt64(size), host: host)
+            let queue = try SplitVirtqueue(memory: memory, size: Self.ringSize, at: 0)
+            _ = VirtqueueDriver(queue: queue)  // zeroes the rings
+            try await frontEnd.startVring(0, queue: queue, kickFD: kickFD, callFD: callFD)
+            var header = Self.header(memory, at: 0x4000, type: 0, sector: 0)
+            header.flags.insert(.next)
+            header.next = 1
+            queue.storeDescriptor(header, at: 0)
+            queue.storeDescriptor(VirtqueueDescriptor(address: 0x10_0000, length: 4096, flags: [.write, .next], next: 2), at: 1)
+            queue.storeDescriptor(VirtqueueDescriptor(address: 0x8000, length: 1, flags: .write), at: 2)
+            // Head 0 three times in one batch: the first passes the throttle, the second waits
+            // there, and the third is popped while the second is in flight.
+            queue.storeAvailableEntry(0, head: 0)
+            queue.storeAvailableEntry(1, head: 0)
+            queue.storeAvailableEntry(2, head: 0)
+            queue.storeAvailableIndexRelease(3)
+            _ = strata_eventfd_signal(kickFD)
+            _ = try await frontEnd.stopVring(0)
+            return queue.loadUsedIndexAcquire()
+        }.value
+        await engine.shutdown()
+        #expect(used == 2, "used index \(used)")
+        #expect(daemon.reap(wait: false) == nil, "the daemon died: \(daemon.log)")
+        // Through the throttle: a few requests, a second or so.
+        let (run, report) = try await VhostUserExportTests.bench(socket, ["--queues", "1", "--ops", "3"])
+        #expect(run.status == 0 && report?["ops"] as? Int == 3, "\(run.output)\n\(daemon.log)")
+    }
 }

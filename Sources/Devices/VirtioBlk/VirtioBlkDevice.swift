@@ -46,7 +46,10 @@ public actor VirtioBlkDevice: GraphAttachment {
     /// Sectors per logical block, minus one: a mask for the alignment check.
     private let blockSectorMask: UInt64
     private let versions = VersionedRoot()
-    private let pending: UnsafeMutableBufferPointer<PendingRequest?>
+    /// Per head: the request waiting there, valid while `isPending` says so. Plain memory, read in
+    /// place by `finish`, so a request's few hundred bytes are not copied into its async frame.
+    private let pending: UnsafeMutablePointer<PendingRequest>
+    private let isPending: UnsafeMutableBufferPointer<Bool>
     /// Bounce buffers for scattered requests, made on first use, at most this many of this size.
     fileprivate static let bounceBytes = 1 << 20
     private static let maxBounceBuffers = 8
@@ -117,6 +120,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         storage = HeadStorage(heads: virtqueue.size, segmentsPerHead: settings.segmentsPerRequest, numaNode: queue.executor.numaNode)
         segmentStorage = storage.segments
         pending = storage.pending
+        isPending = storage.isPending
         deviceID = String((settings.deviceID ?? "strata-\(backendName)").utf8.prefix(VirtioBlk.deviceIDLength))!
         readOnly = settings.readOnly
         requestMerging = settings.requestMerging
@@ -145,7 +149,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     /// through the device's own pointers, on its executor.
     private final class HeadStorage: @unchecked Sendable {
         let segments: UnsafeMutableBufferPointer<IOBuffer>
-        let pending: UnsafeMutableBufferPointer<PendingRequest?>
+        let pending: UnsafeMutablePointer<PendingRequest>
+        let isPending: UnsafeMutableBufferPointer<Bool>
         let mergedNext: UnsafeMutableBufferPointer<UInt16>
         let followers: UnsafeMutableBufferPointer<VirtioBlkRequest?>
         /// Every bounce buffer the device made, on `numaNode`.
@@ -156,8 +161,11 @@ public actor VirtioBlkDevice: GraphAttachment {
             self.numaNode = numaNode
             segments = .allocate(capacity: heads * segmentsPerHead)
             segments.initialize(repeating: .empty)
+            // Trivial, so a slot is written and dropped without reference counting or deinit.
+            precondition(_isPOD(PendingRequest.self), "a pending request holds no counted reference")
             pending = .allocate(capacity: heads)
-            pending.initialize(repeating: nil)
+            isPending = .allocate(capacity: heads)
+            isPending.initialize(repeating: false)
             mergedNext = .allocate(capacity: heads)
             mergedNext.initialize(repeating: 0)
             followers = .allocate(capacity: heads)
@@ -167,8 +175,8 @@ public actor VirtioBlkDevice: GraphAttachment {
         deinit {
             for bounce in bounces { strata_free_aligned(bounce, VirtioBlkDevice.bounceBytes, numaNode) }
             segments.deallocate()
-            _ = pending.deinitialize()
             pending.deallocate()
+            isPending.deallocate()
             mergedNext.deallocate()
             _ = followers.deinitialize()
             followers.deallocate()
@@ -234,6 +242,13 @@ public actor VirtioBlkDevice: GraphAttachment {
                 isBroken = true
                 return .idle
             }
+            guard !isPending[Int(head)] && followers[Int(head)] == nil else {
+                // A head still in flight, published again: its slot and segments are taken, and
+                // the used ring could not tell the two apart. QEMU breaks the device too.
+                malformedChains += 1
+                isBroken = true
+                return .idle
+            }
             if let inflight {
                 inflight.fetched(head, counter: inflightCounter)
                 inflightCounter &+= 1
@@ -267,8 +282,8 @@ public actor VirtioBlkDevice: GraphAttachment {
             var trail = RouteTrail()
             guard var routed = request.blockRequest(), writeCacheEnabled || operation != .write else {
                 // Scattered over several buffers: submitted segment by segment through the root's handle.
-                pending[Int(head)] = PendingRequest(request: request, target: target, routed: nil, version: version,
-                                                    trail: trail, pastTrailCapacity: true, merged: MergeGroup())
+                keepPending(PendingRequest(request: request, target: target, routed: nil, version: version,
+                                           trail: trail, pastTrailCapacity: true, merged: MergeGroup()))
                 return .pending(head: head)
             }
             var merged = MergeGroup()
@@ -290,14 +305,14 @@ public actor VirtioBlkDevice: GraphAttachment {
                     return .completed
                 case .suspend:
                     trail.suspend(routed)
-                    pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
-                                                        trail: trail, pastTrailCapacity: false, merged: merged)
+                    keepPending(PendingRequest(request: request, target: target, routed: routed, version: version,
+                                               trail: trail, pastTrailCapacity: false, merged: merged))
                     return .pending(head: head)
                 }
             }
             trail.suspend(routed)
-            pending[Int(head)] = PendingRequest(request: request, target: target, routed: routed, version: version,
-                                                trail: trail, pastTrailCapacity: true, merged: merged)
+            keepPending(PendingRequest(request: request, target: target, routed: routed, version: version,
+                                       trail: trail, pastTrailCapacity: true, merged: merged))
             return .pending(head: head)
         }
         return .completed
@@ -305,21 +320,33 @@ public actor VirtioBlkDevice: GraphAttachment {
 
     /// Serves a pending request to completion and returns its chain on the used ring.
     public func finish(head: UInt16) async {
-        guard let pending = pending[Int(head)].take() else { preconditionFailure("no pending request at head \(head)") }
+        precondition(isPending[Int(head)], "no pending request at head \(head)")
+        // In place: the slot is this request's until it is returned on the used ring below.
+        let slot = pending + Int(head)
+        let target = slot.pointee.target
         let status: IOStatus
-        if let routed = pending.routed {
-            status = pending.pastTrailCapacity ? await pending.target.counted.submit(routed) : await pending.target.node.submit(routed)
-            pending.trail.resumed(routed, status: status)
-        } else if let whole = pending.request.blockRequest() {
+        if let routed = slot.pointee.routed {
+            status = slot.pointee.pastTrailCapacity ? await target.counted.submit(routed) : await target.node.submit(routed)
+            slot.pointee.trail.resumed(routed, status: status)
+        } else if let whole = slot.pointee.request.blockRequest() {
             // Writethrough (the write cache is off): the write is durable before it completes.
-            let written = await pending.target.counted.submit(whole)
-            status = written.isOK ? await pending.target.counted.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0,
-                                                                                       buffer: .empty)) : written
+            let written = await target.counted.submit(whole)
+            status = written.isOK ? await target.counted.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0,
+                                                                               buffer: .empty)) : written
         } else {
-            status = await submitSegments(pending.request, to: pending.target.counted)
+            status = await submitSegments(slot.pointee.request, to: target.counted)
         }
-        versions.end(pending.version)
-        completeMerged(pending.request, pending.merged, ok: status.isOK)
+        versions.end(slot.pointee.version)
+        isPending[Int(head)] = false
+        completeMerged(slot.pointee.request, slot.pointee.merged, ok: status.isOK)
+    }
+
+    /// Keeps a request that must wait in its head's slot until `finish`.
+    private func keepPending(_ request: PendingRequest) {
+        let head = Int(request.request.head)
+        precondition(!isPending[head], "head \(head) is already pending")
+        (pending + head).initialize(to: request)
+        isPending[head] = true
     }
 
     /// Takes in the requests published after `first` that continue it: the same operation on the
@@ -332,7 +359,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         while group.count + 1 < Self.maxMergedRequests {
             let end = routed.offsetBytes &+ UInt64(routed.lengthBytes)
             guard let head = try? virtqueue.peekAvail(), Int(head) < virtqueue.queue.size, head != first.head, followers[Int(head)] == nil,
-                  pending[Int(head)] == nil, let header = VirtioBlkRequest.peekHeader(virtqueue.chain(head: head)),
+                  !isPending[Int(head)], let header = VirtioBlkRequest.peekHeader(virtqueue.chain(head: head)),
                   header.type == first.type, header.sector &* UInt64(VirtioBlk.sectorSize) == end
             else { break }
             let storage = UnsafeMutableBufferPointer(rebasing: segmentStorage[Int(head) * segmentsPerRequest ..< Int(head + 1) * segmentsPerRequest])

@@ -48,21 +48,22 @@ import Testing
         return VirtqueueDescriptor(address: address, length: 16)
     }
 
-    @Test func badChainsFailAloneAndABrokenRingStopsOnlyItself() async throws {
-        let scratch = try ScratchDirectory("vhost-hostile-ring")
-        let socket = scratch.path("vhost.sock")
-        let (daemon, _) = try QMPMonitorTests.daemon(scratch, extra: [
-            "--blockdev", #"{"driver":"null-co","node-name":"disk","size":67108864,"read-zeroes":true}"#,
-            "--export", VhostUserExportTests.exportSpec("v0", socket: socket),
-        ])
-        defer { _ = daemon.stop() }
-        let engine = try Engine(queueCount: 1, cpus: nil)
-        let outcomes: [String] = try await Task(executorPreference: engine.control) {
+    struct SetupFailed: Error { let step: String }
+
+    /// Ring 0 started by a fresh front end of the export at `socket`, in 4 MiB of shared guest
+    /// memory, for `body` to write chains into; everything is released when `body` returns.
+    static func withStartedRing<T: Sendable>(
+        socket: String, engine: Engine,
+        _ body: @escaping @Sendable (VhostUserFrontEnd, SplitVirtqueue, GuestMemory, Int32) async throws -> T
+    ) async throws -> T {
+        try await Task(executorPreference: engine.control) {
             let size = 4 << 20
             let memfd = strata_memfd_create("hostile-ring")
-            guard memfd >= 0, ftruncate(memfd, off_t(size)) == 0 else { return ["no memfd"] }
+            guard memfd >= 0, ftruncate(memfd, off_t(size)) == 0 else { throw SetupFailed(step: "memfd") }
             defer { close(memfd) }
-            guard let host = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0), host != MAP_FAILED else { return ["no mmap"] }
+            guard let host = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0), host != MAP_FAILED else {
+                throw SetupFailed(step: "mmap")
+            }
             defer { munmap(host, size) }
             let memory = GuestMemory(regions: [GuestMemory.Region(guestAddress: 0, size: UInt64(size),
                                                                   userAddress: UInt64(UInt(bitPattern: host)), host: host)])
@@ -79,6 +80,20 @@ import Testing
             let queue = try SplitVirtqueue(memory: memory, size: Self.ringSize, at: 0)
             _ = VirtqueueDriver(queue: queue)  // zeroes the rings
             try await frontEnd.startVring(0, queue: queue, kickFD: kickFD, callFD: callFD)
+            return try await body(frontEnd, queue, memory, kickFD)
+        }.value
+    }
+
+    @Test func badChainsFailAloneAndABrokenRingStopsOnlyItself() async throws {
+        let scratch = try ScratchDirectory("vhost-hostile-ring")
+        let socket = scratch.path("vhost.sock")
+        let (daemon, _) = try QMPMonitorTests.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"null-co","node-name":"disk","size":67108864,"read-zeroes":true}"#,
+            "--export", VhostUserExportTests.exportSpec("v0", socket: socket),
+        ])
+        defer { _ = daemon.stop() }
+        let engine = try Engine(queueCount: 1, cpus: nil)
+        let outcomes: [String] = try await Self.withStartedRing(socket: socket, engine: engine) { frontEnd, queue, memory, kickFD in
             var published: UInt16 = 0
             var outcomes: [String] = []
             func status(_ address: UInt64) -> UInt8 { memory.translate(address: address, length: 1)!.load(as: UInt8.self) }
@@ -122,7 +137,7 @@ import Testing
             // The ring stops cleanly all the same.
             _ = try await frontEnd.stopVring(0)
             return outcomes
-        }.value
+        }
         #expect(outcomes.isEmpty, "\(outcomes)")
         await engine.shutdown()
         #expect(daemon.reap(wait: false) == nil, "the daemon died: \(daemon.log)")
@@ -144,28 +159,7 @@ import Testing
         ])
         defer { _ = daemon.stop() }
         let engine = try Engine(queueCount: 1, cpus: nil)
-        let used: UInt16 = try await Task(executorPreference: engine.control) {
-            let size = 4 << 20
-            let memfd = strata_memfd_create("hostile-twice")
-            guard memfd >= 0, ftruncate(memfd, off_t(size)) == 0 else { return UInt16.max }
-            defer { close(memfd) }
-            guard let host = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0), host != MAP_FAILED else { return UInt16.max }
-            defer { munmap(host, size) }
-            let memory = GuestMemory(regions: [GuestMemory.Region(guestAddress: 0, size: UInt64(size),
-                                                                  userAddress: UInt64(UInt(bitPattern: host)), host: host)])
-            defer { memory.deallocate() }
-            let kickFD = strata_eventfd_create()
-            let callFD = strata_eventfd_create()
-            defer {
-                close(kickFD)
-                close(callFD)
-            }
-            let frontEnd = try VhostUserFrontEnd(path: socket)
-            _ = try await frontEnd.negotiate(queues: 2)
-            try await frontEnd.setMemory(fd: memfd, size: UInt64(size), host: host)
-            let queue = try SplitVirtqueue(memory: memory, size: Self.ringSize, at: 0)
-            _ = VirtqueueDriver(queue: queue)  // zeroes the rings
-            try await frontEnd.startVring(0, queue: queue, kickFD: kickFD, callFD: callFD)
+        let used: UInt16 = try await Self.withStartedRing(socket: socket, engine: engine) { frontEnd, queue, memory, kickFD in
             var header = Self.header(memory, at: 0x4000, type: 0, sector: 0)
             header.flags.insert(.next)
             header.next = 1
@@ -181,7 +175,7 @@ import Testing
             _ = strata_eventfd_signal(kickFD)
             _ = try await frontEnd.stopVring(0)
             return queue.loadUsedIndexAcquire()
-        }.value
+        }
         await engine.shutdown()
         #expect(used == 2, "used index \(used)")
         #expect(daemon.reap(wait: false) == nil, "the daemon died: \(daemon.log)")

@@ -163,7 +163,9 @@ actor QMPSession {
                 do { try await socket.sendAll(from: buffer, count: count) } catch { sent = false }
             }
             if !sent {
-                _ = Glibc.shutdown(socket.fd, Int32(SHUT_RDWR))
+                // Only while the session still owns the descriptor: once `close` ran, its number
+                // may already belong to another client's connection.
+                if !closed { _ = Glibc.shutdown(socket.fd, Int32(SHUT_RDWR)) }
                 outbox.removeAll()
                 return
             }

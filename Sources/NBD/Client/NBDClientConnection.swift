@@ -344,8 +344,9 @@ actor NBDClientConnection {
                 try? await socket.sendAll(from: header, count: NBDRequest.headerBytes)
             }
             unlockSending()
-            // The receive loop sees the end of the stream and closes the descriptor.
-            _ = Glibc.shutdown(socket.fd, Int32(SHUT_RDWR))
+            // The receive loop sees the end of the stream and closes the descriptor. Only while
+            // the link still holds it: if the loop closed it meanwhile, the number may be reused.
+            if case .connected(let current) = link, current == socket { _ = Glibc.shutdown(socket.fd, Int32(SHUT_RDWR)) }
         case .idle(let adopted?):
             Glibc.close(adopted.fd)
         default:

@@ -106,8 +106,11 @@ def nbd_run(key: str, image: Path, depth: int, seconds: float) -> tuple[float, f
     socket = WORK / f"nbd-{key}.sock"
     if socket.exists():
         socket.unlink()
-    argv = ([str(REPO / STRATA), "serve", "--image", str(image), "--format", "raw", "--read-only", "--nbd", f"unix:{socket}"]
-            if key == "strata" else ["nbdkit", "-f", "-r", "-U", str(socket), "file", str(image)])
+    # The client (fio, one job) on the first CPU and the server on the next, as placement() does.
+    client_cpus, server_cpus = (str(c[0]) for c in placement(1))
+    argv = ([str(REPO / STRATA), "serve", "--image", str(image), "--format", "raw", "--read-only", "--nbd", f"unix:{socket}",
+             "--cpus", server_cpus]
+            if key == "strata" else ["taskset", "-c", server_cpus, "nbdkit", "-f", "-r", "-U", str(socket), "file", str(image)])
     proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 20
@@ -116,7 +119,7 @@ def nbd_run(key: str, image: Path, depth: int, seconds: float) -> tuple[float, f
                 raise RunError(f"{key} did not listen: {tail(proc.stderr.read() if proc.stderr else '')}")
             time.sleep(0.02)
         before = cpu_ns(proc.pid)
-        out = subprocess.run(["fio", "--name=r", "--ioengine=nbd", f"--uri=nbd+unix:///?socket={socket}", "--rw=randread", "--bs=4k",
+        out = subprocess.run(["taskset", "-c", client_cpus, "fio", "--name=r", "--ioengine=nbd", f"--uri=nbd+unix:///?socket={socket}", "--rw=randread", "--bs=4k",
                               f"--iodepth={depth}", f"--runtime={seconds:g}", "--time_based", "--output-format=json"],
                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=seconds + 60)
         spent = cpu_ns(proc.pid) - before
@@ -253,8 +256,8 @@ def main(argv: list[str]) -> int:
               "[--image IMG]`: an export and the front end in one process, (mallocs(2N) - mallocs(N)) / N.",
               f"- Row 6: `.build/release/strata bench --blockdev '{{\"driver\":\"null-aio\",...}}' --queues 1 --depth 32 --seconds {args.seconds:g}` "
               "and `qemu-img bench -c 2000000 -d 32 -t none --image-opts driver=null-aio,size=1073741824` (timed).",
-              f"- Row 7: `.build/release/strata serve --image IMG --format raw --read-only --nbd unix:SOCK` or "
-              f"`nbdkit -f -r -U SOCK file IMG`, then `fio --name=r --ioengine=nbd --uri=nbd+unix:///?socket=SOCK --rw=randread "
+              f"- Row 7: `.build/release/strata serve --image IMG --format raw --read-only --nbd unix:SOCK --cpus BACK` or "
+              f"`taskset -c BACK nbdkit -f -r -U SOCK file IMG`, then `taskset -c FRONT fio --name=r --ioengine=nbd --uri=nbd+unix:///?socket=SOCK --rw=randread "
               f"--bs=4k --iodepth=1|32 --runtime={args.seconds:g} --time_based --output-format=json`; server CPU from /proc/PID/stat "
               "(utime + stime) over the fio run, divided by fio's I/O count.",
               "", "## Machine", ""]

@@ -109,9 +109,9 @@ public final class ThrottleGroup: Sendable {
         if state.withLock({ $0.admitIfFree(member: member.id, direction: direction, bytes: size, nowNs: clock.nowNs) }) {
             return
         }
-        // An unsafe continuation suffices: a queued waiter is resumed exactly once, by whoever pops
-        // it from its queue under the lock. It returns whether the request was queued.
-        let wasQueued = await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+        // A queued waiter is resumed exactly once, by whoever pops it from its queue under the
+        // lock. It returns whether the request was queued.
+        let wasQueued = await park { (continuation: ParkedContinuation<Bool>) in
             // Decided again under the lock: the budget or the queues may have changed since.
             let arrival = state.withLock {
                 $0.arrive(member: member.id, direction: direction, bytes: size, continuation: continuation, nowNs: clock.nowNs)
@@ -172,7 +172,7 @@ public final class ThrottleGroup: Sendable {
 }
 
 private struct Waiter: Sendable {
-    let continuation: UnsafeContinuation<Bool, Never>
+    let continuation: ParkedContinuation<Bool>
     let bytes: UInt64
     let arrivalNs: UInt64
 }
@@ -244,7 +244,7 @@ private struct GroupState: Sendable {
     }
 
     mutating func arrive(member id: UInt64, direction: Int, bytes: UInt64,
-                         continuation: UnsafeContinuation<Bool, Never>, nowNs: UInt64) -> Arrival {
+                         continuation: ParkedContinuation<Bool>, nowNs: UInt64) -> Arrival {
         if admitIfFree(member: id, direction: direction, bytes: bytes, nowNs: nowNs) { return .admitted }
         guard let index = index(of: id) else { preconditionFailure("admitIfFree lets non-members through") }
         members[index].queues[direction].append(Waiter(continuation: continuation, bytes: bytes, arrivalNs: nowNs))

@@ -8,15 +8,24 @@ import Synchronization
 public final class AsyncLock: Sendable {
     private struct State {
         var held = false
-        var waiters: Deque<UnsafeContinuation<Void, Never>> = []
+        /// The holding task (its identity as a hash), nil between a hand-over and the waiter running.
+        var owner: Int?
+        var waiters: Deque<ParkedContinuation<Void>> = []
     }
 
     private let state = Mutex(State())
 
     public init() {}
 
-    /// Whether some task holds the lock: for assertions of callers that must hold it.
-    public var isHeld: Bool { state.withLock { $0.held } }
+    /// Whether the calling task holds the lock: for the preconditions and assertions of code
+    /// that touches what the lock guards. A task that does not hold it, even while another does, is
+    /// refused, so guarded state is touched under the lock by check, not by convention.
+    public var isHeldByCurrentTask: Bool {
+        guard let task = Self.currentTask else { return false }
+        return state.withLock { $0.held && $0.owner == task }
+    }
+
+    private static var currentTask: Int? { withUnsafeCurrentTask { $0?.hashValue } }
 
     public nonisolated(nonsending) func lock() async {
         let acquired = state.withLock { state -> Bool in
@@ -24,8 +33,11 @@ public final class AsyncLock: Sendable {
             state.held = true
             return true
         }
-        if acquired { return }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+        if acquired {
+            becomeOwner()
+            return
+        }
+        await park { (continuation: ParkedContinuation<Void>) in
             let handedOver = state.withLock { state -> Bool in
                 // Unlocked between the first check and now: take it at once.
                 if !state.held {
@@ -37,11 +49,21 @@ public final class AsyncLock: Sendable {
             }
             if handedOver { continuation.resume() }
         }
+        becomeOwner()
+    }
+
+    private func becomeOwner() {
+        let task = Self.currentTask
+        state.withLock { state in
+            assert(state.held && state.owner == nil, "a task takes the lock only when it is held for it and owned by no other")
+            state.owner = task
+        }
     }
 
     public func unlock() {
-        let next = state.withLock { state -> UnsafeContinuation<Void, Never>? in
+        let next = state.withLock { state -> ParkedContinuation<Void>? in
             precondition(state.held, "AsyncLock unlocked while not held")
+            state.owner = nil
             if let next = state.waiters.popFirst() { return next }
             state.held = false
             return nil

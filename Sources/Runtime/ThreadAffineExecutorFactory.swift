@@ -12,8 +12,10 @@ import Synchronization
 public enum ThreadAffineExecutors {
     private static let installed = Atomic<Bool>(false)
 
-    /// Installs the thread-affine default executor. Call first thing in `main`, before any task exists.
+    /// Installs the thread-affine default executor. Call first thing in a synchronous `main`,
+    /// before any task exists (checked: a task running now would keep the executor it started on).
     public static func install() {
+        precondition(withUnsafeCurrentTask { $0 } == nil, "ThreadAffineExecutors.install() runs before any task exists")
         _createExecutors(factory: ThreadAffineExecutorFactory.self)
         installed.store(true, ordering: .releasing)
     }

@@ -1,5 +1,12 @@
+import Dispatch
+import Glibc
 import StrataRuntime
 
-// Before any task exists: keeps resumed continuations on the queue executor threads.
+// Synchronous top-level code, so no task exists yet when the default executor is replaced
+// (a top-level `await` would make this whole file the body of the async main task).
 ThreadAffineExecutors.install()
-await StrataCommand.dispatch()
+Task.detached {
+    await StrataCommand.dispatch()
+    exit(EXIT_SUCCESS)
+}
+dispatchMain()

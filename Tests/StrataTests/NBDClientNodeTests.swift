@@ -35,7 +35,7 @@ struct NBDClientNodeTests {
 
     /// Writes through qemu-nbd (one larger than the 32 MiB maximum payload, so it is split) read
     /// back byte-exact, and the image file holds exactly the model afterwards.
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func patternWritesReachTheImageByteExact() async throws {
         try Self.require("qemu-nbd")
         let harness = try NodeTestHarness("nbd-data")
@@ -67,8 +67,8 @@ struct NBDClientNodeTests {
     /// Two queues at depth 32 keep many requests in flight at once through `strata bench
     /// --verify` (every read checked against what the run wrote), over one shared connection
     /// (qemu-nbd without multi-conn) and one connection per queue (nbdkit's memory plugin and
-    /// strata serve advertise CAN_MULTI_CONN). Run through the command line: in the test process,
-    /// without the thread-affine executors, this load hangs (an open finding, design/nbd-client.md).
+    /// strata serve advertise CAN_MULTI_CONN), through the command line, which installs the
+    /// thread-affine executors (NBDClientInProcessLoadTests runs the same load in this process).
     @Test(arguments: ["qemu-nbd", "nbdkit", "strata"])
     func manyRequestsInFlightFromTwoQueues(server tool: String) async throws {
         let harness = try NodeTestHarness("nbd-conc")
@@ -152,7 +152,7 @@ struct NBDClientNodeTests {
     /// Write-zeroes (kept allocated, and allowed to unmap), discard and flush on qemu-nbd; the
     /// file shows them. On nbdkit without zero support (nozero filter) write-zeroes falls back to
     /// written zeros, and the no-fallback flag is refused with ENOTSUP.
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func writeZeroesDiscardAndFlush() async throws {
         try Self.require("qemu-nbd")
         try Self.require("nbdkit")
@@ -330,7 +330,7 @@ struct NBDClientNodeTests {
         #expect(await harness.openError(NBDClientNode.descriptor, options: ["driver": "nbd"].merging(NBDNodeFixture.unix(socket, export: "good")) { $1 }) == nil)
     }
 
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func writableNodeOnReadOnlyExportIsRefused() async throws {
         try Self.require("qemu-nbd")
         let harness = try NodeTestHarness("nbd-ro")
@@ -351,7 +351,7 @@ struct NBDClientNodeTests {
 
     /// The server dies; a request issued while it is gone waits, the server comes back on the same
     /// socket within reconnect-delay, and the request completes there.
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func reconnectDelayCarriesARequestAcrossAServerRestart() async throws {
         try Self.require("qemu-nbd")
         let harness = try NodeTestHarness("nbd-reconnect")
@@ -384,7 +384,7 @@ struct NBDClientNodeTests {
 
     /// With reconnect-delay 0 (the default) a lost server fails requests with EIO at once, and
     /// they keep failing.
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func lostServerWithoutReconnectDelayFailsPromptly() async throws {
         try Self.require("qemu-nbd")
         let harness = try NodeTestHarness("nbd-lost")
@@ -405,7 +405,7 @@ struct NBDClientNodeTests {
     /// A request on the wire when the server hangs up is sent again on the next connection
     /// (QEMU's behaviour with reconnect-delay), and its structured reply (data, then a hole)
     /// lands in the buffer.
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"))
+    @Test
     func requestInFlightAtADropIsResent() async throws {
         let harness = try NodeTestHarness("nbd-resend")
         defer { harness.shutdown() }
@@ -434,7 +434,7 @@ struct NBDClientNodeTests {
         #expect(result.output.contains("nbd node"), "the fault should be named: \(result.output)")
     }
 
-    @Test(.enabled(if: NBDNodeFixture.inProcessIO, "in-process I/O through the nbd node can hang the test process (see design/nbd-client.md); STRATA_NBD_CLIENT_INPROCESS=1 runs it"), arguments: [FakeNBDServer.Behaviour.wrongMagic, .unknownCookie])
+    @Test(arguments: [FakeNBDServer.Behaviour.wrongMagic, .unknownCookie])
     func hostileRepliesFailWithEIO(behaviour: FakeNBDServer.Behaviour) async throws {
         let harness = try NodeTestHarness("nbd-hostile")
         defer { harness.shutdown() }

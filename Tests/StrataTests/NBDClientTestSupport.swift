@@ -205,11 +205,6 @@ enum NBDNodeFixture {
         }
     }
 
-    /// Whether the tests that submit I/O to an nbd node inside the test process run: without the
-    /// thread-affine executors (the test runner owns `main`) they hang now and then, an open bug;
-    /// the command line, which installs them, carries the same load reliably.
-    static let inProcessIO = ProcessInfo.processInfo.environment["STRATA_NBD_CLIENT_INPROCESS"] == "1"
-
     /// Options for a Unix-socket server.
     static func unix(_ path: String, export: String? = nil, reconnectDelay: Int? = nil, readOnly: Bool = false) -> [String: JSONValue] {
         var options: [String: JSONValue] = ["server": .object(["type": "unix", "path": .string(path)])]

@@ -28,6 +28,23 @@ import Testing
         }
     }
 
+    /// The rounds' kill delays come from this seed, printed with every failure:
+    /// `STRATA_CRASH_SEED=N` replays a run's delays (where the writer then is still depends on timing).
+    private static let delaySeed: UInt64 = {
+        let seed = ProcessInfo.processInfo.environment["STRATA_CRASH_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max)
+        print("Qcow2CrashTests: kill delays from seed \(seed) (STRATA_CRASH_SEED=\(seed) replays them)")
+        return seed
+    }()
+
+    /// The delay before round `round`'s writer is killed: from just after start-up to well past
+    /// the end of a typical run.
+    private static func killDelayMs(round: Int) -> Int {
+        var state = delaySeed &+ UInt64(round) &* 0x9E37_79B9_7F4A_7C15
+        state = (state ^ (state >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        state = (state ^ (state >> 27)) &* 0x94D0_49BB_1331_11EB
+        return 20 + Int((state ^ (state >> 31)) % 300)
+    }
+
     /// Rounds killed at random times; most must die mid-run, or the test proves nothing.
     @Test func killedWritersLeaveConsistentImages() async throws {
         var interrupted = 0
@@ -57,9 +74,7 @@ import Testing
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
         try process.run()
-        // From just after start-up to well past the end of a typical run.
-        var random = SystemRandomNumberGenerator()
-        let delayMs = 20 + Int(random.next() % 300)
+        let delayMs = Self.killDelayMs(round: round)
         try await Task.sleep(nanoseconds: UInt64(delayMs) * 1_000_000)
         kill(process.processIdentifier, SIGKILL)
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -70,8 +85,8 @@ import Testing
         let durable = finished ? writes.count : completed > 0 ? (completed - 1) / 8 * 8 : 0
 
         let check = try await QemuTool.runOnceUnlocked("qemu-img", ["check", "--output=json", image])
-        #expect(check.status == 0 || check.status == 3, "round \(round), killed after \(delayMs) ms, \(completed) writes: \(check.output)")
-        #expect(check.output.contains("\"corruptions\": 0") || !check.output.contains("\"corruptions\""), "\(check.output)")
+        #expect(check.status == 0 || check.status == 3, "round \(round) (STRATA_CRASH_SEED=\(Self.delaySeed)), killed after \(delayMs) ms, \(completed) writes: \(check.output)")
+        #expect(check.output.contains("\"corruptions\": 0") || !check.output.contains("\"corruptions\""), "seed \(Self.delaySeed): \(check.output)")
         #expect(!check.output.contains("\"check-errors\": ") || check.output.contains("\"check-errors\": 0"), "\(check.output)")
 
         guard durable > 0 else { return !finished }
@@ -79,7 +94,7 @@ import Testing
         for write in writes.prefix(durable) { reads += ["-c", "read -P \(write.pattern) \(write.offset) \(write.length)"] }
         let verify = try await QemuTool.run("qemu-io", ["-f", "qcow2"] + reads + [image])
         #expect(verify.status == 0 && !verify.output.contains("Pattern verification failed"),
-                "round \(round): \(durable) flushed writes of \(completed) completed: \(verify.output.prefix(2000))")
+                "round \(round) (STRATA_CRASH_SEED=\(Self.delaySeed)): \(durable) flushed writes of \(completed) completed: \(verify.output.prefix(2000))")
         return !finished
     }
 }

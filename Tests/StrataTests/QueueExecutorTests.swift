@@ -1,6 +1,7 @@
 import CStrataShim
 import Glibc
 import StrataRuntime
+import Synchronization
 import Testing
 
 @testable import StrataRuntime
@@ -57,6 +58,8 @@ private actor Sleeper {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     let executor: QueueExecutor
     var order: [Int] = []
+    /// Raised once a sleep's timer is queued on the ring (for tests that need one in flight).
+    nonisolated let timerQueued = Atomic<Bool>(false)
 
     init(executor: QueueExecutor) {
         self.executor = executor
@@ -64,6 +67,9 @@ private actor Sleeper {
     }
 
     func sleep(_ label: Int, untilNs deadline: UInt64) async {
+        // Raised in the same job that queues the timer: the loop counts it in flight before it
+        // can next look at a shutdown request.
+        timerQueued.store(true, ordering: .releasing)
         await executor.sleep(untilNs: deadline)
         order.append(label)
     }
@@ -133,7 +139,10 @@ private actor Sleeper {
             await sleeper.sleep(7, untilNs: start + 20_000_000)
             return MonotonicClock.now()
         }
-        try await Task.sleep(nanoseconds: 2_000_000)
+        let deadline = MonotonicClock.now() + 10_000_000_000
+        while !sleeper.timerQueued.load(ordering: .acquiring) && MonotonicClock.now() < deadline { usleep(100) }
+        let started = sleeper.timerQueued.load(ordering: .acquiring)
+        try #require(started, "the sleep never started")
         await executor.shutdown()
         // The timer was in flight when shutdown began: the loop stayed up until it fired and the
         // task it resumed had run. (Actors of a stopped executor are gone: nothing is asked of them.)

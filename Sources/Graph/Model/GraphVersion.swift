@@ -67,7 +67,9 @@ public final class VersionedRoot {
     /// Returns once no request started on a version numbered below `number` is in flight.
     public nonisolated(nonsending) func drain(olderThan number: UInt64) async {
         if !retired.contains(where: { $0.number < number }) { return }
-        await withCheckedContinuation { drainWaiters.append((number, $0)) }
+        await withCheckedContinuation { waiter in
+            if retired.contains(where: { $0.number < number }) { drainWaiters.append((number, waiter)) } else { waiter.resume() }
+        }
     }
 
     public var inFlightOnOlderVersions: Int { retired.reduce(0) { $0 + $1.inFlight } }

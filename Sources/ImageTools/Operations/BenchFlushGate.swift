@@ -1,4 +1,5 @@
 import DequeModule
+import StrataRuntime
 import Synchronization
 
 /// qemu-img bench's flush with draining: while a flush is due, no new request starts, and the
@@ -7,10 +8,10 @@ public final class BenchFlushGate: Sendable {
     private struct State {
         var inFlight = 0
         var flushing = false
-        var drained: UnsafeContinuation<Void, Never>?
-        var waiting: Deque<UnsafeContinuation<Void, Never>> = []
+        var drained: ParkedContinuation<Void>?
+        var waiting: Deque<ParkedContinuation<Void>> = []
         /// Flushes due while another runs: they go one after the other.
-        var flushers: Deque<UnsafeContinuation<Void, Never>> = []
+        var flushers: Deque<ParkedContinuation<Void>> = []
     }
 
     private let state = Mutex(State())
@@ -25,7 +26,7 @@ public final class BenchFlushGate: Sendable {
             return true
         }
         if admitted { return }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+        await park { (continuation: ParkedContinuation<Void>) in
             let now = state.withLock { state -> Bool in
                 guard state.flushing else {
                     state.inFlight += 1
@@ -40,7 +41,7 @@ public final class BenchFlushGate: Sendable {
 
     /// After a request completed.
     public func leave() {
-        let drained = state.withLock { state -> UnsafeContinuation<Void, Never>? in
+        let drained = state.withLock { state -> ParkedContinuation<Void>? in
             state.inFlight -= 1
             guard state.inFlight == 0, let drained = state.drained else { return nil }
             state.drained = nil
@@ -53,7 +54,7 @@ public final class BenchFlushGate: Sendable {
     /// flush due while another runs follows it. The caller must have left the gate for its own
     /// request first.
     public func drainAndFlush(_ flush: () async -> Void) async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+        await park { (continuation: ParkedContinuation<Void>) in
             let now = state.withLock { state -> Bool in
                 if state.flushing {
                     state.flushers.append(continuation)
@@ -64,7 +65,7 @@ public final class BenchFlushGate: Sendable {
             }
             if now { continuation.resume() }
         }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+        await park { (continuation: ParkedContinuation<Void>) in
             let now = state.withLock { state -> Bool in
                 guard state.inFlight > 0 else { return true }
                 state.drained = continuation
@@ -73,7 +74,7 @@ public final class BenchFlushGate: Sendable {
             if now { continuation.resume() }
         }
         await flush()
-        let (next, admitted) = state.withLock { state -> (UnsafeContinuation<Void, Never>?, Deque<UnsafeContinuation<Void, Never>>) in
+        let (next, admitted) = state.withLock { state -> (ParkedContinuation<Void>?, Deque<ParkedContinuation<Void>>) in
             if let next = state.flushers.popFirst() { return (next, []) }
             state.flushing = false
             state.inFlight += state.waiting.count

@@ -1,3 +1,4 @@
+import StrataRuntime
 import Synchronization
 
 /// Lets convert's workers write their chunks in source order (qemu-img convert without -W):
@@ -6,14 +7,14 @@ import Synchronization
 final class ConvertWriteOrder: Sendable {
     private struct State {
         var nextToWrite = 0
-        var waiting: [Int: UnsafeContinuation<Void, Never>] = [:]
+        var waiting: [Int: ParkedContinuation<Void>] = [:]
     }
 
     private let state = Mutex(State())
 
     func waitForTurn(_ index: Int) async {
         if state.withLock({ $0.nextToWrite == index }) { return }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+        await park { (continuation: ParkedContinuation<Void>) in
             let now = state.withLock { state -> Bool in
                 if state.nextToWrite == index { return true }
                 state.waiting[index] = continuation
@@ -24,7 +25,7 @@ final class ConvertWriteOrder: Sendable {
     }
 
     func finished(_ index: Int) {
-        let next = state.withLock { state -> UnsafeContinuation<Void, Never>? in
+        let next = state.withLock { state -> ParkedContinuation<Void>? in
             state.nextToWrite = index + 1
             return state.waiting.removeValue(forKey: index + 1)
         }

@@ -136,9 +136,10 @@ public actor Job: JobContext {
             let resumed: JobStatus = status == .ready ? .ready : .running
             await move(to: status == .ready ? .standby : .paused)
             // Sending the event suspended this actor: a job-resume (or cancel) that ran meanwhile
-            // found no waiter to wake, so look again before waiting.
-            if pauseCount > 0 && !isCancelled {
-                await withCheckedContinuation { resumeWaiters.append($0) }
+            // found no waiter to wake, so look again, inside the continuation's body: any await
+            // (even the one that reaches that body) can let other calls on this actor run first.
+            await withCheckedContinuation { waiter in
+                if pauseCount > 0 && !isCancelled { resumeWaiters.append(waiter) } else { waiter.resume() }
             }
             await move(to: resumed)
         }

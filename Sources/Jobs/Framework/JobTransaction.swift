@@ -32,7 +32,9 @@ public actor JobTransaction {
             resumeWaiters()
             return true
         }
-        return await withCheckedContinuation { waiters.append($0) }
+        return await withCheckedContinuation { waiter in
+            if failed || running == 0 { waiter.resume(returning: !failed) } else { waiters.append(waiter) }
+        }
     }
 
     private func resumeWaiters() {

@@ -48,12 +48,14 @@ actor NBDClientConnection {
     private var parser: NBDReplyParser
     private var slots: [NBDRequestSlot]
     private var freeSlots: [Int]
-    private var slotWaiters = Deque<UnsafeContinuation<Void, Never>>()
-    private var linkWaiters = Deque<UnsafeContinuation<Void, Never>>()
+    private var slotWaiters = Deque<ParkedContinuation<Void>>()
+    private var linkWaiters = Deque<ParkedContinuation<Void>>()
+    /// Counts wakes of `linkWaiters`: a waiter parks only if none happened since it looked.
+    private var linkChanges: UInt64 = 0
     /// Counts failed first connects (delay 0): requests waiting for that attempt give up.
     private var failedConnects = 0
     private var sending = false
-    private var sendWaiters = Deque<UnsafeContinuation<Void, Never>>()
+    private var sendWaiters = Deque<ParkedContinuation<Void>>()
     /// The request header being sent; one sender at a time uses it. An IOBuffer (a Sendable
     /// view) so the nonisolated deinit may free it.
     private let headerMemory: IOBuffer
@@ -118,8 +120,8 @@ actor NBDClientConnection {
             }
             unlockSending()
             if let failure { drop("server \(endpoint.server): send failed: \(failure)", generation: current) }
-            if slots[index].outcome == nil {
-                await withUnsafeContinuation { slots[index].waiter = $0 }
+            await park { waiter in
+                if slots[index].outcome == nil { slots[index].waiter = waiter } else { waiter.resume() }
             }
             switch slots[index].outcome {
             case .completed(let status)?: return (status, slots[index].extent)
@@ -131,7 +133,9 @@ actor NBDClientConnection {
 
     private func takeSlot() async -> Int {
         while freeSlots.isEmpty {
-            await withUnsafeContinuation { slotWaiters.append($0) }
+            await park { waiter in
+                if freeSlots.isEmpty { slotWaiters.append(waiter) } else { waiter.resume() }
+            }
         }
         return freeSlots.removeLast()
     }
@@ -144,7 +148,9 @@ actor NBDClientConnection {
 
     private func lockSending() async {
         while sending {
-            await withUnsafeContinuation { sendWaiters.append($0) }
+            await park { waiter in
+                if sending { sendWaiters.append(waiter) } else { waiter.resume() }
+            }
         }
         sending = true
     }
@@ -177,11 +183,15 @@ actor NBDClientConnection {
             case .reconnecting(let deadlineNs):
                 if clock.nowNs >= deadlineNs { return false }
             }
-            await withUnsafeContinuation { linkWaiters.append($0) }
+            let seen = linkChanges
+            await park { waiter in
+                if linkChanges == seen { linkWaiters.append(waiter) } else { waiter.resume() }
+            }
         }
     }
 
     private func wakeLinkWaiters() {
+        linkChanges &+= 1
         while let waiter = linkWaiters.popFirst() { waiter.resume() }
     }
 

@@ -19,7 +19,7 @@ struct NBDRequestSlot {
     /// The connection generation the request was last sent on, nil while not on the wire.
     var sentOn: UInt64?
     var outcome: Outcome?
-    var waiter: UnsafeContinuation<Void, Never>?
+    var waiter: ParkedContinuation<Void>?
     /// The first base:allocation extent of a BLOCK_STATUS reply.
     var extent: NBDBlockDescriptor?
 

@@ -35,7 +35,16 @@ extension NBDConnection {
             receiving = true
             return true
         }
-        return await withUnsafeContinuation { receiveWaiters.append($0) }
+        return await park { waiter in
+            if phase != .transmission {
+                waiter.resume(returning: false)
+            } else if !receiving {
+                receiving = true
+                waiter.resume(returning: true)
+            } else {
+                receiveWaiters.append(waiter)
+            }
+        }
     }
 
     func passReceiveTurn() {

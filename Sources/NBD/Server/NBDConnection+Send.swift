@@ -13,8 +13,13 @@ extension NBDConnection {
         // No reply means serving gave up on the connection (no memory even for a header).
         guard workers[index].iovecCount > 0 else { return false }
         pendingReplies.append(index)
+        workers[index].replyQueued = true
         if sending {
-            return await withUnsafeContinuation { workers[index].sendWaiter = $0 }
+            // Decided in the continuation's body: the sender may have finished with this reply
+            // while this call was reaching it (an await can let other calls on this actor run).
+            return await park { waiter in
+                if workers[index].replyQueued { workers[index].sendWaiter = waiter } else { waiter.resume(returning: !sendFailed) }
+            }
         }
         sending = true
         // While other requests are being served, let those completing in this loop turn queue
@@ -46,6 +51,7 @@ extension NBDConnection {
             if sendFailed { close() }
             let ok = !sendFailed
             for member in sendingBatch {
+                workers[member].replyQueued = false
                 if let waiter = workers[member].sendWaiter {
                     workers[member].sendWaiter = nil
                     waiter.resume(returning: ok)
@@ -54,6 +60,7 @@ extension NBDConnection {
             sendingBatch.removeAll(keepingCapacity: true)
         }
         for member in pendingReplies {
+            workers[member].replyQueued = false
             if let waiter = workers[member].sendWaiter {
                 workers[member].sendWaiter = nil
                 waiter.resume(returning: false)

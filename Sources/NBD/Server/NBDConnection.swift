@@ -46,7 +46,7 @@ actor NBDConnection {
     var workers: [NBDRequestWorker] = []
     var liveWorkers = 0
     var receiving = false
-    var receiveWaiters: [UnsafeContinuation<Bool, Never>] = []
+    var receiveWaiters: [ParkedContinuation<Bool>] = []
     var sending = false
     /// Requests read and not yet answered (their replies not queued).
     var requestsInService = 0

@@ -1,6 +1,7 @@
 import CStrataShim
 import Glibc
 import StrataNBD
+import StrataRuntime
 
 /// One request slot of a connection: an aligned buffer whose front holds reply headers and whose
 /// data area (4 KiB aligned, for O_DIRECT) holds the payload, and the iovecs of the reply being
@@ -24,7 +25,9 @@ final class NBDRequestWorker {
     let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: maxIovecs)
     var iovecCount = 0
     /// Set while the worker waits for another worker to send its reply.
-    var sendWaiter: UnsafeContinuation<Bool, Never>?
+    var sendWaiter: ParkedContinuation<Bool>?
+    /// The reply is queued and no sender has finished with it yet.
+    var replyQueued = false
     /// The worker's pipe for spliced reads (read end, write end), made on first use.
     private(set) var pipe: (read: Int32, write: Int32)?
     private(set) var pipeCapacity = 0

@@ -26,7 +26,7 @@ final class VhostUserVringRunner: @unchecked Sendable {
     private let kickBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private var stopping = false
     private var turnHeld = false
-    private var turnWaiters: [UnsafeContinuation<Bool, Never>] = []
+    private var turnWaiters: [ParkedContinuation<Bool>] = []
     private var workers = 0
     private let maxWorkers: Int
     private var allStopped: CheckedContinuation<Void, Never>?
@@ -65,7 +65,11 @@ final class VhostUserVringRunner: @unchecked Sendable {
         let waiters = turnWaiters
         turnWaiters.removeAll()
         for waiter in waiters { waiter.resume(returning: false) }
-        if workers > 0 { await withCheckedContinuation { allStopped = $0 } }
+        if workers > 0 {
+            await withCheckedContinuation { waiter in
+                if workers > 0 { allStopped = waiter } else { waiter.resume() }
+            }
+        }
         return device.nextAvailableIndex
     }
 
@@ -108,7 +112,16 @@ final class VhostUserVringRunner: @unchecked Sendable {
             turnHeld = true
             return true
         }
-        return await withUnsafeContinuation { turnWaiters.append($0) }
+        return await park { waiter in
+            if stopping {
+                waiter.resume(returning: false)
+            } else if !turnHeld {
+                turnHeld = true
+                waiter.resume(returning: true)
+            } else {
+                turnWaiters.append(waiter)
+            }
+        }
     }
 
     private func passTurn(device: isolated VirtioBlkDevice) {

@@ -7,7 +7,7 @@ extension Qcow2Allocator {
     /// ones. Clusters of a bitmap that are all clear are not allocated (table entry 0).
     nonisolated(nonsending) func storeBitmaps(_ bitmaps: [DirtyBitmap], old: [Qcow2Bitmap], oldDirectory: (offset: UInt64, bytes: UInt64)?,
                                              io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         let clusterSize = metadata.clusterSize
         let bitsPerCluster = clusterSize * 8
         var directory: [UInt8] = []

@@ -25,7 +25,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     var snapshotTableOffset: UInt64 = 0
     var snapshotTableBytes: UInt64 = 0
     /// Guest clusters being allocated, with the requests waiting for them.
-    private var inFlight: [UInt64: [UnsafeContinuation<Void, Never>]] = [:]
+    private var inFlight: [UInt64: [ParkedContinuation<Void>]] = [:]
     /// Everything from the file's end at open up to here was zeroed by `extendFile`.
     private(set) var zeroExtendedTo: UInt64 = 0
     private var canExtend = true
@@ -78,7 +78,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// The L2 table for `l1Index`, writable (its own, not shared with a snapshot) and cached:
     /// allocated empty when the L1 entry is empty, copied when it is shared.
     nonisolated(nonsending) func writableTable(l1Index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         precondition(l1Index >= 0 && l1Index < metadata.l1.count, "L1 index \(l1Index) outside the table")
         let entry = metadata.l1[l1Index]
         let old = entry & Qcow2ClusterMapping.offsetMask
@@ -110,7 +110,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Word `index` of the table at `tableOffset` as it stands now (lock held: authoritative).
     nonisolated(nonsending) func tableWord(_ tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         if let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index)?.word { return word }
         try await ensureCached(tableOffset, io: io)
         guard let word = metadata.l2Cache.entry(tableOffset: tableOffset, index: index)?.word else { throw .corrupt }
@@ -119,7 +119,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Extended entry `index` of the table at `tableOffset` and its subcluster bitmap (lock held).
     nonisolated(nonsending) func tableEntryPair(_ tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> (UInt64, UInt64) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         if let (entry, bitmap, _) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * index) { return (entry, bitmap) }
         try await ensureCached(tableOffset, io: io)
         guard let (entry, bitmap, _) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * index) else { throw .corrupt }
@@ -129,7 +129,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// Stores extended entry `index` and its bitmap in the writable table at `tableOffset`.
     nonisolated(nonsending) func setTableEntryPair(_ entry: UInt64, _ bitmap: UInt64, tableOffset: UInt64, index: Int,
                                                    io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         if metadata.l2Cache.storePair(entry, bitmap, tableOffset: tableOffset, index: 2 * index) { return }
         try await ensureCached(tableOffset, io: io)
         guard metadata.l2Cache.storePair(entry, bitmap, tableOffset: tableOffset, index: 2 * index) else { throw .corrupt }
@@ -137,7 +137,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Stores word `index` of the writable table at `tableOffset`.
     nonisolated(nonsending) func setTableWord(_ value: UInt64, tableOffset: UInt64, index: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         if metadata.l2Cache.store(value, tableOffset: tableOffset, index: index) { return }
         try await ensureCached(tableOffset, io: io)
         guard metadata.l2Cache.store(value, tableOffset: tableOffset, index: index) else { throw .corrupt }
@@ -167,7 +167,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Marks guest clusters whose data is being written into new host clusters, unmapped yet.
     func startAllocation(ofGuestClusters first: UInt64, count: Int) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         precondition(count > 0, "an allocation covers at least one cluster")
         assert((first..<first + UInt64(count)).allSatisfy { inFlight[$0] == nil }, "a guest cluster is allocated by one request at a time")
         for cluster in first..<first + UInt64(count) { inFlight[cluster] = [] }
@@ -177,7 +177,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Ends those allocations and wakes the requests that waited for them.
     func finishAllocation(ofGuestClusters first: UInt64, count: Int) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         for cluster in first..<first + UInt64(count) {
             for waiter in inFlight.removeValue(forKey: cluster) ?? [] { waiter.resume() }
         }
@@ -186,9 +186,11 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// Called holding the lock; releases it and returns once the allocation of `guestCluster`
     /// has finished (mapped or failed).
     nonisolated(nonsending) func waitForAllocation(ofGuestCluster guestCluster: UInt64) async {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            inFlight[guestCluster, default: []].append(continuation)
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
+        await park { (continuation: ParkedContinuation<Void>) in
+            // Finishing takes the lock, which the caller held from its check to here.
+            precondition(inFlight[guestCluster] != nil, "waiting for guest cluster \(guestCluster), which no request is allocating")
+            inFlight[guestCluster]!.append(continuation)
             lock.unlock()
         }
     }
@@ -201,7 +203,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// whole clusters of zeros to avoid that costs more than the data. Returns whether the
     /// clusters up to `end` now read as zeros; false when the file cannot zero a range cheaply.
     nonisolated(nonsending) func extendFile(toCover end: UInt64, fileSize: UInt64, io: Qcow2ChildIO) async -> Bool {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         let start = max(fileSize, zeroExtendedTo)
         if end <= start { return true }
         guard canExtend else { return false }
@@ -219,7 +221,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// The file was cut to `end` (a shrink): space past it is no longer zero-extended, so the next
     /// allocation there extends the file again before anything (an L2 table) is placed in it.
     func fileTruncated(to end: UInt64) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         zeroExtendedTo = min(zeroExtendedTo, end)
     }
 
@@ -227,7 +229,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     /// Makes everything written so far durable: data, then metadata in dependency order.
     nonisolated(nonsending) func flush(io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        assert(lock.isHeld, "the qcow2 allocation lock is held")
+        assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
         // Data in an external data file must be durable before any mapping of it is.
         try await io.flushData()
         let flushed = try await refcounts.writeback(io: io)

@@ -84,6 +84,27 @@ final class Qcow2L2Cache: Sendable {
         lastUse[slot].store(clock.wrappingAdd(1, ordering: .relaxed).newValue, ordering: .relaxed)
     }
 
+    // MARK: Seqlock
+
+    // The seqlock as the C++ memory model (which Swift's atomics follow) needs it, not as x86
+    // happens to order it (Boehm, "Can seqlocks get along with programming language memory
+    // models?", 2012): the writer makes the counter odd, then a release fence orders that before
+    // its stores to the table; a reader loads the counter (acquire), the words (relaxed atomics),
+    // then an acquire fence, then the counter again. A reader that saw any word of a write
+    // therefore sees the odd counter, or a later one, in its second load and retries.
+
+    /// Called under the Mutex, before the first store to `slot`'s table or offset.
+    @inline(__always) private func beginWrite(_ slot: Int) {
+        let odd = sequence[slot].wrappingAdd(1, ordering: .relaxed).newValue
+        assert(odd & 1 == 1, "one writer at a time: the slot's sequence was even under the Mutex")
+        atomicMemoryFence(ordering: .releasing)
+    }
+
+    /// Called after the last store: the release increment publishes them with the even counter.
+    @inline(__always) private func endWrite(_ slot: Int) {
+        sequence[slot].wrappingAdd(1, ordering: .releasing)
+    }
+
     // MARK: Lookups
 
     /// Word `index` of the table at `tableOffset` if `slot` still holds it, without a lock; nil
@@ -144,9 +165,9 @@ final class Qcow2L2Cache: Sendable {
             guard let slot = slots.slotOfOffset.removeValue(forKey: tableOffset) else { return }
             precondition(!slots.dirty[slot], "a dirty L2 table is written back before its cluster is freed")
             // Lock-free readers holding the slot see the counter move and the offset gone.
-            sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+            beginWrite(slot)
             slotTable[slot].store(0, ordering: .relaxed)
-            sequence[slot].wrappingAdd(1, ordering: .releasing)
+            endWrite(slot)
             lastUse[slot].store(0, ordering: .relaxed)
         }
     }
@@ -178,14 +199,15 @@ final class Qcow2L2Cache: Sendable {
     /// Refills `slot` with the table at `tableOffset` (Mutex held): the counter is odd meanwhile,
     /// so lock-free readers of the slot's old table fall back.
     private func fill(_ slot: Int, tableOffset: UInt64, from source: UnsafeRawPointer?, _ slots: inout Slots) {
-        sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+        beginWrite(slot)
         slotTable[slot].store(tableOffset, ordering: .relaxed)
-        if let source {
-            table(slot).copyMemory(from: source, byteCount: slots.tableBytes)
-        } else {
-            table(slot).initializeMemory(as: UInt8.self, repeating: 0, count: slots.tableBytes)
+        // Word by word with atomic stores: lock-free readers may load these words meanwhile
+        // (and then discard what they read), which plain copies would make a data race.
+        let words = table(slot)
+        for offset in stride(from: 0, to: slots.tableBytes, by: 8) {
+            strata_store_relaxed_u64(words + offset, source.map { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } ?? 0)
         }
-        sequence[slot].wrappingAdd(1, ordering: .releasing)
+        endWrite(slot)
         slots.slotOfOffset[tableOffset] = slot
         touch(slot)
     }
@@ -244,11 +266,10 @@ final class Qcow2L2Cache: Sendable {
         return slots.withLock { slots in
             guard let slot = slots.slotOfOffset[tableOffset] else { return false }
             touch(slot)
-            assert(sequence[slot].load(ordering: .relaxed) & 1 == 0, "one writer at a time: the slot's sequence is even under the Mutex")
-            sequence[slot].wrappingAdd(1, ordering: .acquiringAndReleasing)
+            beginWrite(slot)
             strata_store_relaxed_u64(table(slot) + index * 8, entry.bigEndian)
             strata_store_relaxed_u64(table(slot) + index * 8 + 8, bitmap.bigEndian)
-            sequence[slot].wrappingAdd(1, ordering: .releasing)
+            endWrite(slot)
             if !slots.dirty[slot] {
                 slots.dirty[slot] = true
                 slots.dirtyCount += 1

@@ -2,22 +2,21 @@ import StrataGraph
 import StrataRuntime
 
 /// A blkdebug node on one queue: a request a rule matches completes at once with the rule's
-/// error; the rest are forwarded while routing.
+/// error; the rest are forwarded while routing. Rules match the event a request fires: its
+/// `debugEvent` (set by the format node above) or, for guest data, its operation.
 actor BlkdebugInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private nonisolated let child: NodeHandle
-    private nonisolated let rules: [BlkdebugRule]
+    private nonisolated let state: BlkdebugNodeState
 
-    init(queue: QueueContext, child: NodeHandle, rules: [BlkdebugRule]) {
+    init(queue: QueueContext, child: NodeHandle, state: BlkdebugNodeState) {
         unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
-        self.rules = rules
+        self.state = state
     }
 
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
-        for rule in rules {
-            if let status = rule.verdict(for: request) { return .complete(status) }
-        }
+        if let status = state.verdict(for: request) { return .complete(status) }
         return .forward(to: NodeReference(child))
     }
 

@@ -1,16 +1,9 @@
 import Glibc
 import StrataGraph
 import StrataRuntime
-import Synchronization
 
 /// One `inject-error` rule of a blkdebug node.
 final class BlkdebugRule: Sendable {
-    enum Event: String, Sendable {
-        case readAIO = "read_aio"
-        case writeAIO = "write_aio"
-        case flushToDisk = "flush_to_disk"
-    }
-
     /// QEMU's BlkdebugIOType.
     enum IOType: String, Sendable {
         case read
@@ -21,20 +14,18 @@ final class BlkdebugRule: Sendable {
         case blockStatus = "block-status"
     }
 
-    let event: Event
+    let trigger: BlkdebugTrigger
+    /// The engine state the rule applies in; 0 for any.
+    let state: Int
     let ioType: IOType?
     let status: IOStatus
     /// The byte offset of the sector the request must cover; nil for any request.
     let offsetBytes: UInt64?
     let once: Bool
-    private let fired = Atomic<Bool>(false)
 
     init(parsing reader: inout OptionReader) throws(GraphError) {
-        let eventName = try reader.string("event")
-        guard let event = Event(rawValue: eventName) else {
-            throw reader.bad("event", "'\(eventName)' is not fired by Strata's request path (read_aio, write_aio and flush_to_disk are)")
-        }
-        self.event = event
+        trigger = try BlkdebugTrigger.parse(&reader)
+        state = Int(try reader.integer("state", default: 0, range: 0...Int64(Int32.max)))
         if let typeName = try reader.optionalString("iotype") {
             guard let ioType = IOType(rawValue: typeName) else { throw reader.bad("iotype", "does not accept value '\(typeName)'") }
             self.ioType = ioType
@@ -45,27 +36,15 @@ final class BlkdebugRule: Sendable {
         let sector = try reader.integer("sector", default: -1, range: -1...(Int64.max / 512))
         offsetBytes = sector >= 0 ? UInt64(sector) * 512 : nil
         once = try reader.bool("once", default: false)
+        // QEMU's `immediately` fails the request without a completion callback; a Strata node
+        // reports every failure as the request's status, so both spellings fail it the same way.
         _ = try reader.bool("immediately", default: false)
-        _ = try reader.optionalInteger("state", range: 0...Int64(Int32.max))
         try reader.finish()
     }
 
-    /// The status a request fails with under this rule, nil when the rule lets it pass. A `once`
-    /// rule fires for one request only, across queues (an atomic exchange decides which).
-    func verdict(for request: BlockRequest) -> IOStatus? {
-        guard matches(request) else { return nil }
-        if once { return fired.exchange(true, ordering: .acquiringAndReleasing) ? nil : status }
-        return status
-    }
-
-    private func matches(_ request: BlockRequest) -> Bool {
-        switch (event, request.operation) {
-        case (.readAIO, .read), (.readAIO, .spliceRead), (.writeAIO, .write), (.writeAIO, .writeZeroes), (.writeAIO, .discard),
-             (.flushToDisk, .flush):
-            break
-        default:
-            return false
-        }
+    /// Whether this rule, once armed, fails `request`: its I/O type matches, and it covers the
+    /// rule's sector (a sector rule never matches a flush, as QEMU's).
+    func matches(_ request: BlockRequest) -> Bool {
         if let ioType {
             let requestType: IOType = switch request.operation {
             case .read, .spliceRead: .read
@@ -76,9 +55,35 @@ final class BlkdebugRule: Sendable {
             }
             guard requestType == ioType else { return false }
         }
-        if let offsetBytes, request.operation != .flush {
-            guard offsetBytes >= request.offsetBytes, offsetBytes < request.offsetBytes + UInt64(max(0, request.lengthBytes)) else { return false }
+        if let offsetBytes {
+            guard request.operation != .flush, request.lengthBytes > 0, offsetBytes >= request.offsetBytes,
+                  offsetBytes < request.offsetBytes + UInt64(request.lengthBytes) else { return false }
         }
         return true
+    }
+}
+
+/// One `set-state` rule: the event moves the engine from `state` (0: any) to `newState`.
+struct BlkdebugStateRule: Sendable {
+    let trigger: BlkdebugTrigger
+    let state: Int
+    let newState: Int
+
+    init(parsing reader: inout OptionReader) throws(GraphError) {
+        trigger = try BlkdebugTrigger.parse(&reader)
+        state = Int(try reader.integer("state", default: 0, range: 0...Int64(Int32.max)))
+        // QAPI spells it new_state, the config file too.
+        newState = Int(try reader.integer("new_state", range: 0...Int64(Int32.max)))
+        try reader.finish()
+    }
+}
+
+extension BlkdebugTrigger {
+    static func parse(_ reader: inout OptionReader) throws(GraphError) -> BlkdebugTrigger {
+        let name = try reader.string("event")
+        guard let trigger = BlkdebugTrigger(qemuName: name) else {
+            throw reader.bad("event", "'\(name)' is not fired by Strata's nodes (these are: \(firedNames.joined(separator: ", ")))")
+        }
+        return trigger
     }
 }

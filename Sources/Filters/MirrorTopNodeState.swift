@@ -11,7 +11,7 @@ public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     private let child: ChildStateReference
     public let dirtyMap: AtomicBitmap
     /// The target ports, set once; the Mutex owns them, the atomic publishes them to writes.
-    private let targetPorts = Mutex<TargetPorts?>(nil)
+    private let targetPorts = Locked<TargetPorts?>(nil)
     /// The set's address (0: none yet).
     private let publishedPorts = Atomic<UInt>(0)
     private let writeBlocking = Atomic<Bool>(false)
@@ -19,7 +19,7 @@ public final class MirrorTopNodeState: NodeState, TransparentChainLayer {
     /// they touch anything; `writesInside` counts those past it.
     private let gateClosed = Atomic<Bool>(false)
     private let writesInside = Atomic<Int>(0)
-    private let gateWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+    private let gateWaiters = Locked<[CheckedContinuation<Void, Never>]>([])
     /// The mirror stopped: writes go to the source only, and mark nothing.
     private let detachedFlag = Atomic<Bool>(false)
 

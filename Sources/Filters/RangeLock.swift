@@ -1,4 +1,4 @@
-import Synchronization
+import StrataRuntime
 
 /// Serialises copies against guest writes of the same range, on every queue (QEMU marks such
 /// requests serialising for the same reason): copy-on-read reads backing data and writes it back,
@@ -32,7 +32,7 @@ final class RangeLock: Sendable {
         }
     }
 
-    private let table = Mutex(Table())
+    private let table = Locked(Table())
 
     /// Waits until `range` may be held and holds it; returns the id to release it with.
     nonisolated(nonsending) func acquire(_ range: Range<UInt64>, exclusive: Bool) async -> UInt64 {

@@ -50,13 +50,13 @@ public final class ThrottleGroup: Sendable {
     private let clock: any IOClock
     /// Mirrors `limits.isEnabled`, read without the lock on every request.
     private let enabled: Atomic<Bool>
-    private let state: Mutex<GroupState>
+    private let state: Locked<GroupState>
 
     public init(name: String, limits: ThrottleLimits = .unlimited, clock: any IOClock) {
         self.name = name
         self.clock = clock
         self.enabled = Atomic(limits.isEnabled)
-        self.state = Mutex(GroupState(throttle: ThrottleState(limits: limits, nowNs: clock.nowNs)))
+        self.state = Locked(GroupState(throttle: ThrottleState(limits: limits, nowNs: clock.nowNs)))
     }
 
     public var limits: ThrottleLimits { state.withLock { $0.throttle.limits } }

@@ -1,5 +1,4 @@
 import DequeModule
-import Synchronization
 
 /// Mutual exclusion for async code that must hold it across awaits (a qcow2 cluster allocation
 /// writes metadata while holding it). Waiters suspend, never block their thread, so a queue
@@ -13,7 +12,7 @@ public final class AsyncLock: Sendable {
         var waiters: Deque<ParkedContinuation<Void>> = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

@@ -31,7 +31,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
 
     private var polling: IdlePolling
     private var localJobs = Deque<UnownedJob>(minimumCapacity: 1024)
-    private let remoteJobs = Mutex(Deque<UnownedJob>())
+    private let remoteJobs = Locked(Deque<UnownedJob>())
     private let remoteJobCount = Atomic<Int>(0)
     private let remoteEnqueueTotal = Atomic<Int>(0)
     private let wakePending = Atomic<Bool>(false)
@@ -46,7 +46,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private var thread: pthread_t?
     private let exited = DispatchSemaphore(value: 0)
-    private let exitWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+    private let exitWaiters = Locked<[CheckedContinuation<Void, Never>]>([])
 
     /// Starts the thread and its ring; returns once the ring is ready. `pollMaxNs` is the longest
     /// an idle loop spins before it sleeps (see `IdlePolling`); 0 sleeps at once.
@@ -61,7 +61,7 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         guard fd >= 0 else { throw SystemError("eventfd", errno: -fd) }
         self.wakeFd = fd
         let started = DispatchSemaphore(value: 0)
-        let startError = Mutex<Error?>(nil)
+        let startError = Locked<Error?>(nil)
         let context = ThreadStart { [self] in
             do {
                 try self.prepareOnThread(ringEntries: ringEntries)

@@ -1,4 +1,3 @@
-import Synchronization
 
 /// A clock that moves only when a test advances it. Sleepers wake in deadline order (ties in
 /// the order they slept), so timing logic is tested without real time.
@@ -15,9 +14,9 @@ public final class VirtualClock: IOClock, Sendable {
         var sleepers: [Sleeper] = []
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
-    public init(startNs: UInt64 = 0) { state = Mutex(State(nowNs: startNs)) }
+    public init(startNs: UInt64 = 0) { state = Locked(State(nowNs: startNs)) }
 
     public var nowNs: UInt64 { state.withLock { $0.nowNs } }
 

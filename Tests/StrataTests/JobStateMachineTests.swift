@@ -13,7 +13,7 @@ import Testing
         // `released`, `failAt` and `completed` are Mutex/Atomic-guarded; the rest is immutable.
         let steps: Int
         let readyAtEnd: Bool
-        let released = Mutex(0)
+        let released = Locked(0)
         let failAt: Int?
         let completed = Atomic<Bool>(false)
         private let abortedFlag = Atomic<Bool>(false)
@@ -60,7 +60,7 @@ import Testing
     /// Collects the events a manager sends.
     final class EventLog: @unchecked Sendable {
         // Guarded by the Mutex.
-        private let events = Mutex<[(name: String, text: String)]>([])
+        private let events = Locked<[(name: String, text: String)]>([])
         func append(_ event: JobEvent) { events.withLock { $0.append((event.name, event.data.compactText())) } }
         var statuses: [String] {
             events.withLock { list in

@@ -217,7 +217,7 @@ enum NBDNodeFixture {
 
 /// Lines collected from many tasks (a class, so escaping closures can share it).
 final class NBDTestLog: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = Locked<[String]>([])
     func append(_ line: String) { lines.withLock { $0.append(line) } }
     var entries: [String] { lines.withLock { $0 } }
 }

@@ -5,9 +5,9 @@ import Synchronization
 /// Small drivers for testing the graph layer without real I/O: they keep counts of opens, closes
 /// and requests so a test sees what the controller did.
 final class TestNodeLog: Sendable {
-    let opened = Mutex<[String]>([])
-    let closed = Mutex<[String]>([])
-    let permissions = Mutex<[String: Permissions]>([:])
+    let opened = Locked<[String]>([])
+    let closed = Locked<[String]>([])
+    let permissions = Locked<[String: Permissions]>([:])
 }
 
 struct TestConfiguration: NodeConfiguration {

@@ -37,7 +37,7 @@ private final class AdmissionDriver: Sendable {
 
     let clock = VirtualClock()
     let group: ThrottleGroup
-    private let log = Mutex<[Admission]>([])
+    private let log = Locked<[Admission]>([])
 
     init(_ limits: ThrottleLimits) {
         group = ThrottleGroup(name: "test", limits: limits, clock: clock)
@@ -85,7 +85,7 @@ private final class AdmissionDriver: Sendable {
 
 /// What the filtered child saw, readable without awaiting the child's actor.
 private final class ChildLog: Sendable {
-    let entries = Mutex<[(operation: BlockOperation, offset: UInt64, ns: UInt64)]>([])
+    let entries = Locked<[(operation: BlockOperation, offset: UInt64, ns: UInt64)]>([])
     var count: Int { entries.withLock { $0.count } }
 }
 

@@ -4,7 +4,6 @@ import StrataFormatting
 import StrataGraph
 import StrataJobs
 import StrataRuntime
-import Synchronization
 
 /// The QMP control plane of a storage daemon: listeners, client sessions, the command table and
 /// event delivery. It lives on the control executor, where the graph controller lives, so a
@@ -144,7 +143,7 @@ public actor QMPMonitor {
 /// Hands job events to the monitor, which the job manager (made in the monitor's init) cannot
 /// capture directly.
 private final class JobEventRelay: Sendable {
-    private let target = Mutex<WeakMonitor>(WeakMonitor())
+    private let target = Locked<WeakMonitor>(WeakMonitor())
 
     private struct WeakMonitor { weak var monitor: QMPMonitor? }
 

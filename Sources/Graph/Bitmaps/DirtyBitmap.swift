@@ -1,3 +1,4 @@
+import StrataRuntime
 import Synchronization
 
 /// A dirty bitmap of a node (QEMU's BdrvDirtyBitmap): which chunks were written since it was
@@ -23,13 +24,13 @@ public final class DirtyBitmap: Sendable {
         var inconsistent = false
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     public init(name: String?, sizeBytes: UInt64, granularity: UInt64, recording: Bool = true, persistent: Bool = false,
                 inconsistent: Bool = false) {
         self.name = name
         self.granularity = granularity
-        state = Mutex(State(bits: AtomicBitmap(sizeBytes: sizeBytes, granularity: granularity), recording: recording,
+        state = Locked(State(bits: AtomicBitmap(sizeBytes: sizeBytes, granularity: granularity), recording: recording,
                             persistent: persistent, inconsistent: inconsistent))
     }
 

@@ -1,9 +1,9 @@
-import Synchronization
+import StrataRuntime
 
 /// Named objects shared by several nodes (throttle groups, later dirty bitmaps and secrets), created
 /// on first use. The graph layer stores them without knowing their types.
 public final class SharedObjects: Sendable {
-    private let objects = Mutex<[String: any Sendable & AnyObject]>([:])
+    private let objects = Locked<[String: any Sendable & AnyObject]>([:])
 
     public init() {}
 

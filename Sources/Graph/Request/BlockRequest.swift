@@ -49,13 +49,16 @@ public struct BlockRequest: Sendable {
     public var submitNs: UInt64
     /// The write end of the pipe a `spliceRead` fills; -1 otherwise.
     public var pipeFd: Int32
+    /// What a format node issued this request for (blkdebug's events); `.none` for guest data.
+    public var debugEvent: DebugEvent
 
     /// Builds the request as given: a malformed one (negative length, a buffer shorter than a read
     /// or write, an overflowing range) is the node's to refuse with EINVAL (`validatedEnd`), since
     /// requests come from guests and clients.
     @inlinable
     public init(operation: BlockOperation, offsetBytes: UInt64, lengthBytes: Int, buffer: IOBuffer = .empty,
-                flags: RequestFlags = [], tag: UInt32 = 0, submitNs: UInt64 = 0, pipeFd: Int32 = -1) {
+                flags: RequestFlags = [], tag: UInt32 = 0, submitNs: UInt64 = 0, pipeFd: Int32 = -1,
+                debugEvent: DebugEvent = .none) {
         self.operation = operation
         self.offsetBytes = offsetBytes
         self.lengthBytes = lengthBytes
@@ -64,6 +67,7 @@ public struct BlockRequest: Sendable {
         self.tag = tag
         self.submitNs = submitNs
         self.pipeFd = pipeFd
+        self.debugEvent = debugEvent
     }
 
     /// The end of the byte range, or nil when offset + length overflows.

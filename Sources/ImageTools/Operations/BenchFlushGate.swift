@@ -1,6 +1,5 @@
 import DequeModule
 import StrataRuntime
-import Synchronization
 
 /// qemu-img bench's flush with draining: while a flush is due, no new request starts, and the
 /// flush itself waits until every request in flight has completed.
@@ -14,7 +13,7 @@ public final class BenchFlushGate: Sendable {
         var flushers: Deque<ParkedContinuation<Void>> = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Before a request: waits while a flush is pending or running.
     public init() {}

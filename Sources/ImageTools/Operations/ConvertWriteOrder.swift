@@ -1,5 +1,4 @@
 import StrataRuntime
-import Synchronization
 
 /// Lets convert's workers write their chunks in source order (qemu-img convert without -W):
 /// a worker waits until every earlier chunk has been written. A Mutex rather than an actor, so
@@ -10,7 +9,7 @@ final class ConvertWriteOrder: Sendable {
         var waiting: [Int: ParkedContinuation<Void>] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func waitForTurn(_ index: Int) async {
         if state.withLock({ $0.nextToWrite == index }) { return }

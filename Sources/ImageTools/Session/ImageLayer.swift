@@ -11,4 +11,18 @@ public struct ImageLayer: Sendable, Equatable {
     public let fileNodeName: String
     /// What the file's first bytes said when it was opened.
     public let probe: ImageProbe
+    /// Set for an image named `blkdebug:CONFIG:FILENAME` (QEMU's pseudo-protocol): a blkdebug
+    /// node reading CONFIG (empty: no rules) sits between the format node and its file.
+    public var blkdebugConfig: String? = nil
+
+    /// The node the format node reads and writes: the file, or the blkdebug filter above it.
+    public var formatChildName: String { blkdebugConfig == nil ? fileNodeName : nodeName + "-blkdebug" }
+
+    /// `blkdebug:CONFIG:FILENAME` split into its config path and image filename.
+    static func splitBlkdebug(_ path: String) -> (config: String, filename: String)? {
+        guard path.hasPrefix("blkdebug:") else { return nil }
+        let rest = path.dropFirst("blkdebug:".count)
+        guard let colon = rest.firstIndex(of: ":") else { return nil }
+        return (String(rest[..<colon]), String(rest[rest.index(after: colon)...]))
+    }
 }

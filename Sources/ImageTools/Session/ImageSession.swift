@@ -3,7 +3,6 @@ import StrataEngine
 import StrataGraph
 import StrataNodes
 import StrataRuntime
-import Synchronization
 
 /// An image opened the way qemu-img and qemu-io open one: the format probed (qcow2 by its magic,
 /// else raw) unless given, the backing chain a qcow2 image names opened read-only by name relative
@@ -24,7 +23,7 @@ public final class ImageSession: Sendable {
     private let ports: [BackendPort]
     private let formatStates: [any NodeState]
     private let fileStates: [any NodeState]
-    private let closed = Mutex(false)
+    private let closed = Locked(false)
 
     private init(path: String, layers: [ImageLayer], isReadOnly: Bool, engine: Engine, ports: [BackendPort],
                  formatStates: [any NodeState], fileStates: [any NodeState]) {
@@ -179,6 +178,12 @@ public final class ImageSession: Sendable {
         var seen: Set<String> = []
         var filename = path
         var format = options.format
+        var blkdebugConfig: String?
+        if path.hasPrefix("blkdebug:") {
+            guard let (config, image) = ImageLayer.splitBlkdebug(path) else { throw ImageSessionError.badBlkdebugFilename(path) }
+            blkdebugConfig = config
+            filename = image
+        }
         if let remote = DriverCatalog.registry.protocolDriver(forFilename: path) {
             // An image reached through a protocol node (an NBD export). QEMU probes the format
             // through the connection; raw unless given is enough here, and no backing chain is followed.
@@ -195,7 +200,9 @@ public final class ImageSession: Sendable {
             let resolved = format ?? probe.format.rawValue
             guard resolved == "raw" || resolved == "qcow2" else { throw ImageSessionError.unknownFormat(resolved) }
             guard seen.insert(ImageProbe.canonicalPath(filename)).inserted else { throw ImageSessionError.backingLoop(filename) }
-            layers.append(ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file", probe: probe))
+            var layer = ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file", probe: probe)
+            if depth == 0 { layer.blkdebugConfig = blkdebugConfig }
+            layers.append(layer)
             guard options.openBackingChain, resolved == "qcow2", probe.format == .qcow2, let backing = probe.backingFileName else { break }
             filename = ImageProbe.backingPath(backing, of: filename)
             format = probe.backingFormat
@@ -222,8 +229,15 @@ public final class ImageSession: Sendable {
                     "locking": .string(options.forceShare ? "off" : "auto"),
                 ]))
             }
+            if let config = layer.blkdebugConfig {
+                var filter: [String: JSONValue] = [
+                    "driver": "blkdebug", "node-name": .string(layer.formatChildName), "image": .string(layer.fileNodeName),
+                ]
+                if !config.isEmpty { filter["config"] = .string(config) }
+                actions.append(add(filter))
+            }
             var node: [String: JSONValue] = [
-                "driver": .string(layer.format), "node-name": .string(layer.nodeName), "file": .string(layer.fileNodeName),
+                "driver": .string(layer.format), "node-name": .string(layer.nodeName), "file": .string(layer.formatChildName),
                 "read-only": .bool(layerReadOnly),
             ]
             if layer.format == "qcow2" {

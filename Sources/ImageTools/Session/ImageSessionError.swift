@@ -5,6 +5,7 @@ public enum ImageSessionError: Error, Equatable, CustomStringConvertible {
     case backingChainTooDeep(String)
     case backingLoop(String)
     case notSupported(String)
+    case badBlkdebugFilename(String)
     case closed
 
     public var description: String {
@@ -14,6 +15,7 @@ public enum ImageSessionError: Error, Equatable, CustomStringConvertible {
         case .backingChainTooDeep(let path): "Backing chain of '\(path)' is too deep"
         case .backingLoop(let path): "Backing file '\(path)' refers to itself through its chain"
         case .notSupported(let what): what
+        case .badBlkdebugFilename(let name): "'\(name)': a blkdebug filename is blkdebug:CONFIG:FILENAME (CONFIG may be empty)"
         case .closed: "The image is closed"
         }
     }

@@ -67,7 +67,7 @@ public final class BlockMirrorJob: JobDriver, @unchecked Sendable {
     private var prepared: (filter: String, reader: String, writer: String, ports: [BackendPort])?
     private var finishWithoutPivot = false
     /// The filter and the per-queue target ports once the job runs, for an atomic cancel.
-    private let running = Mutex<(filter: MirrorTopNodeState, targets: [any BlockTarget])?>(nil)
+    private let running = Locked<(filter: MirrorTopNodeState, targets: [any BlockTarget])?>(nil)
     /// An atomic cancel's cut is made: copy what is still dirty, flush, and end without a pivot.
     private let stopAtCut = Atomic<Bool>(false)
     /// The job has done that (or ended otherwise).

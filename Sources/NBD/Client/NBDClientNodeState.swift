@@ -2,7 +2,6 @@ import Glibc
 import StrataGraph
 import StrataNBD
 import StrataRuntime
-import Synchronization
 
 /// An nbd node's state shared by all queues: what the server advertised when the node opened,
 /// and the connections. With NBD_FLAG_CAN_MULTI_CONN every queue gets a connection of its own,
@@ -32,8 +31,8 @@ final class NBDClientNodeState: NodeState {
 
     private let controlExecutor: QueueExecutor
     private let clock: any IOClock
-    private let connections = Mutex<[Int: NBDClientConnection]>([:])
-    private let unclaimedSocket: Mutex<RingSocket?>
+    private let connections = Locked<[Int: NBDClientConnection]>([:])
+    private let unclaimedSocket: Locked<RingSocket?>
     /// The key of the connection the control executor owns, for block status before any queue exists.
     private static let controlKey = -1
 
@@ -56,7 +55,7 @@ final class NBDClientNodeState: NodeState {
         self.sizeBytes = negotiation.sizeBytes
         self.controlExecutor = context.controlExecutor
         self.clock = context.clock
-        self.unclaimedSocket = Mutex(socket)
+        self.unclaimedSocket = Locked(socket)
     }
 
     deinit {

@@ -1,10 +1,10 @@
 import StrataNBD
-import Synchronization
+import StrataRuntime
 
 /// The server's exports, looked up by the handshake on whichever queue runs it. Changes are rare
 /// (adding an export), lookups happen once per handshake, so one mutex is enough.
 final class NBDExportRegistry: NBDExportCatalog {
-    private let exports = Mutex<[NBDServerExport]>([])
+    private let exports = Locked<[NBDServerExport]>([])
 
     func add(_ export: NBDServerExport) throws(NBDServerError) {
         try exports.withLock { (list: inout [NBDServerExport]) throws(NBDServerError) in

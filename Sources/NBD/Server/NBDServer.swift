@@ -2,7 +2,6 @@ import Glibc
 import StrataGraph
 import StrataNBD
 import StrataRuntime
-import Synchronization
 
 /// The NBD export server (qemu-storage-daemon's nbd-server plus its nbd exports): listeners
 /// accept on the control executor's ring; each connection is handed to the next queue executor in
@@ -49,7 +48,7 @@ public final class NBDServer: Sendable {
     let exports = NBDExportRegistry()
     private let settings: Settings
     private let logger: @Sendable (String) -> Void
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(controller: GraphController, settings: Settings = Settings(), log: @escaping @Sendable (String) -> Void) {
         self.controller = controller

@@ -36,7 +36,7 @@ public final class FileNodeState: NodeState {
     /// errno of a failed buffered fdatasync: after it the page cache may hold pages marked clean
     /// that never reached the disk, so every later flush fails (QEMU's page_cache_inconsistent).
     private let pageCacheError = Atomic<Int32>(0)
-    private let heldLocks = Mutex(FileLockBytes())
+    private let heldLocks = Locked(FileLockBytes())
     private let closed = Atomic<Bool>(false)
     private let control: FileControlRing
     private let lockingOption: FileLocking

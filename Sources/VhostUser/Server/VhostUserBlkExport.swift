@@ -2,7 +2,6 @@ import Glibc
 import StrataDevices
 import StrataGraph
 import StrataRuntime
-import Synchronization
 
 /// One vhost-user-blk export: a Unix socket a front end connects to, the node behind it, and the
 /// front end currently attached (one at a time, as qemu-storage-daemon allows). The accept loop
@@ -26,7 +25,7 @@ public final class VhostUserBlkExport: Sendable {
         var nextNumber = 0
         var stopping = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     init(options: VhostUserBlkExportOptions, controller: GraphController, log: @escaping @Sendable (String) -> Void) {
         self.options = options

@@ -1,12 +1,12 @@
 import StrataGraph
-import Synchronization
+import StrataRuntime
 
 /// The daemon's vhost-user-blk exports, by id: added from the command line or QMP's
 /// block-export-add, removed by block-export-del or at shutdown.
 public final class VhostUserBlkServer: Sendable {
     let controller: GraphController
     private let logger: @Sendable (String) -> Void
-    private let exports = Mutex<[String: VhostUserBlkExport]>([:])
+    private let exports = Locked<[String: VhostUserBlkExport]>([:])
 
     public init(controller: GraphController, log: @escaping @Sendable (String) -> Void) {
         self.controller = controller

@@ -74,7 +74,7 @@ extension Qcow2Allocator {
     private nonisolated(nonsending) func readBytes(count: Int, at offset: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) -> [UInt8] {
         let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
         defer { memory.deallocate() }
-        try await io.read(into: memory, length: count, at: offset)
+        try await io.read(into: memory, length: count, at: offset, event: .otherMetadata)
         return Array(UnsafeRawBufferPointer(start: memory, count: count))
     }
 }

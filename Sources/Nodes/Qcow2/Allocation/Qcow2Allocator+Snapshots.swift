@@ -135,7 +135,7 @@ extension Qcow2Allocator {
         guard bytes > 0 else { return [] }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
         defer { buffer.deallocate() }
-        try await io.read(into: buffer, length: bytes, at: snapshot.l1TableOffset)
+        try await io.read(into: buffer, length: bytes, at: snapshot.l1TableOffset, event: .otherMetadata)
         return (0..<Int(snapshot.l1Size)).map { UInt64(bigEndian: buffer.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self)) }
     }
 
@@ -152,7 +152,7 @@ extension Qcow2Allocator {
         let clusters = (bytes.count + clusterSizeBytes - 1) / clusterSizeBytes
         let offset = try await refcounts.allocate(clusters, io: io) << UInt64(metadata.clusterBits)
         try checkOverlap(offset: offset, length: clusters * clusterSizeBytes, kind: .data)
-        try await io.write(bytes: bytes, at: offset)
+        try await io.write(bytes: bytes, at: offset, event: .otherMetadata)
         return offset
     }
 

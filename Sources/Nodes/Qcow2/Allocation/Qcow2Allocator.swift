@@ -70,7 +70,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     }
 
     nonisolated(nonsending) func writeHeader(_ bytes: [UInt8], at offset: UInt64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        try await io.write(bytes: bytes, at: offset)
+        try await io.write(bytes: bytes, at: offset, event: .otherMetadata)
     }
 
     // MARK: L2 tables
@@ -155,7 +155,7 @@ final class Qcow2Allocator: @unchecked Sendable {
 
     private nonisolated(nonsending) func readTable(_ tableOffset: UInt64, into buffer: UnsafeMutableRawPointer, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         guard tableOffset % UInt64(clusterSize) == 0, tableOffset >= UInt64(clusterSize) else { throw .corrupt }
-        try await io.read(into: buffer, length: clusterSize, at: tableOffset)
+        try await io.read(into: buffer, length: clusterSize, at: tableOffset, event: .l2Load)
     }
 
     /// Makes sure a table can be installed: when every cached table is dirty, writes them back.
@@ -209,7 +209,7 @@ final class Qcow2Allocator: @unchecked Sendable {
         guard canExtend else { return false }
         let target = (end + Self.extensionStep - 1) / Self.extensionStep * Self.extensionStep
         do {
-            try await io.writeZeroes(length: Int(target - start), at: start, flags: .noFallback)
+            try await io.writeZeroes(length: Int(target - start), at: start, flags: .noFallback, event: .clusterAllocSpace)
         } catch {
             canExtend = false
             return false
@@ -243,7 +243,7 @@ final class Qcow2Allocator: @unchecked Sendable {
         if !flushed { try await io.flush() }
         for (offset, table) in tables {
             try checkOverlap(offset: offset, length: clusterSize, kind: .l2Table)
-            try await io.write(from: table, length: clusterSize, at: offset)
+            try await io.write(from: table, length: clusterSize, at: offset, event: .l2Update)
         }
         try await io.flush()
         for (offset, _) in tables { metadata.l2Cache.markClean(tableOffset: offset) }
@@ -268,7 +268,7 @@ final class Qcow2Allocator: @unchecked Sendable {
             }
             let offset = metadata.l1TableOffset + UInt64(first * 8)
             try checkOverlap(offset: offset, length: count * 8, kind: .activeL1)
-            try await io.write(from: buffer, length: count * 8, at: offset)
+            try await io.write(from: buffer, length: count * 8, at: offset, event: .l1Update)
         }
         dirtyL1 = []
     }

@@ -74,7 +74,7 @@ final class Qcow2Refcounts {
         if let slot = cache.slot(for: offset) { return slot }
         guard offset % UInt64(clusterSize) == 0, offset >= UInt64(clusterSize) else { throw .corrupt }
         let slot = try await takeSlot(io: io)
-        try await io.read(into: cache.memory(of: slot), length: clusterSize, at: offset)
+        try await io.read(into: cache.memory(of: slot), length: clusterSize, at: offset, event: .refblockLoad)
         cache.assign(slot, to: offset, dirty: false)
         return slot
     }
@@ -85,7 +85,7 @@ final class Qcow2Refcounts {
         let (slot, dirtyOffset) = cache.victim()
         if let dirtyOffset {
             try overlaps.check(offset: dirtyOffset, length: clusterSize, kind: .refcountBlock)
-            try await io.write(from: cache.memory(of: slot), length: clusterSize, at: dirtyOffset)
+            try await io.write(from: cache.memory(of: slot), length: clusterSize, at: dirtyOffset, event: .refblockUpdatePart)
             cache.markClean(offset: dirtyOffset)
         }
         return slot
@@ -250,14 +250,14 @@ final class Qcow2Refcounts {
         for position in uncovered.indices {
             let offset = newTable[Int(uncovered[position])]
             try overlaps.check(offset: offset, length: clusterSize, kind: .refcountBlock)
-            try await io.write(from: blockMemory + position * clusterSize, length: clusterSize, at: offset)
+            try await io.write(from: blockMemory + position * clusterSize, length: clusterSize, at: offset, event: .refblockAllocWriteBlocks)
         }
         var tableBytes = [UInt8](repeating: 0, count: entries * 8)
         tableBytes.withUnsafeMutableBytes { raw in
             for (index, value) in newTable.enumerated() { raw.storeBytes(of: value.bigEndian, toByteOffset: index * 8, as: UInt64.self) }
         }
         try overlaps.check(offset: newTableOffset, length: entries * 8, kind: .refcountTable)
-        try await io.write(bytes: tableBytes, at: newTableOffset)
+        try await io.write(bytes: tableBytes, at: newTableOffset, event: .refblockAllocWriteTable)
         try await writeDirtyBlocks(io: io)
         try await io.flush()
         try await writeTableLocation(newTableOffset, clusters: UInt32(newTableClusters), io: io)
@@ -279,7 +279,7 @@ final class Qcow2Refcounts {
         defer { bytes.deallocate() }
         bytes.storeBytes(of: offset.bigEndian, toByteOffset: 0, as: UInt64.self)
         bytes.storeBytes(of: clusters.bigEndian, toByteOffset: 8, as: UInt32.self)
-        try await io.write(from: bytes, length: 12, at: 48)
+        try await io.write(from: bytes, length: 12, at: 48, event: .refblockAllocSwitchTable)
     }
 
     /// Drops one reference to each host cluster in `clusters` once the metadata flush that makes
@@ -302,7 +302,7 @@ final class Qcow2Refcounts {
     private nonisolated(nonsending) func writeDirtyBlocks(io: Qcow2ChildIO) async throws(Qcow2Failure) {
         for (offset, memory) in cache.dirtyBlocks() {
             try overlaps.check(offset: offset, length: clusterSize, kind: .refcountBlock)
-            try await io.write(from: memory, length: clusterSize, at: offset)
+            try await io.write(from: memory, length: clusterSize, at: offset, event: .refblockUpdatePart)
             cache.markClean(offset: offset)
         }
     }
@@ -326,7 +326,7 @@ final class Qcow2Refcounts {
             }
             let offset = tableOffset + UInt64(chunk * clusterSize)
             try overlaps.check(offset: offset, length: clusterSize, kind: .refcountTable)
-            try await io.write(from: buffer, length: clusterSize, at: offset)
+            try await io.write(from: buffer, length: clusterSize, at: offset, event: .reftableUpdate)
         }
         try await io.flush()
         dirtyTableIndices = []

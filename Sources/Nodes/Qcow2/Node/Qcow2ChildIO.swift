@@ -9,37 +9,41 @@ struct Qcow2Failure: Error {
 }
 
 /// Metadata and data I/O of one qcow2 instance on its image file: requests to the instance's own
-/// `file` child, so they run on the caller's queue and ring.
+/// `file` child, so they run on the caller's queue and ring. Every read and write names what it
+/// is for (`DebugEvent`, QEMU's blkdebug events), so fault injection can target it.
 struct Qcow2ChildIO {
     let file: NodeHandle
     /// The external data file, when the image has one: metadata write-back flushes it first.
     var dataFile: NodeHandle? = nil
 
-    nonisolated(nonsending) func read(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async throws(Qcow2Failure) {
+    nonisolated(nonsending) func read(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64,
+                                      event: DebugEvent) async throws(Qcow2Failure) {
         let status = await file.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
-                                                         buffer: IOBuffer(base: base, count: length)))
+                                                         buffer: IOBuffer(base: base, count: length), debugEvent: event))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 
     nonisolated(nonsending) func write(from base: UnsafeRawPointer, length: Int, at offset: UInt64,
-                                       flags: RequestFlags = []) async throws(Qcow2Failure) {
+                                       flags: RequestFlags = [], event: DebugEvent) async throws(Qcow2Failure) {
         let status = await file.submit(BlockRequest(operation: .write, offsetBytes: offset, lengthBytes: length,
                                                          buffer: IOBuffer(base: UnsafeMutableRawPointer(mutating: base), count: length),
-                                                         flags: flags))
+                                                         flags: flags, debugEvent: event))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 
     /// Writes `bytes` (metadata built in an array) from a page-aligned copy.
-    nonisolated(nonsending) func write(bytes: [UInt8], at offset: UInt64) async throws(Qcow2Failure) {
+    nonisolated(nonsending) func write(bytes: [UInt8], at offset: UInt64, event: DebugEvent) async throws(Qcow2Failure) {
         guard !bytes.isEmpty else { return }
         let memory = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 4096)
         defer { memory.deallocate() }
         bytes.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        try await write(from: memory, length: bytes.count, at: offset)
+        try await write(from: memory, length: bytes.count, at: offset, event: event)
     }
 
-    nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64, flags: RequestFlags = []) async throws(Qcow2Failure) {
-        let status = await file.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags))
+    nonisolated(nonsending) func writeZeroes(length: Int, at offset: UInt64, flags: RequestFlags = [],
+                                             event: DebugEvent) async throws(Qcow2Failure) {
+        let status = await file.submit(BlockRequest(operation: .writeZeroes, offsetBytes: offset, lengthBytes: length, flags: flags,
+                                                    debugEvent: event))
         guard status.isOK else { throw Qcow2Failure(status: status) }
     }
 

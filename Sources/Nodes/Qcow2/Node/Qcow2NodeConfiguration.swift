@@ -64,7 +64,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
             return state
         }
         guard let reader = Qcow2OpenReader(childState: fileState, context: context, nodeName: name) else {
-            throw GraphError.openFailed(node: name, reason: "qcow2: the 'file' child '\(file.nodeName)' must be a protocol node (such as 'file') in this version")
+            throw GraphError.openFailed(node: name, reason: "qcow2: the 'file' child '\(file.nodeName)' must be a protocol node (such as 'file') or a one-child filter over one (blkdebug) in this version")
         }
         var header = try await readHeader(reader: reader, fileSize: fileState.sizeBytes, name: name)
         if header.isDirty && !readOnly && !header.isCorrupt {
@@ -91,7 +91,7 @@ struct Qcow2NodeConfiguration: NodeConfiguration {
                                                                   reader: reader, fileSize: fileSize)
         let dataControl = try dataState.map { (state: any NodeState) throws(GraphError) -> Qcow2OpenReader in
             guard let control = Qcow2OpenReader(childState: state, context: context, nodeName: name) else {
-                throw GraphError.openFailed(node: name, reason: "qcow2: the 'data-file' child must be a protocol node (such as 'file') in this version")
+                throw GraphError.openFailed(node: name, reason: "qcow2: the 'data-file' child must be a protocol node (such as 'file') or a one-child filter over one (blkdebug) in this version")
             }
             return control
         }

@@ -146,7 +146,7 @@ extension Qcow2NodeInstance {
         let lastWhole = endInLast == clusterSize ? count : count - 1
         if lastWhole > firstWhole {
             let bytes = (lastWhole - firstWhole) * clusterSize
-            try await dataIO.write(from: source + consumed, length: bytes, at: plan.hostBase + UInt64(firstWhole * clusterSize))
+            try await dataIO.write(from: source + consumed, length: bytes, at: plan.hostBase + UInt64(firstWhole * clusterSize), event: .none)
             consumed += bytes
         }
         if lastWhole < count && count > firstWhole {
@@ -163,14 +163,14 @@ extension Qcow2NodeInstance {
     func writeMerged(from source: UnsafeRawPointer, length: Int, inCluster: Int, oldEntry: UInt64,
                              guestCluster: UInt64, host: UInt64, fresh: Bool) async throws(Qcow2Failure) {
         if fresh, readsAsZeros(oldEntry) {
-            try await dataIO.write(from: source, length: length, at: host + UInt64(inCluster))
+            try await dataIO.write(from: source, length: length, at: host + UInt64(inCluster), event: .none)
             return
         }
         let buffer = clusterPool.take()
         defer { clusterPool.give(buffer) }
         try await readOldContents(into: buffer.base, entry: oldEntry, guestCluster: guestCluster)
         (buffer.base + inCluster).copyMemory(from: source, byteCount: length)
-        try await dataIO.write(from: buffer.base, length: metadata.clusterSize, at: host)
+        try await dataIO.write(from: buffer.base, length: metadata.clusterSize, at: host, event: .cowWrite)
     }
 
     /// Host clusters for `count` guest clusters from `guestCluster`: with an external data file

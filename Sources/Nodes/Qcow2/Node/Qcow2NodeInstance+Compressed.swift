@@ -46,7 +46,7 @@ extension Qcow2NodeInstance {
             }
             let host = try await allocator.refcounts.allocateBytes(compressedBytes, io: io)
             try allocator.checkOverlap(offset: host, length: compressedBytes, kind: .data)
-            try await io.write(from: output.base, length: compressedBytes, at: host)
+            try await io.write(from: output.base, length: compressedBytes, at: host, event: .writeCompressed)
             // Additional 512-byte sectors the data touches, in the bits above the offset.
             let sizeShift = 62 - UInt64(metadata.clusterBits - 8)
             let extraSectors = ((host + UInt64(compressedBytes) - 1) >> 9) - (host >> 9)
@@ -88,7 +88,7 @@ extension Qcow2NodeInstance {
         let buffer = pool.take()
         defer { pool.give(buffer) }
         let inputCount = Int(min(UInt64(compressedBytes), fileSizeBytes - hostOffset))
-        let status = await readFile(into: buffer.base, length: inputCount, at: hostOffset)
+        let status = await readFile(into: buffer.base, length: inputCount, at: hostOffset, event: .readCompressed)
         guard status.isOK else { return status }
         let output = buffer.base + 2 * clusterSize
         guard decompress(input: buffer.base, inputCount: inputCount, output: output, outputCount: clusterSize) else {

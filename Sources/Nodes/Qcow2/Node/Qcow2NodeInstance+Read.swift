@@ -136,7 +136,7 @@ extension Qcow2NodeInstance {
               fileSizeBytes - tableOffset >= clusterSize else { return .failure(Qcow2Failure(status: .ioError)) }
         let buffer = clusterPool.take()
         defer { clusterPool.give(buffer) }
-        let status = await readFile(into: buffer.base, length: metadata.clusterSize, at: tableOffset)
+        let status = await readFile(into: buffer.base, length: metadata.clusterSize, at: tableOffset, event: .l2Load)
         guard status.isOK else { return .failure(Qcow2Failure(status: status)) }
         metadata.l2Cache.insert(tableOffset: tableOffset, from: buffer.base)
         let word = metadata.l2EntryWords * l2Index
@@ -147,9 +147,9 @@ extension Qcow2NodeInstance {
     }
 
     /// Metadata (L2 tables, compressed clusters) from the `file` child.
-    func readFile(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+    func readFile(into base: UnsafeMutableRawPointer, length: Int, at offset: UInt64, event: DebugEvent) async -> IOStatus {
         await io.file.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
-                                            buffer: IOBuffer(base: base, count: length)))
+                                            buffer: IOBuffer(base: base, count: length), debugEvent: event))
     }
 
     /// Data clusters, from the data file when the image has one.

@@ -64,7 +64,7 @@ extension Qcow2NodeInstance {
         }
 
         if spanStart == inCluster && spanEnd == inCluster + chunk {
-            try await dataIO.write(from: source, length: chunk, at: host + UInt64(inCluster))
+            try await dataIO.write(from: source, length: chunk, at: host + UInt64(inCluster), event: .none)
         } else {
             let buffer = clusterPool.take()
             defer { clusterPool.give(buffer) }
@@ -77,7 +77,7 @@ extension Qcow2NodeInstance {
                 try await readClusterView(into: buffer.base + inCluster + chunk, range: inCluster + chunk..<spanEnd, mapping: mapping,
                                           bitmap: bitmap, guestCluster: guestCluster)
             }
-            try await dataIO.write(from: buffer.base + spanStart, length: spanEnd - spanStart, at: host + UInt64(spanStart))
+            try await dataIO.write(from: buffer.base + spanStart, length: spanEnd - spanStart, at: host + UInt64(spanStart), event: .cowWrite)
         }
 
         // The data is written: map it (allocated, no longer zero), and drop the old host

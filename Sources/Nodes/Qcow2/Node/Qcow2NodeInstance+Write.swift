@@ -53,7 +53,7 @@ extension Qcow2NodeInstance {
 
     func writeFile(from source: UnsafeRawPointer, length: Int, at offset: UInt64, flags: RequestFlags) async -> IOStatus {
         do {
-            try await dataIO.write(from: source, length: length, at: offset, flags: flags)
+            try await dataIO.write(from: source, length: length, at: offset, flags: flags, event: .none)
             return .ok
         } catch {
             return error.status

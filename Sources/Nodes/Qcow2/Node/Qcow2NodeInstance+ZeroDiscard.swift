@@ -26,7 +26,7 @@ extension Qcow2NodeInstance {
             let zeroEnd = min(isDiscard ? lastWhole : end, size)
             if zeroEnd > zeroStart {
                 do {
-                    try await dataIO.writeZeroes(length: Int(zeroEnd - zeroStart), at: zeroStart)
+                    try await dataIO.writeZeroes(length: Int(zeroEnd - zeroStart), at: zeroStart, event: .none)
                 } catch {
                     return error.status
                 }

@@ -74,7 +74,7 @@ extension Qcow2NodeState {
         for field in fields {
             var bytes = [UInt8](repeating: 0, count: field.bytes)
             for index in 0..<field.bytes { bytes[index] = UInt8(truncatingIfNeeded: field.value >> UInt64(8 * (field.bytes - 1 - index))) }
-            try await io.write(bytes: bytes, at: field.offset)
+            try await io.write(bytes: bytes, at: field.offset, event: .otherMetadata)
         }
         try await io.flush()
     }

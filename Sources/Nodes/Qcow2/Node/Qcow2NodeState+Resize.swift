@@ -69,12 +69,12 @@ extension Qcow2NodeState {
             defer { table.deallocate() }
             table.initializeMemory(as: UInt8.self, repeating: 0, count: clusters * clusterSize)
             // The table on disk, all of it: entries past those the size needed are kept too.
-            if diskEntries > 0 { try await io.read(into: table, length: diskEntries * 8, at: oldOffset) }
+            if diskEntries > 0 { try await io.read(into: table, length: diskEntries * 8, at: oldOffset, event: .otherMetadata) }
             for index in 0..<metadata.l1.count {
                 table.storeBytes(of: metadata.l1[index].bigEndian, toByteOffset: index * 8, as: UInt64.self)
             }
             try allocator.checkOverlap(offset: newOffset, length: clusters * clusterSize, kind: .activeL1)
-            try await io.write(from: table, length: clusters * clusterSize, at: newOffset)
+            try await io.write(from: table, length: clusters * clusterSize, at: newOffset, event: .l1GrowWriteTable)
             // The new table and its refcounts are on disk before the header names it.
             try await allocator.flush(io: io)
             try await io.flush()
@@ -83,7 +83,7 @@ extension Qcow2NodeState {
             var location = [UInt8](repeating: 0, count: 12)
             for index in 0..<4 { location[index] = UInt8(truncatingIfNeeded: needed >> UInt64(8 * (3 - index))) }
             for index in 0..<8 { location[4 + index] = UInt8(truncatingIfNeeded: newOffset >> UInt64(8 * (7 - index))) }
-            try await io.write(bytes: location, at: 36)
+            try await io.write(bytes: location, at: 36, event: .l1GrowActivateTable)
             try await io.flush()
             // From here allocating writes update the new table (they wait for this lock meanwhile).
             metadata.setL1Table(offset: newOffset, diskEntries: Int(needed))
@@ -115,7 +115,7 @@ extension Qcow2NodeState {
         for index in needed..<metadata.l1.count {
             let table = metadata.l1[index] & Qcow2ClusterMapping.offsetMask
             guard table != 0 else { continue }
-            try await io.write(bytes: [UInt8](repeating: 0, count: 8), at: metadata.l1TableOffset + UInt64(index * 8))
+            try await io.write(bytes: [UInt8](repeating: 0, count: 8), at: metadata.l1TableOffset + UInt64(index * 8), event: .l1Update)
             metadata.l1.store(0, at: index)
             freedTables.append(table)
         }

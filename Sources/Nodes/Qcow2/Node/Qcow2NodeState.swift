@@ -1,4 +1,5 @@
 import StrataGraph
+import StrataRuntime
 import Synchronization
 
 /// A qcow2 node's shared state: its metadata (header, L1 table, L2 cache), the allocator through
@@ -13,7 +14,7 @@ public final class Qcow2NodeState: NodeState, DirtyBitmapStore {
     let dataFile: ChildStateReference?
     /// The backing child now, by its name in the graph: a relink may point it at another node
     /// (a stream's new base) or take it away (a stream of the whole chain).
-    private let backingChild: Mutex<(nodeName: String, state: any NodeState)?>
+    private let backingChild: Locked<(nodeName: String, state: any NodeState)?>
     /// The file child's instance on the control executor: reads metadata at open, writes it back
     /// at close.
     let controlIO: Qcow2OpenReader
@@ -23,7 +24,7 @@ public final class Qcow2NodeState: NodeState, DirtyBitmapStore {
     /// close has written the new ones), and the node's bitmaps now.
     let storedEntries: [Qcow2Bitmap]
     public let storedBitmaps: [DirtyBitmap]
-    private let trackedBitmaps: Mutex<[DirtyBitmap]>
+    private let trackedBitmaps: Locked<[DirtyBitmap]>
     /// A graph controller tracks this node's bitmaps: its writes mark them.
     private let bitmapsTracked = Atomic<Bool>(false)
 
@@ -33,14 +34,14 @@ public final class Qcow2NodeState: NodeState, DirtyBitmapStore {
         self.configuration = configuration
         self.storedEntries = storedEntries
         self.storedBitmaps = storedBitmaps
-        trackedBitmaps = Mutex(storedBitmaps)
+        trackedBitmaps = Locked(storedBitmaps)
         self.metadata = metadata
         self.allocator = allocator
         self.controlIO = controlIO
         self.dataControl = dataControl
         self.file = ChildStateReference(file)
         self.dataFile = dataFile.map { ChildStateReference($0) }
-        backingChild = Mutex(zip2(configuration.backing?.nodeName, backing))
+        backingChild = Locked(zip2(configuration.backing?.nodeName, backing))
     }
 
     /// The backing child's name and state, nil without one.

@@ -1,4 +1,5 @@
 import CStrataShim
+import StrataRuntime
 import Synchronization
 
 /// Recently used L2 tables of one qcow2 node, shared by its instances on every queue: a bounded
@@ -35,7 +36,7 @@ final class Qcow2L2Cache: Sendable {
     // The four pointers above are immutable and freed in deinit; what they point to is atomics
     // or slot memory guarded as described above, hence nonisolated(unsafe).
     private let clock = Atomic<UInt64>(0)
-    private let slots: Mutex<Slots>
+    private let slots: Locked<Slots>
 
     /// A cache of `capacity` tables of `tableBytes` bytes each.
     init(capacity: Int, tableBytes: Int) {
@@ -57,7 +58,7 @@ final class Qcow2L2Cache: Sendable {
         var slotOfOffset: [UInt64: Int] = [:]
         // Reserved up front: insertions after eviction stay within it, so they never allocate.
         slotOfOffset.reserveCapacity(capacity)
-        slots = Mutex(Slots(tableBytes: tableBytes, capacity: capacity, slotOfOffset: slotOfOffset,
+        slots = Locked(Slots(tableBytes: tableBytes, capacity: capacity, slotOfOffset: slotOfOffset,
                             dirty: Array(repeating: false, count: capacity)))
     }
 

@@ -11,23 +11,32 @@ actor Qcow2OpenReader {
     private let childState: any NodeState
     private let nodeName: String
 
-    /// Nil when `childState` cannot be instantiated alone (it has children of its own).
+    /// Nil when `childState` cannot be instantiated alone: it is neither a protocol node nor a
+    /// one-child filter over one.
     init?(childState: any NodeState, context: OpenContext, nodeName: String) {
-        guard childState is any LeafNodeState else { return nil }
         let queue = QueueContext(index: -1, executor: context.controlExecutor, clock: context.clock)
-        child = NodeHandle(childState.makeInstance(queue: queue, children: [:]))
+        guard let child = Self.controlInstance(of: childState, queue: queue) else { return nil }
+        self.child = child
         self.childState = childState
         unownedExecutor = context.controlExecutor.asUnownedSerialExecutor()
         self.nodeName = nodeName
     }
 
+    private static func controlInstance(of state: any NodeState, queue: QueueContext) -> NodeHandle? {
+        if state is any LeafNodeState { return NodeHandle(state.makeInstance(queue: queue, children: [:])) }
+        guard let filter = state as? any SingleChildFilterState,
+              let below = controlInstance(of: filter.filteredChildState, queue: queue) else { return nil }
+        return NodeHandle(state.makeInstance(queue: queue, children: [filter.filteredLink: below]))
+    }
+
     /// `count` bytes at `offset` of the child; bytes past the child's end read as zeros.
-    func read(offset: UInt64, count: Int, what: String) async throws(GraphError) -> [UInt8] {
+    func read(offset: UInt64, count: Int, what: String, event: DebugEvent = .otherMetadata) async throws(GraphError) -> [UInt8] {
         guard count > 0 else { return [] }
         // Page-aligned, so an O_DIRECT child needs no bounce for aligned offsets.
         let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
         defer { memory.deallocate() }
-        let request = BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: count, buffer: IOBuffer(base: memory, count: count))
+        let request = BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: count, buffer: IOBuffer(base: memory, count: count),
+                                   debugEvent: event)
         let status = await child.submit(request)
         guard status.isOK else {
             throw .openFailed(node: nodeName, reason: "qcow2: could not read the \(what) at offset \(offset): \(status)")
@@ -38,7 +47,7 @@ actor Qcow2OpenReader {
     /// Writes `bytes` at `offset` and flushes: header updates at open.
     func writeDurably(_ bytes: [UInt8], at offset: UInt64) async throws(Qcow2Failure) {
         let io = Qcow2ChildIO(file: child)
-        try await io.write(bytes: bytes, at: offset)
+        try await io.write(bytes: bytes, at: offset, event: .otherMetadata)
         try await io.flush()
     }
 
@@ -87,7 +96,7 @@ extension Qcow2OpenReader {
         guard tableOffset % clusterSize == 0, tableOffset >= clusterSize else { throw .corrupt }
         let table: [UInt8]
         do {
-            table = try await read(offset: tableOffset, count: metadata.clusterSize, what: "L2 table")
+            table = try await read(offset: tableOffset, count: metadata.clusterSize, what: "L2 table", event: .l2Load)
         } catch {
             throw Qcow2Failure(status: .ioError)
         }
@@ -105,7 +114,7 @@ extension Qcow2OpenReader: Qcow2ImageIO {
     }
 
     func write(offset: UInt64, bytes: [UInt8]) async throws {
-        try await Qcow2ChildIO(file: child).write(bytes: bytes, at: offset)
+        try await Qcow2ChildIO(file: child).write(bytes: bytes, at: offset, event: .otherMetadata)
     }
 
     func flush() async throws {

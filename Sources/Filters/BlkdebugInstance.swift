@@ -16,9 +16,15 @@ actor BlkdebugInstance: BlockNode {
     }
 
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
+        // A breakpoint may hold the request: that takes `submit`, which can wait.
+        if state.hasBreakpoints { return .suspend }
         if let status = state.verdict(for: request) { return .complete(status) }
         return .forward(to: NodeReference(child))
     }
 
-    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus { await submitByRouting(request) }
+    nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
+        await state.waitAtBreakpoint(request)
+        if let status = state.verdict(for: request) { return status }
+        return await child.submit(request)
+    }
 }

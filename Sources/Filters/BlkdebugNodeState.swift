@@ -1,9 +1,11 @@
+import Glibc
 import StrataGraph
 import StrataRuntime
+import Synchronization
 
 /// A blkdebug node's shared state: its child, its rules and the engine state the rules test
 /// (QEMU's: an integer that starts at 1, moved by `set-state` rules), one for all queues.
-final class BlkdebugNodeState: NodeState, TransparentChainLayer, SingleChildFilterState {
+final class BlkdebugNodeState: NodeState, TransparentChainLayer, SingleChildFilterState, DebugBreakpoints {
     private let image: ChildLink
     private let child: ChildStateReference
     let rules: [BlkdebugRule]
@@ -17,6 +19,67 @@ final class BlkdebugNodeState: NodeState, TransparentChainLayer, SingleChildFilt
         var armed: [Int] = []
         /// `once` rules that fired: QEMU removes them.
         var spent: Set<Int> = []
+        /// qemu-io's `break`: the next request firing the event waits under the tag.
+        var breakpoints: [(trigger: BlkdebugTrigger, tag: String)] = []
+        var suspended: [(tag: String, waiter: ParkedContinuation<Void>)] = []
+    }
+
+    /// How many breakpoints are set: routing checks it without the lock.
+    private let breakpointCount = Atomic<Int>(0)
+
+    /// Whether a request may have to wait at a breakpoint (it then takes the suspending path).
+    var hasBreakpoints: Bool { breakpointCount.load(ordering: .relaxed) > 0 }
+
+    /// Holds `request` if it fires the event of a breakpoint (spending the breakpoint, as QEMU's
+    /// suspend rules are), until `resume` or `removeBreakpoint` lets it go.
+    nonisolated(nonsending) func waitAtBreakpoint(_ request: BlockRequest) async {
+        guard let trigger = BlkdebugTrigger(firedBy: request) else { return }
+        let tag: String? = engine.withLock { engine in
+            guard let index = engine.breakpoints.firstIndex(where: { $0.trigger == trigger }) else { return nil }
+            breakpointCount.subtract(1, ordering: .relaxed)
+            return engine.breakpoints.remove(at: index).tag
+        }
+        guard let tag else { return }
+        // QEMU's blkdebug prints both lines; qemu-io scripts and their expected output rely on them.
+        await park { (waiter: ParkedContinuation<Void>) in
+            engine.withLock { $0.suspended.append((tag, waiter)) }
+            print("blkdebug: Suspended request '\(tag)'")
+        }
+        print("blkdebug: Resuming request '\(tag)'")
+    }
+
+    func setBreakpoint(event: String, tag: String) -> Int32 {
+        guard let trigger = BlkdebugTrigger(qemuName: event) else { return -ENOENT }
+        engine.withLock { $0.breakpoints.append((trigger, tag)) }
+        breakpointCount.add(1, ordering: .relaxed)
+        return 0
+    }
+
+    func removeBreakpoint(tag: String) -> Int32 {
+        let (removed, waiters) = engine.withLock { engine -> (Int, [ParkedContinuation<Void>]) in
+            let before = engine.breakpoints.count
+            engine.breakpoints.removeAll { $0.tag == tag }
+            let waiters = engine.suspended.filter { $0.tag == tag }.map(\.waiter)
+            engine.suspended.removeAll { $0.tag == tag }
+            return (before - engine.breakpoints.count, waiters)
+        }
+        breakpointCount.subtract(removed, ordering: .relaxed)
+        for waiter in waiters { waiter.resume() }
+        return removed + waiters.count > 0 ? 0 : -ENOENT
+    }
+
+    func resume(tag: String) -> Int32 {
+        let waiter = engine.withLock { engine -> ParkedContinuation<Void>? in
+            guard let index = engine.suspended.firstIndex(where: { $0.tag == tag }) else { return nil }
+            return engine.suspended.remove(at: index).waiter
+        }
+        guard let waiter else { return -ENOENT }
+        waiter.resume()
+        return 0
+    }
+
+    func isSuspended(tag: String) -> Bool {
+        engine.withLock { engine in engine.suspended.contains { $0.tag == tag } }
     }
 
     init(image: ChildLink, child: any NodeState, rules: [BlkdebugRule], stateRules: [BlkdebugStateRule]) {

@@ -121,4 +121,32 @@ import Testing
         let malformed = try await QemuTool.run(CommandLineTests.binary, ["io", "-f", "qcow2", "-c", "read 0 4k", "blkdebug:\(image)"])
         #expect(malformed.status != 0 && malformed.output.contains("blkdebug:CONFIG:FILENAME"), "\(malformed.output)")
     }
+
+    /// qemu-io's breakpoints: a write held at write_aio while a second write to the same
+    /// (allocated) cluster completes, then resumed, lands last; unknown events and tags are
+    /// refused with QEMU's messages. The output equals qemu-io's line for line.
+    @Test func breakpointsOrderRequestsAsQemuIo() async throws {
+        let harness = try NodeTestHarness("blkdebug-break")
+        defer { harness.shutdown() }
+        let script = ["-f", "qcow2", "-c", "write -P 9 0 64k", "-c", "flush", "-c", "break write_aio A", "-c", "aio_write -P 1 0 64k",
+                      "-c", "wait_break A", "-c", "write -P 2 0 64k", "-c", "resume A", "-c", "aio_flush", "-c", "read -P 1 0 64k",
+                      "-c", "break bogus B", "-c", "resume Z", "-c", "remove_break A"]
+        var outputs: [String: [String]] = [:]
+        for tool in ["qemu-io", "strata"] {
+            let image = harness.path("\(tool).qcow2")
+            _ = try await QemuTool.run("qemu-img", ["create", "-q", "-f", "qcow2", image, "16M"])
+            let result = tool == "strata"
+                ? try await QemuTool.run(CommandLineTests.binary, ["io"] + script + ["blkdebug::\(image)"])
+                : try await QemuTool.run("qemu-io", script + ["blkdebug::\(image)"])
+            outputs[tool] = result.output.split(separator: "\n").map(String.init).filter { !$0.contains("ops/sec") }
+        }
+        #expect(outputs["strata"]?.contains("blkdebug: Suspended request 'A'") == true, "\(outputs)")
+        #expect(outputs["strata"] == outputs["qemu-io"], "\(outputs)")
+        // Without a blkdebug node there is nothing to wait for: an error, not a hang.
+        let plain = harness.path("plain.qcow2")
+        _ = try await QemuTool.run("qemu-img", ["create", "-q", "-f", "qcow2", plain, "1M"])
+        let result = try await QemuTool.run(CommandLineTests.binary, ["io", "-c", "wait_break A", "-c", "break write_aio A", plain])
+        #expect(result.output.contains("Could not wait for breakpoint A: Operation not supported")
+                && result.output.contains("Could not set breakpoint: Operation not supported"), "\(result.output)")
+    }
 }

@@ -24,9 +24,12 @@ public final class ImageSession: Sendable {
     private let formatStates: [any NodeState]
     private let fileStates: [any NodeState]
     private let closed = Locked(false)
+    /// The blkdebug node of a `blkdebug:CONFIG:FILENAME` image, for qemu-io's breakpoint commands.
+    public let breakpoints: (any DebugBreakpoints)?
 
     private init(path: String, layers: [ImageLayer], isReadOnly: Bool, engine: Engine, ports: [BackendPort],
-                 formatStates: [any NodeState], fileStates: [any NodeState]) {
+                 formatStates: [any NodeState], fileStates: [any NodeState], breakpoints: (any DebugBreakpoints)?) {
+        self.breakpoints = breakpoints
         self.path = path
         self.layers = layers
         self.isReadOnly = isReadOnly
@@ -66,8 +69,10 @@ public final class ImageSession: Sendable {
                 formatStates.append(try await engine.controller.state(of: layer.nodeName))
                 fileStates.append(try await engine.controller.state(of: layer.fileNodeName))
             }
+            let breakpoints = layers[0].blkdebugConfig == nil ? nil
+                : try await engine.controller.state(of: layers[0].formatChildName) as? any DebugBreakpoints
             return ImageSession(path: path, layers: layers, isReadOnly: readOnly, engine: engine, ports: ports,
-                                formatStates: formatStates, fileStates: fileStates)
+                                formatStates: formatStates, fileStates: fileStates, breakpoints: breakpoints)
         } catch {
             await engine.shutdown()
             throw error

@@ -7,6 +7,7 @@ import StrataNodes
 public enum DriverCatalog {
     public static let registry = DriverRegistry([
         BlkdebugFilter.descriptor,
+        BlkverifyFilter.descriptor,
         CommitTopFilter.descriptor,
         CopyBeforeWriteFilter.descriptor,
         CopyOnReadFilter.descriptor,

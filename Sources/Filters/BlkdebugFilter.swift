@@ -1,14 +1,14 @@
 import StrataGraph
 
 /// QEMU's `blkdebug` (block/blkdebug.c), for fault injection: requests pass to `image`, except
-/// those an `inject-error` rule matches, which fail with the rule's errno.
+/// those an armed `inject-error` rule matches, which fail with the rule's errno.
 ///
-/// Options: `image` (the child), `inject-error` (a list of rules: `event`, `iotype`, `errno`
-/// (default EIO), `sector` (the rule matches requests covering that 512-byte sector; default any),
-/// `once` (the rule fires one time, on whichever queue meets it first), `immediately` (accepted)),
-/// and `align` (accepted). Of QEMU's events Strata fires those of its own request path:
-/// `read_aio` (reads), `write_aio` (writes, write-zeroes, discards) and `flush_to_disk` (flushes);
-/// rules naming events of QEMU's drivers' internals (`l2_load`, ...) are refused, not ignored.
+/// Options: `image` (the child), `inject-error` (rules: `event`, `state`, `iotype`, `errno`
+/// (default EIO), `sector`, `once`, `immediately`), `set-state` (rules: `event`, `state`,
+/// `new_state`), `config` (a file of `[inject-error]` and `[set-state]` sections) and `align`
+/// (accepted). Events are QEMU's names: `read_aio`, `write_aio`, `flush_to_disk` for guest data
+/// and the qcow2 metadata events the node above labels its requests with (`DebugEvent`); others
+/// are refused, not ignored. Semantics and what is not done: design/reliability.md.
 public enum BlkdebugFilter {
     public static let descriptor = DriverDescriptor(name: "blkdebug", isFilter: true) {
         (reader: inout OptionReader) throws(GraphError) -> any NodeConfiguration in

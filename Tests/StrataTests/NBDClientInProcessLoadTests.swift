@@ -15,16 +15,8 @@ struct NBDClientInProcessLoadTests {
         defer { harness.shutdown() }
         let socket = harness.path("s.sock")
         let image = try harness.createFile("disk.raw", size: 16 << 20)
-        var peer: PeerNBDServer?
-        var strataServer: NBDServerProcess?
-        switch tool {
-        case "qemu-nbd", "nbdkit":
-            let arguments = tool == "qemu-nbd" ? ["-f", "raw", "-t", "-e", "16", "-k", socket, image] : ["-f", "-U", socket, "memory", "16M"]
-            peer = try await PeerNBDServer(tool, arguments, unixPath: socket)
-        default:
-            strataServer = try NBDTestServer.start([.init(name: "", image: image, writable: true)], on: .unix(socket), scratch: try ScratchDirectory("nbd-inproc-serve"))
-        }
-        defer { peer?.stop(); _ = strataServer?.stop() }
+        let export = try await WritablePeerExport(tool, socket: socket, image: image)
+        defer { export.stop() }
         let engine = try Engine(queueCount: 2, cpus: nil)
         do {
             try await engine.controller.apply([

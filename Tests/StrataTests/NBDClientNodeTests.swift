@@ -75,17 +75,8 @@ struct NBDClientNodeTests {
         defer { harness.shutdown() }
         let socket = harness.path("s.sock")
         let image = try harness.createFile("disk.raw", size: 16 << 20)
-        var peer: PeerNBDServer?
-        var strataServer: NBDServerProcess?
-        switch tool {
-        case "qemu-nbd", "nbdkit":
-            try Self.require(tool)
-            let arguments = tool == "qemu-nbd" ? ["-f", "raw", "-t", "-k", socket, image] : ["-f", "-U", socket, "memory", "16M"]
-            peer = try await PeerNBDServer(tool, arguments, unixPath: socket)
-        default:
-            strataServer = try NBDTestServer.start([.init(name: "", image: image, writable: true)], on: .unix(socket), scratch: try ScratchDirectory("nbd-conc-serve"))
-        }
-        defer { peer?.stop(); _ = strataServer?.stop() }
+        let export = try await WritablePeerExport(tool, socket: socket, image: image)
+        defer { export.stop() }
         let node = #"{"driver":"nbd","node-name":"remote","server":{"type":"unix","path":"\#(socket)"}}"#
         let result = try await strata(["bench", "--blockdev", node, "--queues", "2", "--depth", "32", "--rw", "randrw", "--bs", "4k",
                                        "--verify", "--ops", "3000", "--json"])

@@ -215,6 +215,30 @@ enum NBDNodeFixture {
     }
 }
 
+/// A writable 16 MiB export on a Unix socket from qemu-nbd (raw file, no multi-conn), nbdkit's
+/// memory plugin or `strata serve` (both with multi-conn), stopped by `stop()`.
+struct WritablePeerExport {
+    private var peer: PeerNBDServer?
+    private var strataServer: NBDServerProcess?
+
+    init(_ tool: String, socket: String, image: String) async throws {
+        switch tool {
+        case "qemu-nbd", "nbdkit":
+            try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)"), "\(tool) is missing: scripts/install-deps installs it")
+            let arguments = tool == "qemu-nbd" ? ["-f", "raw", "-t", "-k", socket, image] : ["-f", "-U", socket, "memory", "16M"]
+            peer = try await PeerNBDServer(tool, arguments, unixPath: socket)
+        default:
+            strataServer = try NBDTestServer.start([.init(name: "", image: image, writable: true)], on: .unix(socket),
+                                                   scratch: try ScratchDirectory("nbd-peer-serve"))
+        }
+    }
+
+    func stop() {
+        peer?.stop()
+        _ = strataServer?.stop()
+    }
+}
+
 /// Lines collected from many tasks (a class, so escaping closures can share it).
 final class NBDTestLog: Sendable {
     private let lines = Locked<[String]>([])

@@ -116,6 +116,11 @@ let package = Package(
             ],
             path: "Bench/AllocationCount", swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "strata-fuzz",
+            dependencies: ["StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser"],
+            path: "Sources/Fuzz", swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "StrataTests",
             dependencies: [

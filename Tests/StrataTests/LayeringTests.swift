@@ -30,6 +30,7 @@ import Testing
         ("StrataControl", "Sources/Control", 8),
         ("StrataCLI", "Sources/StrataCLI", 9),
         ("strata-alloc-count", "Bench/AllocationCount", 9),
+        ("strata-fuzz", "Sources/Fuzz", 9),
     ]
 
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

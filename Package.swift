@@ -118,7 +118,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "strata-fuzz",
-            dependencies: ["StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser"],
             path: "Sources/Fuzz", swiftSettings: swiftSettings
         ),
         .testTarget(

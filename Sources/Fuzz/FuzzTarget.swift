@@ -1,6 +1,8 @@
+import Dispatch
 import StrataGraph
 import StrataNBD
 import StrataNodes
+import StrataRuntime
 import StrataVhostUser
 
 /// The parsers of hostile input, each fed arbitrary bytes. A target returns normally for any
@@ -18,6 +20,8 @@ enum FuzzTarget: String, CaseIterable {
     case vhostUser = "vhost-user"
     /// A qcow2 header (and its extensions) read from an image file.
     case qcow2Header = "qcow2-header"
+    /// A whole (small) qcow2 image: loaded by the offline tools, then checked as `qemu-img check`.
+    case qcow2Check = "qcow2-check"
 
     func run(_ bytes: UnsafeRawBufferPointer) {
         switch self {
@@ -55,6 +59,47 @@ enum FuzzTarget: String, CaseIterable {
             }
         case .qcow2Header:
             _ = try? Qcow2Header(parsing: Array(bytes), fileSize: 1 << 30, node: "fuzz")
+        case .qcow2Check:
+            let image = MemoryImage(Array(bytes))
+            FuzzTarget.runBlocking {
+                _ = try? await Qcow2OfflineImage.load(io: image, name: "fuzz")
+                _ = try? await Qcow2Checker.check(io: image, filename: "fuzz", repair: nil)
+            }
         }
     }
+}
+
+extension FuzzTarget {
+    /// Runs async parser code to the end from libFuzzer's synchronous callback.
+    static func runBlocking(_ body: @escaping @Sendable () async -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        Task.detached {
+            await body()
+            done.signal()
+        }
+        done.wait()
+    }
+}
+
+/// An image file in memory; bytes past its end read as zeros, as a file's do.
+final class MemoryImage: Qcow2ImageIO {
+    private let bytes: Locked<[UInt8]>
+
+    init(_ bytes: [UInt8]) { self.bytes = Locked(bytes) }
+
+    func sizeBytes() async throws -> UInt64 { UInt64(bytes.withLock { $0.count }) }
+
+    func read(offset: UInt64, count: Int) async throws -> [UInt8] {
+        bytes.withLock { bytes in
+            var result = [UInt8](repeating: 0, count: count)
+            guard offset < UInt64(bytes.count) else { return result }
+            let available = min(count, bytes.count - Int(offset))
+            for index in 0..<available { result[index] = bytes[Int(offset) + index] }
+            return result
+        }
+    }
+
+    func write(offset: UInt64, bytes written: [UInt8]) async throws {}
+    func flush() async throws {}
+    func truncate(to sizeBytes: UInt64) async throws {}
 }

@@ -27,7 +27,7 @@ let package = Package(
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
             "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataVhostUser", "StrataVhostUserServer", "StrataEngine",
-            "StrataImageTools", "StrataControl",
+            "StrataImageTools", "StrataControl", "StrataSimulation",
         ]),
     ],
     dependencies: [
@@ -92,6 +92,11 @@ let package = Package(
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataImageTools",
         ]),
 
+        // Layer 7: the deterministic power-cut and fault simulation behind `strata sim`.
+        strata("StrataSimulation", "Simulation", [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataEngine", "StrataImageTools",
+        ]),
+
         // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer",
@@ -104,7 +109,8 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer",
                 "StrataVhostUserServer", "StrataLoad",
-                "StrataEngine", "StrataImageTools", "StrataControl", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "StrataEngine", "StrataImageTools", "StrataControl", "StrataSimulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
         ),
@@ -126,7 +132,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
                 "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
-                "StrataJobs", "StrataControl",
+                "StrataJobs", "StrataControl", "StrataSimulation",
             ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),

@@ -18,6 +18,7 @@ public enum DriverCatalog {
         NullNode.aioDescriptor,
         Qcow2Node.descriptor,
         RawNode.descriptor,
+        SimNode.descriptor,
         SnapshotAccessFilter.descriptor,
         ThrottleFilter.descriptor,
     ])

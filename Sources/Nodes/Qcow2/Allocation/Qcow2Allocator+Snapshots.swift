@@ -20,8 +20,9 @@ extension Qcow2Allocator {
         for (index, entry) in active.enumerated() where entry & Qcow2ClusterMapping.offsetMask != 0 {
             let table = entry & Qcow2ClusterMapping.offsetMask
             for slot in 0..<metadata.l2Entries {
-                let word = try await tableWord(table, index: slot, io: io)
-                if word & copied != 0 { try await setTableWord(word & ~copied, tableOffset: table, index: slot, io: io) }
+                let index = slot * metadata.l2EntryWords
+                let word = try await tableWord(table, index: index, io: io)
+                if word & copied != 0 { try await setTableWord(word & ~copied, tableOffset: table, index: index, io: io) }
             }
             if entry & copied != 0 {
                 metadata.l1.store(entry & ~copied, at: index)
@@ -87,13 +88,19 @@ extension Qcow2Allocator {
 
     // MARK: Helpers
 
+    /// The mapping word of L2 entry `slot` (extended entries: the first of two words, reserved bit dropped).
+    private nonisolated(nonsending) func mappingWord(_ table: UInt64, slot: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
+        let word = try await tableWord(table, index: slot * metadata.l2EntryWords, io: io)
+        return metadata.extendedL2 ? Qcow2ClusterMapping.extendedEntry(word) : word
+    }
+
     /// Adds `delta` to the refcount of every L2 table under `l1` and every cluster they map.
     private nonisolated(nonsending) func adjustTree(l1: [UInt64], by delta: Int64, io: Qcow2ChildIO) async throws(Qcow2Failure) {
         for entry in l1 {
             let table = entry & Qcow2ClusterMapping.offsetMask
             guard table != 0 else { continue }
             for slot in 0..<metadata.l2Entries {
-                let word = try await tableWord(table, index: slot, io: io)
+                let word = try await mappingWord(table, slot: slot, io: io)
                 for cluster in referencedClusters(of: word) { try await refcounts.adjust(cluster, by: delta, io: io) }
             }
             try await refcounts.adjust(table >> UInt64(metadata.clusterBits), by: delta, io: io)
@@ -116,12 +123,13 @@ extension Qcow2Allocator {
             }
             guard owned else { continue }
             for slot in 0..<metadata.l2Entries {
-                let word = try await tableWord(table, index: slot, io: io)
+                let index = slot * metadata.l2EntryWords
+                let word = try await tableWord(table, index: index, io: io)
                 let host = word & Qcow2ClusterMapping.offsetMask
                 guard word & Qcow2ClusterMapping.compressedFlag == 0, host != 0 else { continue }
                 let single = try await refcounts.refcount(of: host >> bits, io: io) == 1
                 if single != (word & copied != 0) {
-                    try await setTableWord(single ? word | copied : word & ~copied, tableOffset: table, index: slot, io: io)
+                    try await setTableWord(single ? word | copied : word & ~copied, tableOffset: table, index: index, io: io)
                 }
             }
         }

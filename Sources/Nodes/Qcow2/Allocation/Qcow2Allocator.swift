@@ -34,6 +34,19 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// Set once an overlap check failed: the image refuses further writes.
     var isCorrupt: Bool { overlaps.isCorrupt }
 
+    /// Set once a write that switches a structure (the header's L1 table or refcount table, the
+    /// snapshot table, a new size) failed or was not followed by a successful flush: it may or may
+    /// not reach the disk, so what the disk names and what memory names may differ, and anything
+    /// written from either could be lost. The node then writes no more metadata and refuses
+    /// writes that would need it, until the image is opened again (fail-stop, as databases treat
+    /// a failed fsync). The image on disk is left consistent either way.
+    var isFenced: Bool { overlaps.isFenced }
+
+    func fence() { overlaps.fence() }
+
+    /// Writes that allocate or change metadata are refused: corrupt or fenced.
+    var refusesWrites: Bool { isCorrupt || isFenced }
+
     private var clusterSize: Int { metadata.clusterSize }
 
     init(metadata: Qcow2Metadata, refcountTable: [UInt64], fileSizeBytes: UInt64, refcountCacheBlocks: Int) throws(Qcow2Failure) {
@@ -230,6 +243,7 @@ final class Qcow2Allocator: @unchecked Sendable {
     /// Makes everything written so far durable: data, then metadata in dependency order.
     nonisolated(nonsending) func flush(io: Qcow2ChildIO) async throws(Qcow2Failure) {
         assert(lock.isHeldByCurrentTask, "the calling task holds the qcow2 allocation lock")
+        guard !isFenced else { throw Qcow2Failure(status: .ioError) }
         // Data in an external data file must be durable before any mapping of it is.
         try await io.flushData()
         let flushed = try await refcounts.writeback(io: io)

@@ -15,7 +15,7 @@ enum Qcow2MetadataKind {
 /// wrong, and going on would destroy data, so the image is marked corrupt instead.
 /// Changed and checked under the node's allocation lock; `isCorrupt` is read by every queue.
 final class Qcow2OverlapGuard: @unchecked Sendable {
-    // Only touched under the allocation lock, except the atomic `corrupt`.
+    // Only touched under the allocation lock, except the atomics `corrupt` and `fenced`.
     private let clusterSize: UInt64
     private var l1Range: Range<UInt64>
     var snapshotRange: Range<UInt64>
@@ -25,6 +25,12 @@ final class Qcow2OverlapGuard: @unchecked Sendable {
     private let corrupt = Atomic<Bool>(false)
 
     var isCorrupt: Bool { corrupt.load(ordering: .relaxed) }
+
+    /// Set when a write switching a structure may or may not have reached the disk (see
+    /// `Qcow2Allocator.isFenced`); kept here, beside `corrupt`, as both refuse writes on every queue.
+    private let fenced = Atomic<Bool>(false)
+    var isFenced: Bool { fenced.load(ordering: .relaxed) }
+    func fence() { fenced.store(true, ordering: .relaxed) }
 
     init(header: Qcow2Header) {
         clusterSize = header.clusterSize

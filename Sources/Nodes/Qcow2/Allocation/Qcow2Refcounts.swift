@@ -130,6 +130,8 @@ final class Qcow2Refcounts {
         cache.set(slot: slot, index: index, value: new)
         if new == 0 {
             freeHint = min(freeHint, cluster)
+            // A freed cluster may be given out whole next: compressed data must not be packed into it any more.
+            if cluster == freeByteOffset >> UInt64(clusterBits) { freeByteOffset = 0 }
         } else {
             endCluster = max(endCluster, cluster + 1)
         }
@@ -157,7 +159,10 @@ final class Qcow2Refcounts {
     nonisolated(nonsending) func allocateBytes(_ bytes: Int, io: Qcow2ChildIO) async throws(Qcow2Failure) -> UInt64 {
         precondition(bytes > 0 && bytes <= clusterSize)
         let size = UInt64(clusterSize)
-        if freeByteOffset != 0, freeByteOffset % size != 0, freeByteOffset % size + UInt64(bytes) <= size {
+        // The cluster being filled is shared once more, unless its count is at the refcount width's
+        // maximum (QEMU's qcow2_alloc_bytes): then a new cluster starts.
+        if freeByteOffset != 0, freeByteOffset % size != 0, freeByteOffset % size + UInt64(bytes) <= size,
+           try await refcount(of: freeByteOffset >> UInt64(clusterBits), io: io) < cache.maxRefcount {
             let offset = freeByteOffset
             try await adjust(offset >> UInt64(clusterBits), by: 1, io: io)
             freeByteOffset = offset + UInt64(bytes)
@@ -260,9 +265,15 @@ final class Qcow2Refcounts {
         try await io.write(bytes: tableBytes, at: newTableOffset, event: .refblockAllocWriteTable)
         try await writeDirtyBlocks(io: io)
         try await io.flush()
-        try await writeTableLocation(newTableOffset, clusters: UInt32(newTableClusters), io: io)
-        overlaps.refcountTableRange = newTableOffset..<newTableOffset + UInt64(newTableClusters * clusterSize)
-        try await io.flush()
+        do {
+            try await writeTableLocation(newTableOffset, clusters: UInt32(newTableClusters), io: io)
+            overlaps.refcountTableRange = newTableOffset..<newTableOffset + UInt64(newTableClusters * clusterSize)
+            try await io.flush()
+        } catch {
+            // The header may name the new table or the old one: write nothing more.
+            overlaps.fence()
+            throw error
+        }
         let oldFirst = tableOffset >> UInt64(clusterBits)
         for cluster in oldFirst..<oldFirst + UInt64(tableClusters) { pendingFrees.append(cluster) }
         table = newTable

@@ -18,6 +18,12 @@ public enum Qcow2ClusterMapping: Equatable {
     public static let copiedFlag: UInt64 = 1 << 63
     public static let zeroFlag: UInt64 = 1 << 0
 
+    /// An extended L2 entry's first word with its reserved bit 0 dropped (subclusters carry zeros
+    /// in the bitmap). A compressed entry keeps it: there it is part of the byte offset.
+    @inline(__always) public static func extendedEntry(_ word: UInt64) -> UInt64 {
+        word & compressedFlag != 0 ? word : word & ~zeroFlag
+    }
+
     /// `dataFile`: the image keeps its data in an external data file, where host offset 0 is a
     /// real cluster when the entry says COPIED (QEMU's qcow2_get_cluster_type).
     init(l2Entry entry: UInt64, clusterBits: UInt32, dataFile: Bool = false) {

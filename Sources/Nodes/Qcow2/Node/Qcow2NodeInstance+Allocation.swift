@@ -17,7 +17,7 @@ extension Qcow2NodeInstance {
                                  fua: Bool) async -> Result<Int, Qcow2Failure> {
         guard let allocator else { return .failure(Qcow2Failure(status: .readOnly)) }
         await allocator.lock.lock()
-        guard !allocator.isCorrupt else {
+        guard !allocator.refusesWrites else {
             allocator.lock.unlock()
             return .failure(.corrupt)
         }

@@ -34,11 +34,14 @@ extension Qcow2NodeInstance {
             await allocator.lock.lock()
         }
         defer { allocator.lock.unlock() }
-        guard !allocator.isCorrupt else { return .ioError }
+        guard !allocator.refusesWrites else { return .ioError }
         do {
             let (l1Index, l2Index, _) = metadata.locate(offset)
             let table = try await allocator.writableTable(l1Index: l1Index, io: io)
-            let old = try await allocator.tableWord(table, index: l2Index, io: io)
+            // Extended L2 entries are two words: the mapping, then the subcluster bitmap.
+            let word = l2Index * metadata.l2EntryWords
+            var old = try await allocator.tableWord(table, index: word, io: io)
+            if extendedL2 { old = Qcow2ClusterMapping.extendedEntry(old) }
             switch Qcow2ClusterMapping(l2Entry: old, clusterBits: metadata.clusterBits) {
             case .unallocated: break
             case .zero where old & Qcow2ClusterMapping.offsetMask == 0: break
@@ -51,7 +54,9 @@ extension Qcow2NodeInstance {
             let sizeShift = 62 - UInt64(metadata.clusterBits - 8)
             let extraSectors = ((host + UInt64(compressedBytes) - 1) >> 9) - (host >> 9)
             let entry = Qcow2ClusterMapping.compressedFlag | (extraSectors << sizeShift) | host
-            try await allocator.setTableWord(entry, tableOffset: table, index: l2Index, io: io)
+            // As QEMU: a compressed cluster has no subclusters, so its bitmap (zero bits included) is cleared.
+            if extendedL2 { try await allocator.setTableWord(0, tableOffset: table, index: word + 1, io: io) }
+            try await allocator.setTableWord(entry, tableOffset: table, index: word, io: io)
             return .ok
         } catch {
             if allocator.isCorrupt { await allocator.markCorrupt(io: io) }

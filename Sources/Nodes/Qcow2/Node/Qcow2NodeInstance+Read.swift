@@ -115,11 +115,11 @@ extension Qcow2NodeInstance {
         if extendedL2 {
             // With subclusters, bit 0 of the entry is reserved (no zero flag): dropped.
             if slot >= 0, let (entry, bitmap) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * l2Index, slot: slot) {
-                return .success((entry & ~Qcow2ClusterMapping.zeroFlag, bitmap))
+                return .success((Qcow2ClusterMapping.extendedEntry(entry), bitmap))
             }
             if let (entry, bitmap, slot) = metadata.l2Cache.entryPair(tableOffset: tableOffset, index: 2 * l2Index) {
                 slotMemo[memo] = slot
-                return .success((entry & ~Qcow2ClusterMapping.zeroFlag, bitmap))
+                return .success((Qcow2ClusterMapping.extendedEntry(entry), bitmap))
             }
         } else {
             if slot >= 0, let entry = metadata.l2Cache.entry(tableOffset: tableOffset, index: l2Index, slot: slot) { return .success((entry, 0)) }
@@ -142,7 +142,7 @@ extension Qcow2NodeInstance {
         let word = metadata.l2EntryWords * l2Index
         let entry = UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: word * 8, as: UInt64.self))
         guard extendedL2 else { return .success((entry, 0)) }
-        return .success((entry & ~Qcow2ClusterMapping.zeroFlag,
+        return .success((Qcow2ClusterMapping.extendedEntry(entry),
                          UInt64(bigEndian: buffer.base.loadUnaligned(fromByteOffset: word * 8 + 8, as: UInt64.self))))
     }
 

@@ -22,7 +22,7 @@ extension Qcow2NodeInstance {
         let guestCluster = offset - UInt64(inCluster)
         let table = try await allocator.writableTable(l1Index: l1Index, io: io)
         let (rawEntry, rawBitmap) = try await allocator.tableEntryPair(table, index: l2Index, io: io)
-        let entry = rawEntry & ~Qcow2ClusterMapping.zeroFlag
+        let entry = Qcow2ClusterMapping.extendedEntry(rawEntry)
         let bitmap = Qcow2SubclusterBitmap(rawBitmap)
         let mapping = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: hasDataFile)
         guard bitmap.mapping(of: mapping, inCluster: 0, length: clusterSize, subclusterBits: metadata.subclusterBits) != nil,
@@ -149,7 +149,7 @@ extension Qcow2NodeInstance {
         guard let allocator else { return .failure(Qcow2Failure(status: .readOnly)) }
         await allocator.lock.lock()
         defer { allocator.lock.unlock() }
-        guard !allocator.isCorrupt else { return .failure(.corrupt) }
+        guard !allocator.refusesWrites else { return .failure(.corrupt) }
         do {
             let (l1Index, l2Index, inCluster) = metadata.locate(start)
             // Without a table and a backing file, the subclusters read as zeros already.
@@ -177,7 +177,7 @@ extension Qcow2NodeInstance {
                                 discard: Bool, mayUnmap: Bool) async throws(Qcow2Failure) {
         for index in indices {
             let (entry, bitmap) = try await allocator.tableEntryPair(table, index: index, io: io)
-            let mapping = Qcow2ClusterMapping(l2Entry: entry & ~Qcow2ClusterMapping.zeroFlag, clusterBits: metadata.clusterBits,
+            let mapping = Qcow2ClusterMapping(l2Entry: Qcow2ClusterMapping.extendedEntry(entry), clusterBits: metadata.clusterBits,
                                               dataFile: hasDataFile)
             let hasHost: Bool
             switch mapping {

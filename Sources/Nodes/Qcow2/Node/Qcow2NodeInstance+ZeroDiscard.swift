@@ -58,7 +58,7 @@ extension Qcow2NodeInstance {
         guard lastWhole > firstWhole else { return .ok }
         await allocator.lock.lock()
         defer { allocator.lock.unlock() }
-        guard !allocator.isCorrupt else { return .ioError }
+        guard !allocator.refusesWrites else { return .ioError }
         do {
             var cluster = firstWhole
             while cluster < lastWhole {

@@ -29,7 +29,7 @@ extension Qcow2NodeState: BlockStatusQuerying {
                 entry = try await controlIO.l2Entry(metadata, tableOffset: tableOffset, index: index * metadata.l2EntryWords)
                 if metadata.extendedL2 {
                     bitmap = try await controlIO.l2Entry(metadata, tableOffset: tableOffset, index: index * 2 + 1)
-                    entry &= ~Qcow2ClusterMapping.zeroFlag
+                    entry = Qcow2ClusterMapping.extendedEntry(entry)
                 }
             } catch {
                 throw GraphError.openFailed(node: configuration.file.nodeName, reason: "qcow2: could not read the L2 table at \(tableOffset): \(error.status)")

@@ -10,7 +10,7 @@ extension Qcow2NodeState {
     func edit<Value: Sendable>(on executor: QueueExecutor,
                                _ body: @escaping @Sendable (Qcow2Allocator, Qcow2ChildIO) async throws(Qcow2Failure) -> Value) async throws -> Value {
         guard let allocator else { throw Qcow2EditError("Block node is read-only") }
-        guard !allocator.isCorrupt, !metadata.header.isCorrupt else { throw Qcow2EditError("Image is corrupt; cannot be opened read/write") }
+        guard !allocator.refusesWrites, !metadata.header.isCorrupt else { throw Qcow2EditError("Image is corrupt; cannot be opened read/write") }
         // `unmap` and the L1 growth know standard 8-byte L2 entries and image-file clusters only.
         guard !metadata.extendedL2, !metadata.hasDataFile else {
             throw Qcow2EditError("not supported yet for images with extended L2 entries or an external data file")
@@ -29,7 +29,11 @@ extension Qcow2NodeState {
         }.value
         switch result {
         case .success(let value): return value
-        case .failure(let failure): throw Qcow2EditError(failure.status.description)
+        case .failure(let failure):
+            // A whole-image edit that failed part-way (a grown L1 table, a new size) may have
+            // switched a header field on disk without memory knowing: write nothing more.
+            allocator.fence()
+            throw Qcow2EditError(failure.status.description)
         }
     }
 

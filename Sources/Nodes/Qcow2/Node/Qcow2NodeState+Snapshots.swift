@@ -20,7 +20,7 @@ extension Qcow2NodeState {
         case .apply(let key): ("apply", key)
         case .delete(let key): ("delete", key)
         }
-        guard let allocator, !allocator.isCorrupt else {
+        guard let allocator, !allocator.refusesWrites else {
             throw Qcow2SnapshotError(description: "Could not \(verb) snapshot '\(key)': \(IOStatus.readOnly)")
         }
         // As QEMU: a snapshot's data would have to live in the data file, which has one copy.
@@ -30,6 +30,9 @@ extension Qcow2NodeState {
         do {
             return try await controlIO.snapshotOperation(allocator, operation)
         } catch {
+            // A snapshot operation that failed part-way may have switched the header's snapshot
+            // table or L1 table on disk without memory knowing: write nothing more.
+            allocator.fence()
             if allocator.isCorrupt { await controlIO.markCorrupt(allocator) }
             let reason = error.status.errno == ENOENT ? "Can't find the snapshot" : "\(error.status)"
             throw Qcow2SnapshotError(description: "Could not \(verb) snapshot '\(key)': \(reason)")

@@ -105,7 +105,7 @@ public final class Qcow2NodeState: NodeState, DirtyBitmapStore {
     /// Writes back what the caches hold, so the image is complete and consistent on disk, and
     /// gives back the zeroed space the allocator extended the file by beyond the last cluster.
     public func close() async {
-        guard let allocator, !allocator.isCorrupt else { return }
+        guard let allocator, !allocator.refusesWrites else { return }
         // Data before the metadata that maps it.
         if let dataControl, (try? await dataControl.flush()) == nil { return }
         do {

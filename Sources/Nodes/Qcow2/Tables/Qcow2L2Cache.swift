@@ -231,9 +231,20 @@ final class Qcow2L2Cache: Sendable {
 
     /// Installs a new table (allocation lock held), dirty: the copy in the cache is the only one
     /// until written back. Returns false when every slot is dirty.
+    ///
+    /// The cluster may have held an L2 table before, freed since (the copy a write made of a table
+    /// a snapshot shared, once the snapshot went) and still cached: no L1 entry names that old
+    /// table any more, so its slot takes the new one.
     func install(tableOffset: UInt64, from source: UnsafeRawPointer?) -> Bool {
         slots.withLock { slots in
-            precondition(slots.slotOfOffset[tableOffset] == nil, "L2 table installed twice")
+            if let stale = slots.slotOfOffset[tableOffset] {
+                fill(stale, tableOffset: tableOffset, from: source, &slots)
+                if !slots.dirty[stale] {
+                    slots.dirty[stale] = true
+                    slots.dirtyCount += 1
+                }
+                return true
+            }
             guard let slot = freeSlot(&slots) else { return false }
             fill(slot, tableOffset: tableOffset, from: source, &slots)
             slots.dirty[slot] = true

@@ -89,6 +89,16 @@ import Testing
         #expect(digests[0] == digests[1], "the same seed ran differently:\n\(digests.joined(separator: "\n"))")
     }
 
+    /// Seeds that found qcow2 bugs (design/reliability.md), kept as regression tests: a freed
+    /// compressed cluster refilled (1), compressed writes and snapshots on subclusters (5, 85),
+    /// L1 updates after a failed L1 growth (1288), flushes after failed structural edits (91,
+    /// 2287, 2300, 2977).
+    @Test(arguments: [1, 5, 85, 91, 1288, 2287, 2300, 2977] as [UInt64])
+    func seedsThatFoundBugsPass(seed: UInt64) async throws {
+        let result = try await Self.sim(["--seed", "\(seed)"])
+        #expect(result.status == 0, "\(result.output)")
+    }
+
     /// A disk that drops flushed writes must be caught: the judges are not vacuous.
     @Test func aLyingDiskIsCaught() async throws {
         let result = try await Self.sim(["--seed", "1", "--seeds", "6", "--ops", "80", "--lying-disk", "-q", "--no-qemu-img"])

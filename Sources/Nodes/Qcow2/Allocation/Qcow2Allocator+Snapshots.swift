@@ -80,6 +80,9 @@ extension Qcow2Allocator {
             if table != 0 { overlaps.l2Tables.insert(table) }
         }
         try await flush(io: io)
+        for entry in old where !tree.contains(where: { $0 & Qcow2ClusterMapping.offsetMask == entry & Qcow2ClusterMapping.offsetMask }) {
+            overlaps.l2Tables.remove(entry & Qcow2ClusterMapping.offsetMask)
+        }
         try await adjustTree(l1: old, by: -1, io: io)
         try await restoreCopiedFlags(io: io)
         try await flush(io: io)

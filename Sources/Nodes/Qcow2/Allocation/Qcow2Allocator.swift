@@ -114,6 +114,9 @@ final class Qcow2Allocator: @unchecked Sendable {
             let installed = metadata.l2Cache.install(tableOffset: offset, from: copy)
             precondition(installed, "a copied L2 table finds a free cache slot: ensureRoom made one")
             refcounts.releaseAfterFlush([old >> UInt64(metadata.clusterBits)])
+            // The old table is a snapshot's now, no longer active: once the snapshot goes, its
+            // cluster may hold anything (QEMU's overlap checks cover active L2 tables too).
+            overlaps.l2Tables.remove(old)
         }
         overlaps.l2Tables.insert(offset)
         metadata.l1.store(offset | Qcow2ClusterMapping.copiedFlag, at: l1Index)

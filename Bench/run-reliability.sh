@@ -36,7 +36,7 @@ fi
     echo "# Reliability"
     echo
     echo "Measured at commit $commit on $(nproc) CPUs ($(date -u +%Y-%m-%d)), by \`SEEDS=$seeds FUZZ_SECONDS=$fuzz_seconds TSAN=$tsan Bench/run-reliability.sh\`"
-    echo "($(( $(date +%s) - start )) s in all). What each part does: design/reliability.md."
+    echo "($(( $(date +%s) - start )) s in all$([ "${REUSE_CAMPAIGN:-0}" = 1 ] && echo "; the campaign's results are those of its last run by scripts/sim-campaign, reused")). What each part does: design/reliability.md."
     echo
     echo "## Power-cut simulation (scripts/sim-campaign)"
     echo

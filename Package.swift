@@ -124,7 +124,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "strata-fuzz",
-            dependencies: ["StrataRuntime", "StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser"],
+            dependencies: ["StrataRuntime", "StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser", "StrataEngine", "StrataNBDServer"],
             path: "Sources/Fuzz", swiftSettings: swiftSettings
         ),
         .testTarget(

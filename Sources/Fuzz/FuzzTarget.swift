@@ -14,6 +14,8 @@ enum FuzzTarget: String, CaseIterable {
     case nbdServerHandshake = "nbd-server-handshake"
     /// NBD request headers from a client in transmission.
     case nbdRequest = "nbd-request"
+    /// A client's whole byte stream to a live NBD server, through a connection.
+    case nbdServerStream = "nbd-server-stream"
     /// The NBD client's reply stream from a server, with requests in flight.
     case nbdReplies = "nbd-replies"
     /// vhost-user messages from a front end: the header, then the payload it announces.
@@ -41,6 +43,8 @@ enum FuzzTarget: String, CaseIterable {
                 _ = try? NBDRequest.parse(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + NBDRequest.headerBytes]))
                 offset += NBDRequest.headerBytes
             }
+        case .nbdServerStream:
+            NBDServerUnderFuzz.run(bytes)
         case .nbdReplies:
             var parser = NBDReplyParser(structuredReplies: true, contextIDs: [1])
             try? parser.expect(NBDRequest(command: .read, cookie: 0, offset: 0, length: 65536))

@@ -7,7 +7,7 @@ import Testing
     private static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     private static let binary = root.appendingPathComponent(".build/debug/strata-fuzz").path
 
-    @Test(arguments: ["json", "nbd-server-handshake", "nbd-request", "nbd-replies", "vhost-user", "qcow2-header", "qcow2-check"])
+    @Test(arguments: ["json", "nbd-server-handshake", "nbd-request", "nbd-server-stream", "nbd-replies", "vhost-user", "qcow2-header", "qcow2-check"])
     func corpusReplaysCleanly(target: String) async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "build first (swift build --build-tests)")
         let corpus = Self.root.appendingPathComponent("Tests/fuzz-corpus/\(target)").path

@@ -99,6 +99,15 @@ import Testing
         #expect(result.status == 0, "\(result.output)")
     }
 
+    /// Found by the edits workload: the zeros that extend the file started at its end, inside a
+    /// cluster reused for data whose write was still in flight, and erased it (20306); a freed L2
+    /// table's cluster, reused, was taken for an active table (20577).
+    @Test(arguments: [20201, 20306, 20495, 20577] as [UInt64])
+    func editSeedsThatFoundBugsPass(seed: UInt64) async throws {
+        let result = try await Self.sim(["--seed", "\(seed)", "--workload", "edits"])
+        #expect(result.status == 0, "\(result.output)")
+    }
+
     /// A disk that drops flushed writes must be caught: the judges are not vacuous.
     @Test func aLyingDiskIsCaught() async throws {
         let result = try await Self.sim(["--seed", "1", "--seeds", "6", "--ops", "80", "--lying-disk", "-q", "--no-qemu-img"])

@@ -116,8 +116,12 @@ extension Qcow2NodeInstance {
         // Clusters never used before read as zeros once the file reaches past them, so their
         // copy-on-write of zeros can be skipped (`writeMerged`). Not so in a data file, whose
         // clusters sit at their guest offsets and may hold old data.
+        // The zeros start past every cluster ever used, not at the file's end: the end can lie
+        // inside a cluster in use (a short table written last, a cluster freed and reused) whose
+        // data write is in flight, and zeros landing after it would erase that data.
+        let zerosFrom = max(fileState.current.sizeBytes, neverUsedFrom << UInt64(metadata.clusterBits))
         let fresh = !hasDataFile && hostBase >> UInt64(metadata.clusterBits) >= neverUsedFrom
-            ? await allocator.extendFile(toCover: hostBase + UInt64(replaced.count * clusterSize), fileSize: fileState.current.sizeBytes, io: io)
+            ? await allocator.extendFile(toCover: hostBase + UInt64(replaced.count * clusterSize), fileSize: zerosFrom, io: io)
             : false
         allocator.startAllocation(ofGuestClusters: firstGuestCluster, count: replaced.count)
         return .allocated(Qcow2AllocationPlan(table: table, firstIndex: l2Index, firstGuestCluster: firstGuestCluster,

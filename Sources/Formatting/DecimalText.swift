@@ -1,14 +1,18 @@
+import Glibc
+
 /// Fixed-point decimal text without Foundation: `fixed(3.14159, 2)` is "3.14".
 public enum DecimalText {
+    /// As C's `printf("%.*f")`, which QEMU's tools print with: ties round to even on the exact
+    /// binary value (2/64 as a percentage, 3.125, prints 3.12).
     public static func fixed(_ value: Double, _ digits: Int) -> String {
-        var scale = 1.0
-        for _ in 0..<digits { scale *= 10 }
-        let rounded = (value * scale).rounded() / scale
-        if digits == 0 { return String(Int64(rounded)) }
-        let text = String(rounded)
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        let fraction = parts.count > 1 ? String(parts[1].prefix(digits)) : ""
-        return parts[0] + "." + fraction + String(repeating: "0", count: digits - fraction.count)
+        precondition((0...30).contains(digits), "a sensible number of decimals")
+        var buffer = [CChar](repeating: 0, count: 64)
+        let written = withVaList([Int32(digits), value]) { vsnprintf(&buffer, buffer.count, "%.*f", $0) }
+        if written >= buffer.count {
+            buffer = [CChar](repeating: 0, count: Int(written) + 1)
+            _ = withVaList([Int32(digits), value]) { vsnprintf(&buffer, buffer.count, "%.*f", $0) }
+        }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// An integer with thousands separated by commas: `grouped(1234567)` is "1,234,567".

@@ -36,6 +36,10 @@ struct ImgMapCommand: AsyncParsableCommand {
         do {
             try await emit(session)
             await session.close()
+        } catch is ImgMapUnmappable {
+            await session.close()
+            StandardError.print("strata img: File contains external, encrypted or compressed clusters.")
+            throw ExitCode(1)
         } catch {
             await session.close()
             StandardError.print("strata img: \(error)")
@@ -47,6 +51,12 @@ struct ImgMapCommand: AsyncParsableCommand {
         let start = try startOffset.map { UInt64(try IoFormat.number($0)) } ?? 0
         let end = try maxLength.map { start + UInt64(try IoFormat.number($0)) }
         let entries = try await ImageMap.entries(of: session, start: start, end: end)
-        print(output == "json" ? ImageMap.json(entries) : ImageMap.human(entries))
+        guard output == "human" else { return print(ImageMap.json(entries)) }
+        let (text, stopped) = ImageMap.humanUntilUnmappable(entries)
+        print(text)
+        if stopped { throw ImgMapUnmappable() }
     }
 }
+
+/// Human output met data it cannot place in a file (qemu-img's "external, encrypted or compressed clusters").
+private struct ImgMapUnmappable: Error {}

@@ -38,10 +38,20 @@ struct ImgMeasureCommand: AsyncParsableCommand {
                 let path = file!
                 let info = try await ImageInfo.read(path: path, format: format)
                 virtualSize = info.virtualSize
-                if let image = info.qcow2 {
+                if let image = info.qcow2, image.backingFileName != nil {
+                    // What a convert would copy: data anywhere in the chain (QEMU's qcow2_measure
+                    // asks bdrv_block_status_above of the whole chain).
+                    ranges = try await Self.chainDataRanges(path: path, format: format)
+                    if image.header.version >= 3 {
+                        bitmaps = info.bitmaps.map { .init(name: $0.name, sizeBytes: image.virtualSize, granularity: $0.granularity) }
+                    }
+                } else if let image = info.qcow2 {
                     let io = try Qcow2FileIO(path: path, writable: false)
                     ranges = try await Qcow2AllocationScan.dataRanges(io: io, image: image)
-                    bitmaps = info.bitmaps.map { .init(name: $0.name, sizeBytes: image.virtualSize, granularity: $0.granularity) }
+                    // As QEMU: only a source that can hold persistent bitmaps (qcow2 v3) reports them.
+                    if image.header.version >= 3 {
+                        bitmaps = info.bitmaps.map { .init(name: $0.name, sizeBytes: image.virtualSize, granularity: $0.granularity) }
+                    }
                 } else {
                     ranges = Self.rawDataRanges(path: path, size: virtualSize)
                 }
@@ -60,15 +70,41 @@ struct ImgMeasureCommand: AsyncParsableCommand {
                 let measure = try Qcow2Measure(options: target, allocatedBytes: allocated, sourceBitmaps: bitmaps)
                 text = output == "json" ? measure.json + "\n" : measure.human
             case "raw":
+                // As QEMU's raw_measure: a raw file needs its whole length, holes or not.
                 let aligned = (virtualSize + 511) / 512 * 512
-                let required = ranges.map { Qcow2AllocationScan.requiredBytes($0, clusterSize: 512) } ?? aligned
-                text = output == "json" ? "{\n    \"required\": \(required),\n    \"fully-allocated\": \(aligned)\n}\n"
-                    : "required size: \(required)\nfully allocated size: \(aligned)\n"
+                text = output == "json" ? "{\n    \"required\": \(aligned),\n    \"fully-allocated\": \(aligned)\n}\n"
+                    : "required size: \(aligned)\nfully allocated size: \(aligned)\n"
             default:
                 throw ImgCommand.fail("Unknown file format '\(targetFormat)'")
             }
             print(text, terminator: "")
         }
+    }
+
+    /// The ranges holding data (allocated, not zero) anywhere in the backing chain.
+    static func chainDataRanges(path: String, format: String?) async throws -> [Range<UInt64>] {
+        let session = try await ImageSession.open(path, options: ImageOpenOptions(format: format, readOnly: true, forceShare: true))
+        var ranges: [Range<UInt64>] = []
+        var offset: UInt64 = 0
+        do {
+            while offset < session.sizeBytes {
+                let extent = try await session.blockStatus(offsetBytes: offset, maxLengthBytes: min(1 << 30, session.sizeBytes - offset))
+                guard extent.lengthBytes > 0 else { break }
+                if extent.isData && extent.isAllocated && !extent.isZero {
+                    if let last = ranges.last, last.upperBound == offset {
+                        ranges[ranges.count - 1] = last.lowerBound..<offset + extent.lengthBytes
+                    } else {
+                        ranges.append(offset..<offset + extent.lengthBytes)
+                    }
+                }
+                offset += extent.lengthBytes
+            }
+        } catch {
+            await session.close()
+            throw error
+        }
+        await session.close()
+        return ranges
     }
 
     /// Linux's SEEK_DATA and SEEK_HOLE (not exported by the Glibc module).

@@ -42,14 +42,22 @@ struct IoCommand: AsyncParsableCommand {
         // One line per completed command even into a pipe: a caller that kills this process
         // (the crash tests) learns from the output which commands completed.
         strata_line_buffer_stdout()
-        let options = ImageOpenOptions(format: format, readOnly: readOnly, forceShare: forceShare,
+        var options = ImageOpenOptions(format: format, readOnly: readOnly, forceShare: forceShare,
                                        cacheMode: noCache ? "none" : cache ?? "writeback", copyOnRead: copyOnRead)
+        options.unmap = true  // qemu-io's BDRV_O_UNMAP: a discard punches the file's hole
         let session: ImageSession
         do {
             session = try await ImageSession.open(file, options: options)
         } catch {
             StandardError.print("strata io: can't open device \(file): \(error)")
             throw ExitCode(1)
+        }
+        if format == nil && session.format == "raw" && !readOnly && !file.contains(":") {
+            // qemu-io's warning, word for word (QEMU also refuses writes to block 0 that would
+            // make the image probe as another format; Strata does not yet).
+            StandardError.print("WARNING: Image format was not specified for '\(file)' and probing guessed raw.\n"
+                + "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"
+                + "         Specify the 'raw' format explicitly to remove the restrictions.")
         }
         let interpreter = IoInterpreter(session: session)
         var failed = false

@@ -14,13 +14,14 @@ extension NodeState {
             var extent = try await layer.blockStatusOrData(offsetBytes: offsetBytes, maxLengthBytes: length)
             extent.depth = depth
             if extent.lengthBytes == 0 || extent.isAllocated { return extent }
-            extent.hostOffset = nil
-            // No backing node, or one that ends before the offset: the range reads as zeros.
+            // No backing node, or one that ends before the offset: the range reads as zeros (a
+            // place in the file the layer gave, such as unallocated subclusters', is kept, as QEMU does).
             guard let next = (layer as? any BackingChainLayer)?.backingLayer?.state, offsetBytes < next.sizeBytes else {
                 extent.isZero = true
                 extent.isData = false
                 return extent
             }
+            extent.hostOffset = nil
             length = min(extent.lengthBytes, next.sizeBytes - offsetBytes)
             layer = next
             depth += 1

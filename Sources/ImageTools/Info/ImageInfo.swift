@@ -109,6 +109,7 @@ public struct ImageInfo: Sendable {
             text += "backing file: \(backing)\(full != backing ? " (actual path: \(full))" : "")\n"
         }
         if let format = image.backingFormat { text += "backing file format: \(format)\n" }
+        if image.isDirty { text += "cleanly shut down: no\n" }
         if !image.snapshots.isEmpty { text += Self.snapshotList(image.snapshots) }
         text += "Format specific information:\n"
         text += "    compat: \(image.version >= 3 ? "1.1" : "0.10")\n"

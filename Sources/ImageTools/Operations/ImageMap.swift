@@ -26,9 +26,9 @@ public struct ImageMapEntry: Sendable, Equatable {
         return text + "}"
     }
 
-    /// The human line ("%#-16x" columns), only for data with a host offset, as qemu-img prints.
+    /// The human line ("%#-16x" columns), only for data that is not zeros, as qemu-img prints.
     public var human: String? {
-        guard data, let offset else { return nil }
+        guard data, !zero, let offset else { return nil }
         func column(_ value: UInt64) -> String {
             let text = value == 0 ? "0" : "0x" + String(value, radix: 16)
             return text + String(repeating: " ", count: max(0, 16 - text.count))
@@ -51,7 +51,8 @@ public enum ImageMap {
             guard extent.lengthBytes > 0 else { break }
             let depth = extent.depth ?? 0
             let next = ImageMapEntry(start: offset, length: extent.lengthBytes, depth: depth, present: extent.isAllocated, zero: extent.isZero,
-                                     data: extent.isData, offset: extent.hostOffset, filename: session.layers[depth].filename)
+                                     data: extent.isData, offset: extent.hostOffset,
+                                     filename: session.layers[depth].dataFilePath ?? session.layers[depth].filename)
             if let last = entries.last, last.merges(with: next) {
                 entries[entries.count - 1].length += next.length
             } else {
@@ -68,5 +69,13 @@ public enum ImageMap {
 
     public static func human(_ entries: [ImageMapEntry]) -> String {
         ([humanHeader] + entries.compactMap(\.human)).joined(separator: "\n")
+    }
+
+    /// Human text stops, as qemu-img's does, at data it cannot place in a file (compressed
+    /// clusters): the lines before it, and whether it stopped.
+    public static func humanUntilUnmappable(_ entries: [ImageMapEntry]) -> (text: String, stopped: Bool) {
+        let stop = entries.firstIndex { $0.data && $0.offset == nil }
+        let shown = stop.map { Array(entries[..<$0]) } ?? entries
+        return (human(shown), stop != nil)
     }
 }

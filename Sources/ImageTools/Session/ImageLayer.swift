@@ -14,6 +14,12 @@ public struct ImageLayer: Sendable, Equatable {
     /// Set for an image named `blkdebug:CONFIG:FILENAME` (QEMU's pseudo-protocol): a blkdebug
     /// node reading CONFIG (empty: no rules) sits between the format node and its file.
     public var blkdebugConfig: String? = nil
+    /// A qcow2 image's external data file (its header's name, relative to the image's folder),
+    /// opened as a file node of its own, as QEMU opens it.
+    public var dataFilePath: String? = nil
+
+    /// The data file's node.
+    public var dataFileNodeName: String { nodeName + "-data" }
 
     /// The node the format node reads and writes: the file, or the blkdebug filter above it.
     public var formatChildName: String { blkdebugConfig == nil ? fileNodeName : nodeName + "-blkdebug" }

@@ -12,6 +12,8 @@ public struct ImageOpenOptions: Sendable {
     public var openBackingChain: Bool
     /// Copy data read from the backing chain into the top image (qemu-io -C).
     public var copyOnRead: Bool
+    /// Discards reach the file (`discard=unmap`): qemu-io opens images so (BDRV_O_UNMAP).
+    public var unmap = false
 
     public static let cacheModes = ["none", "writeback", "writethrough", "directsync", "unsafe"]
 

@@ -207,12 +207,30 @@ public final class ImageSession: Sendable {
             guard seen.insert(ImageProbe.canonicalPath(filename)).inserted else { throw ImageSessionError.backingLoop(filename) }
             var layer = ImageLayer(filename: filename, format: resolved, nodeName: "img\(depth)", fileNodeName: "img\(depth)-file", probe: probe)
             if depth == 0 { layer.blkdebugConfig = blkdebugConfig }
+            if resolved == "qcow2", probe.format == .qcow2 { layer.dataFilePath = try dataFilePath(of: filename) }
             layers.append(layer)
             guard options.openBackingChain, resolved == "qcow2", probe.format == .qcow2, let backing = probe.backingFileName else { break }
             filename = ImageProbe.backingPath(backing, of: filename)
             format = probe.backingFormat
         }
         return layers
+    }
+
+    /// The external data file a qcow2 image's header names (QEMU resolves it as it does a
+    /// backing file name), or nil.
+    static func dataFilePath(of path: String) throws -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return nil }
+        // The header and its extensions lie in the first cluster (at most 2 MiB).
+        var bytes = [UInt8](repeating: 0, count: Int(min(UInt64(info.st_size), 2 << 20)))
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        let header = try Qcow2Header(parsing: Array(bytes[0..<count]), fileSize: UInt64(info.st_size), node: path)
+        guard header.incompatibleFeatures & Qcow2Header.externalDataFileBit != 0, let name = header.dataFileName else { return nil }
+        return ImageProbe.backingPath(name, of: path)
     }
 
     /// blockdev-add actions for the chain, bottom first, and the backend over the top.
@@ -231,7 +249,7 @@ public final class ImageSession: Sendable {
                 actions.append(add([
                     "driver": "file", "node-name": .string(layer.fileNodeName), "filename": .string(layer.filename),
                     "cache": .string(options.cacheMode), "read-only": .bool(layerReadOnly),
-                    "locking": .string(options.forceShare ? "off" : "auto"),
+                    "locking": .string(options.forceShare ? "off" : "auto"), "discard": options.unmap ? "unmap" : "ignore",
                 ]))
             }
             if let config = layer.blkdebugConfig {
@@ -247,6 +265,14 @@ public final class ImageSession: Sendable {
             ]
             if layer.format == "qcow2" {
                 node["backing"] = depth + 1 < layers.count ? .string(layers[depth + 1].nodeName) : .null
+            }
+            if let dataFile = layer.dataFilePath {
+                actions.append(add([
+                    "driver": "file", "node-name": .string(layer.dataFileNodeName), "filename": .string(dataFile),
+                    "cache": .string(options.cacheMode), "read-only": .bool(layerReadOnly),
+                    "locking": .string(options.forceShare ? "off" : "auto"),
+                ]))
+                node["data-file"] = .string(layer.dataFileNodeName)
             }
             actions.append(add(node))
         }

@@ -30,11 +30,12 @@ extension Qcow2Allocator {
             }
         }
         let l1Offset = try await writeNewClusters(active.map { $0 & ~copied }, io: io)
+        // Microseconds, as QEMU's g_get_real_time() gives them.
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let nextID = (snapshots.compactMap { Int($0.id) }.max() ?? 0) + 1
         let snapshot = Qcow2Snapshot(l1TableOffset: l1Offset, l1Size: UInt32(active.count), id: "\(nextID)", name: name,
-                                     dateSeconds: UInt32(truncatingIfNeeded: now.tv_sec), dateNanoseconds: UInt32(now.tv_nsec),
+                                     dateSeconds: UInt32(truncatingIfNeeded: now.tv_sec), dateNanoseconds: UInt32(now.tv_nsec / 1000 * 1000),
                                      diskSize: metadata.sizeBytes)
         try await flush(io: io)
         try await replaceSnapshotTable(snapshots + [snapshot], io: io)
@@ -169,7 +170,7 @@ extension Qcow2Allocator {
 
     /// Writes a new snapshot table, points the header at it, and frees the old one.
     private nonisolated(nonsending) func replaceSnapshotTable(_ entries: [Qcow2Snapshot], io: Qcow2ChildIO) async throws(Qcow2Failure) {
-        let bytes = entries.flatMap { $0.serialized() }
+        let bytes = Qcow2Snapshot.table(entries)
         let offset = bytes.isEmpty ? 0 : try await writeNewClusters(bytes: bytes, io: io)
         try await refcounts.writeback(io: io)
         try await io.flush()

@@ -80,9 +80,6 @@ public struct Qcow2CheckReport: Sendable, Equatable {
     }
 
     /// printf's "%0.2f".
-    static func percent(_ value: Double) -> String {
-        let hundredths = Int((value * 100).rounded())
-        let fraction = hundredths % 100
-        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
-    }
+    /// As QEMU's `%.2f`.
+    static func percent(_ value: Double) -> String { DecimalText.fixed(value, 2) }
 }

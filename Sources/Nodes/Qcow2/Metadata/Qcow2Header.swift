@@ -31,7 +31,7 @@ public struct Qcow2Header: Sendable {
     static let knownAutoclearBits: UInt64 = bitmapsAutoclearBit | dataFileRawBit
     static let knownIncompatibleBits: UInt64 = dirtyBit | corruptBit | externalDataFileBit | compressionTypeBit | extendedL2Bit
 
-    let version: UInt32
+    public let version: UInt32
     public let backingFileName: String?
     public let clusterBits: UInt32
     public let sizeBytes: UInt64
@@ -60,7 +60,7 @@ public struct Qcow2Header: Sendable {
     /// log2 of the entries per L2 table (one cluster per table, 8 or 16 bytes an entry).
     var l2Bits: UInt32 { clusterBits - (hasExtendedL2 ? 4 : 3) }
     /// The data file name from the header extension, when there is one.
-    var dataFileName: String? {
+    public var dataFileName: String? {
         for case .unknown(Qcow2HeaderExtension.externalDataFileType, let data) in extensions {
             return String(decoding: data.prefix { $0 != 0 }, as: UTF8.self)
         }

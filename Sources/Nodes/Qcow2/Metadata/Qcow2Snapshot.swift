@@ -56,14 +56,25 @@ public struct Qcow2Snapshot: Sendable, Equatable {
 }
 
 extension Qcow2Snapshot {
-    /// A new snapshot entry as QEMU 7.2 writes one: 24 bytes of extra data (large VM state size,
-    /// disk size, icount -1 for "not recorded").
+    /// A new snapshot entry as qemu-img 7.2 writes one: 24 bytes of extra data (large VM state
+    /// size, disk size, and an icount of 0: qemu-img clears the whole entry first).
     init(l1TableOffset: UInt64, l1Size: UInt32, id: String, name: String, dateSeconds: UInt32, dateNanoseconds: UInt32, diskSize: UInt64) {
         self.init(l1TableOffset: l1TableOffset, l1Size: l1Size, id: id, name: name, dateSeconds: dateSeconds,
-                  dateNanoseconds: dateNanoseconds, vmClockNanoseconds: 0, vmStateSize: 0, diskSize: diskSize, icount: .max)
+                  dateNanoseconds: dateNanoseconds, vmClockNanoseconds: 0, vmStateSize: 0, diskSize: diskSize, icount: 0)
     }
 
-    /// The entry as stored in the table, padded to a multiple of 8 bytes.
+    /// A whole table: each entry starts 8-byte aligned, and the table ends where its last entry
+    /// does (QEMU's qcow2_write_snapshots).
+    static func table(_ entries: [Qcow2Snapshot]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for entry in entries {
+            while bytes.count % 8 != 0 { bytes.append(0) }
+            bytes += entry.serialized()
+        }
+        return bytes
+    }
+
+    /// The entry as stored in the table, without padding.
     func serialized() -> [UInt8] {
         var extra: [UInt8] = []
         func append64(_ value: UInt64, to bytes: inout [UInt8]) { for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) } }
@@ -82,7 +93,6 @@ extension Qcow2Snapshot {
         append(vmStateSize > UInt64(UInt32.max) ? 0 : vmStateSize, 4)
         append(UInt64(extra.count), 4)
         bytes += extra + Array(id.utf8) + Array(name.utf8)
-        while bytes.count % 8 != 0 { bytes.append(0) }
         return bytes
     }
 }

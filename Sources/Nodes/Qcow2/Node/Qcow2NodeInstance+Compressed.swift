@@ -3,6 +3,23 @@ import StrataRuntime
 
 // Compressed writes and the compressor.
 extension Qcow2NodeInstance {
+    /// A compressed write of whole clusters (the last may end at the image's end), one cluster
+    /// at a time, as QEMU's qcow2_co_pwritev_compressed splits it; the first failure ends it.
+    func compressedWrites(from source: UnsafeRawPointer, length: Int, at offset: UInt64) async -> IOStatus {
+        let clusterSize = metadata.clusterSize
+        guard offset % UInt64(clusterSize) == 0, length % clusterSize == 0 || offset + UInt64(length) == metadata.sizeBytes else {
+            return .invalid
+        }
+        var done = 0
+        while done < length {
+            let chunk = min(clusterSize, length - done)
+            let status = await compressedWrite(from: source + done, length: chunk, at: offset + UInt64(done))
+            guard status.isOK else { return status }
+            done += chunk
+        }
+        return .ok
+    }
+
     /// Stores one whole cluster (or the image's last, partial one) deflated, packed into host
     /// clusters shared with other compressed clusters, as QEMU's qcow2_co_pwritev_compressed.
     /// Data that does not shrink is written as a normal cluster. Like QEMU, it only fills clusters

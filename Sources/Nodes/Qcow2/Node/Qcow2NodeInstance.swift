@@ -86,7 +86,7 @@ actor Qcow2NodeInstance: BlockNode {
             guard let base = request.buffer.base else { return .invalid }
             guard allocator != nil else { return .readOnly }
             if request.flags.contains(.compressed) {
-                return await compressedWrite(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes)
+                return await compressedWrites(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes)
             }
             return await write(from: UnsafeRawPointer(base), length: request.lengthBytes, at: request.offsetBytes,
                                fua: request.flags.contains(.fua))

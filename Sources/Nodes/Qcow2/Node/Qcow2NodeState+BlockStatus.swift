@@ -36,6 +36,7 @@ extension Qcow2NodeState: BlockStatusQuerying {
             }
             var chunk = min(limit - cursor, clusterSize - cursor % clusterSize)
             var mapping = Qcow2ClusterMapping(l2Entry: entry, clusterBits: metadata.clusterBits, dataFile: metadata.hasDataFile)
+            let clusterMapping = mapping
             if metadata.extendedL2 {
                 guard let run = Qcow2SubclusterBitmap(bitmap).mapping(of: mapping, inCluster: Int(cursor % clusterSize), length: Int(chunk),
                                                                       subclusterBits: metadata.subclusterBits) else {
@@ -44,7 +45,10 @@ extension Qcow2NodeState: BlockStatusQuerying {
                 mapping = run.mapping
                 chunk = UInt64(run.bytes)
             }
-            let status = Self.status(of: mapping, entry: entry, inCluster: cursor % clusterSize, length: chunk)
+            var status = Self.status(of: mapping, entry: entry, inCluster: cursor % clusterSize, length: chunk)
+            // Unallocated subclusters of an allocated cluster still have their place in the file
+            // (QEMU's QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC reports it).
+            if case .normal(let host) = clusterMapping, case .unallocated = mapping { status.hostOffset = host + cursor % clusterSize }
             if var extent = first {
                 let contiguous = extent.hostOffset.map { status.hostOffset == $0 + extent.lengthBytes } ?? (status.hostOffset == nil)
                 guard status.isData == extent.isData, status.isZero == extent.isZero,

@@ -7,12 +7,12 @@ import StrataRuntime
 extension Qcow2NodeState {
     /// Runs `body` under the allocation lock with a file child instance on `executor`, from a
     /// task that prefers it, so ring completions resume on its thread.
-    func edit<Value: Sendable>(on executor: QueueExecutor,
+    func edit<Value: Sendable>(on executor: QueueExecutor, extendedL2Allowed: Bool = false,
                                _ body: @escaping @Sendable (Qcow2Allocator, Qcow2ChildIO) async throws(Qcow2Failure) -> Value) async throws -> Value {
         guard let allocator else { throw Qcow2EditError("Block node is read-only") }
         guard !allocator.refusesWrites, !metadata.header.isCorrupt else { throw Qcow2EditError("Image is corrupt; cannot be opened read/write") }
         // `unmap` and the L1 growth know standard 8-byte L2 entries and image-file clusters only.
-        guard !metadata.extendedL2, !metadata.hasDataFile else {
+        guard extendedL2Allowed || !metadata.extendedL2, !metadata.hasDataFile else {
             throw Qcow2EditError("not supported yet for images with extended L2 entries or an external data file")
         }
         let fileState = file.current

@@ -13,8 +13,8 @@ extension Qcow2NodeState {
     /// `drain` returns once every request that started before the call has completed (the graph
     /// controller's barrier; nothing for an image no queue serves).
     public func resize(to newSize: UInt64, executor: QueueExecutor, drain: @Sendable () async -> Void = {}) async throws {
-        let header = metadata.header
-        guard header.snapshotCount == 0 else { throw Qcow2EditError("Can't resize an image which has snapshots") }
+        // As QEMU since 5.0: snapshots keep their own size, so only shrinking is refused.
+        guard snapshots.isEmpty || newSize >= metadata.sizeBytes else { throw Qcow2EditError("Internal snapshots prevent shrinking") }
         guard newSize % 512 == 0 else { throw Qcow2EditError("The new size must be a multiple of 512") }
         let entryCoverage = UInt64(metadata.clusterSize) * UInt64(metadata.l2Entries)
         let (rounded, overflow) = newSize.addingReportingOverflow(entryCoverage - 1)
@@ -22,7 +22,8 @@ extension Qcow2NodeState {
         let fileState = file.current
         let oldSize = metadata.sizeBytes
         if newSize >= oldSize {
-            try await edit(on: executor) { allocator, io throws(Qcow2Failure) in
+            // Growing touches the L1 table and the header only, so subclusters do not matter.
+            try await edit(on: executor, extendedL2Allowed: true) { allocator, io throws(Qcow2Failure) in
                 try await Self.grow(allocator, to: newSize, io: io)
             }
             return

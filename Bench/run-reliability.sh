@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates Bench/results/reliability.md: the power-cut campaign (scripts/sim-campaign, SEEDS
 # seeds, default 10000), libFuzzer on each target for FUZZ_SECONDS (default 60; scripts/fuzz)
-# and the ThreadSanitizer run (scripts/tsan; TSAN=0 leaves it out and says so). REUSE_CAMPAIGN=1
+# the ThreadSanitizer run (scripts/tsan; TSAN=0 leaves it out and says so) and the differential
+# matrix against qemu-img and qemu-io (scripts/img-differential). REUSE_CAMPAIGN=1
 # reports the last campaign's results (.build/sim-campaign) instead of running it again;
 # FUZZ_SECONDS=0 leaves fuzzing out and says so.
 # Usage: SEEDS=10000 FUZZ_SECONDS=60 TSAN=1 Bench/run-reliability.sh
@@ -32,6 +33,9 @@ if [ "$tsan" = 1 ]; then
     scripts/tsan >"$work/tsan.txt" 2>&1
     tsan_status=$?
 fi
+swift build --product strata >/dev/null 2>&1
+scripts/img-differential >"$work/differential.txt" 2>&1
+differential_status=$?
 {
     echo "# Reliability"
     echo
@@ -87,6 +91,14 @@ PY
         echo "Not run for this report (FUZZ_SECONDS=0)."
     fi
     echo
+    echo "## strata img and strata io against qemu-img 7.2 and qemu-io (scripts/img-differential)"
+    echo
+    echo '```'
+    tail -1 "$work/differential.txt"
+    echo '```'
+    echo
+    echo "The differences kept on purpose, with why: Tests/img-differential/known-differences.txt."
+    echo
     echo "## ThreadSanitizer (scripts/tsan)"
     echo
     if [ "$tsan" = 1 ]; then
@@ -98,4 +110,4 @@ PY
     fi
 } >"$out"
 echo "wrote $out"
-[ "$campaign_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "${tsan_status:-0}" -eq 0 ]
+[ "$campaign_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "${tsan_status:-0}" -eq 0 ] && [ "$differential_status" -eq 0 ]

@@ -5,6 +5,7 @@ struct BlkdebugConfiguration: NodeConfiguration {
     let image: ChildLink
     let rules: [BlkdebugRule]
     let stateRules: [BlkdebugStateRule]
+    let limits: BlkdebugLimits
 
     var children: [ChildLink] { [image] }
 
@@ -35,7 +36,7 @@ struct BlkdebugConfiguration: NodeConfiguration {
         }
         self.rules = rules
         self.stateRules = stateRules
-        _ = try reader.optionalInteger("align", range: 0...Int64(Int32.max))
+        limits = try BlkdebugLimits(parsing: &reader)
         try reader.finish()
     }
 
@@ -57,6 +58,6 @@ struct BlkdebugConfiguration: NodeConfiguration {
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
         guard let child = children[image] else { throw GraphError.missingChild(node: name, role: .filtered, child: image.nodeName) }
-        return BlkdebugNodeState(image: image, child: child, rules: rules, stateRules: stateRules)
+        return BlkdebugNodeState(image: image, child: child, rules: rules, stateRules: stateRules, limits: limits)
     }
 }

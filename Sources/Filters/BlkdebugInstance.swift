@@ -6,8 +6,8 @@ import StrataRuntime
 /// `debugEvent` (set by the format node above) or, for guest data, its operation.
 actor BlkdebugInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
-    private nonisolated let child: NodeHandle
-    private nonisolated let state: BlkdebugNodeState
+    nonisolated let child: NodeHandle
+    nonisolated let state: BlkdebugNodeState
 
     init(queue: QueueContext, child: NodeHandle, state: BlkdebugNodeState) {
         unownedExecutor = queue.executor.asUnownedSerialExecutor()
@@ -17,13 +17,15 @@ actor BlkdebugInstance: BlockNode {
 
     nonisolated func route(_ request: inout BlockRequest) -> Routing {
         // A breakpoint may hold the request: that takes `submit`, which can wait.
-        if state.hasBreakpoints { return .suspend }
+        // So may constraints: padding and cutting a request takes `submit` too.
+        if state.hasBreakpoints || state.limits.isActive { return .suspend }
         if let status = state.verdict(for: request) { return .complete(status) }
         return .forward(to: NodeReference(child))
     }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
         await state.waitAtBreakpoint(request)
+        if state.limits.isActive { return await submitWithinLimits(request, state.limits) }
         if let status = state.verdict(for: request) { return status }
         return await child.submit(request)
     }

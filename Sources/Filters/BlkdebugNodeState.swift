@@ -82,7 +82,14 @@ final class BlkdebugNodeState: NodeState, TransparentChainLayer, SingleChildFilt
         engine.withLock { engine in engine.suspended.contains { $0.tag == tag } }
     }
 
-    init(image: ChildLink, child: any NodeState, rules: [BlkdebugRule], stateRules: [BlkdebugStateRule]) {
+    /// The request constraints the node meets for its child.
+    let limits: BlkdebugLimits
+    /// Held by a padded write's read-modify-write (exclusively) and by every other read and
+    /// write (shared) while constraints are set: no request overlaps a block being merged.
+    let locks = RangeLock()
+
+    init(image: ChildLink, child: any NodeState, rules: [BlkdebugRule], stateRules: [BlkdebugStateRule], limits: BlkdebugLimits) {
+        self.limits = limits
         self.image = image
         self.child = ChildStateReference(child)
         self.rules = rules

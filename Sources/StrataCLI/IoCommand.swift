@@ -52,7 +52,8 @@ struct IoCommand: AsyncParsableCommand {
             StandardError.print("strata io: can't open device \(file): \(error)")
             throw ExitCode(1)
         }
-        if format == nil && session.format == "raw" && !readOnly && !file.contains(":") {
+        // QEMU probes blkverify's output too, which is guest data: raw, always.
+        if format == nil && !readOnly && (file.hasPrefix("blkverify:") || (session.format == "raw" && !file.contains(":"))) {
             // qemu-io's warning, word for word (QEMU also refuses writes to block 0 that would
             // make the image probe as another format; Strata does not yet).
             StandardError.print("WARNING: Image format was not specified for '\(file)' and probing guessed raw.\n"

@@ -61,4 +61,29 @@ import Testing
                                             children: [Self.testLink: test, Self.rawLink: raw])
         #expect(error?.contains("differ in size") == true, "\(error ?? "opened")")
     }
+
+    /// qemu-io's `blkverify:RAW:TEST` filename: the same output through both tools, and the write
+    /// reaches both images; a malformed name is refused naming the syntax.
+    @Test func theFilenameWorksAsInQemuIo() async throws {
+        let harness = try NodeTestHarness("blkverify-filename")
+        defer { harness.shutdown() }
+        var outputs: [String] = []
+        for tool in ["qemu-io", "strata"] {
+            let test = harness.path("\(tool).qcow2")
+            let reference = harness.path("\(tool).raw")
+            _ = try await QemuTool.run("qemu-img", ["create", "-q", "-f", "qcow2", test, "1M"])
+            _ = try await QemuTool.run("qemu-img", ["create", "-q", "-f", "raw", reference, "1M"])
+            let commands = ["-c", "write -P 7 4k 8k", "-c", "read -P 7 4k 8k", "-c", "read -P 0 0 4k", "blkverify:\(reference):\(test)"]
+            let result = tool == "strata" ? try await QemuTool.run(CommandLineTests.binary, ["io"] + commands) : try await QemuTool.run("qemu-io", commands)
+            #expect(result.status == 0, "\(tool): \(result.output)")
+            outputs.append(result.output.replacingOccurrences(of: test, with: "TEST").replacingOccurrences(of: reference, with: "RAW")
+                .replacingOccurrences(of: #"\([^)]*sec\)"#, with: "(RATE)", options: .regularExpression))
+            let raw = try await QemuTool.run("qemu-io", ["-r", "-f", "raw", "-c", "read -P 7 4k 8k", reference])
+            let qcow2 = try await QemuTool.run("qemu-io", ["-r", "-c", "read -P 7 4k 8k", test])
+            #expect(!raw.output.contains("failed") && !qcow2.output.contains("failed"), "\(tool): \(raw.output) \(qcow2.output)")
+        }
+        #expect(outputs[0] == outputs[1], "qemu-io:\n\(outputs[0])\nstrata io:\n\(outputs[1])")
+        let malformed = try await QemuTool.run(CommandLineTests.binary, ["io", "-c", "read 0 4k", "blkverify:only-one"])
+        #expect(malformed.status != 0 && malformed.output.contains("a blkverify filename is blkverify:RAW:TEST"), "\(malformed.output)")
+    }
 }

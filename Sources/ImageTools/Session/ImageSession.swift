@@ -44,11 +44,25 @@ public final class ImageSession: Sendable {
         guard ImageOpenOptions.cacheModes.contains(options.cacheMode) || options.cacheMode == "off" else {
             throw ImageSessionError.badCacheMode(options.cacheMode)
         }
-        let layers = try chain(of: path, options: options)
+        // QEMU's blkverify:RAW:TEST: the TEST image (format probed, chain and all) checked read
+        // by read against RAW, a raw reference image.
+        var imagePath = path
+        var verifyAgainst: String?
+        if path.hasPrefix("blkverify:") {
+            let rest = path.dropFirst("blkverify:".count)
+            guard let colon = rest.firstIndex(of: ":"), colon != rest.startIndex, rest.index(after: colon) != rest.endIndex else {
+                throw ImageSessionError.badBlkverifyFilename(path)
+            }
+            verifyAgainst = String(rest[..<colon])
+            imagePath = String(rest[rest.index(after: colon)...])
+        }
+        let layers = try chain(of: imagePath, options: options)
         let engine = try Engine(queueCount: max(1, options.queueCount), cpus: nil)
         do {
             let readOnly = options.readOnly
-            try await engine.controller.apply(json: graph(layers, options: options, readOnly: readOnly))
+            var actions = graph(layers, options: options, readOnly: readOnly)
+            if let reference = verifyAgainst { actions = verified(actions, against: reference, test: layers[0].nodeName, options: options) }
+            try await engine.controller.apply(json: actions)
             if options.copyOnRead {
                 // qemu-io -C: a copy-on-read filter between the guest and the top image.
                 try await engine.controller.apply(json: .object([
@@ -281,6 +295,24 @@ public final class ImageSession: Sendable {
             "writable": .bool(!readOnly), "share-rw": .bool(options.forceShare),
         ])]))
         return .array(actions)
+    }
+
+    /// `actions` with a blkverify node between the backend and `test`, its `raw` child the file
+    /// `reference` opened as raw.
+    private static func verified(_ actions: JSONValue, against reference: String, test: String, options: ImageOpenOptions) -> JSONValue {
+        guard case .array(var list) = actions, case .object(var backend)? = list.popLast(), case .object(var data)? = backend["data"] else {
+            preconditionFailure("graph(_:options:readOnly:) ends with the backend-add")
+        }
+        list.append(add([
+            "driver": "file", "node-name": "blkverify-raw-file", "filename": .string(reference), "cache": .string(options.cacheMode),
+            "read-only": .bool(options.readOnly), "locking": .string(options.forceShare ? "off" : "auto"),
+        ]))
+        list.append(add(["driver": "raw", "node-name": "blkverify-raw", "file": "blkverify-raw-file", "read-only": .bool(options.readOnly)]))
+        list.append(add(["driver": "blkverify", "node-name": "blkverify", "test": .string(test), "raw": "blkverify-raw"]))
+        data["node-name"] = "blkverify"
+        backend["data"] = .object(data)
+        list.append(.object(backend))
+        return .array(list)
     }
 
     private static func add(_ data: [String: JSONValue]) -> JSONValue {

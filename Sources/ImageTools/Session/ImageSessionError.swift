@@ -6,6 +6,7 @@ public enum ImageSessionError: Error, Equatable, CustomStringConvertible {
     case backingLoop(String)
     case notSupported(String)
     case badBlkdebugFilename(String)
+    case badBlkverifyFilename(String)
     case closed
 
     public var description: String {
@@ -16,6 +17,7 @@ public enum ImageSessionError: Error, Equatable, CustomStringConvertible {
         case .backingLoop(let path): "Backing file '\(path)' refers to itself through its chain"
         case .notSupported(let what): what
         case .badBlkdebugFilename(let name): "'\(name)': a blkdebug filename is blkdebug:CONFIG:FILENAME (CONFIG may be empty)"
+        case .badBlkverifyFilename(let name): "'\(name)': a blkverify filename is blkverify:RAW:TEST"
         case .closed: "The image is closed"
         }
     }

@@ -27,7 +27,7 @@ let package = Package(
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
             "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataVhostUser", "StrataVhostUserServer", "StrataEngine",
-            "StrataImageTools", "StrataControl", "StrataSimulation",
+            "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab",
         ]),
     ],
     dependencies: [
@@ -97,6 +97,11 @@ let package = Package(
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataEngine", "StrataImageTools",
         ]),
 
+        // Layer 7: the scheduling-policy lab behind `strata lab`.
+        strata("StrataLab", "Lab", [
+            "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataEngine", histogram,
+        ]),
+
         // Layer 8: the QMP control plane.
         strata("StrataControl", "Control", [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataNBDServer",
@@ -109,7 +114,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer",
                 "StrataVhostUserServer", "StrataLoad",
-                "StrataEngine", "StrataImageTools", "StrataControl", "StrataSimulation",
+                "StrataEngine", "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings
@@ -132,7 +137,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
                 "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
-                "StrataJobs", "StrataControl", "StrataSimulation",
+                "StrataJobs", "StrataControl", "StrataSimulation", "StrataLab",
             ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),

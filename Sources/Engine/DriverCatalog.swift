@@ -3,7 +3,8 @@ import StrataGraph
 import StrataNBDClient
 import StrataNodes
 
-/// Every driver and filter the command line knows, by name: adding one is one line here.
+/// Every driver and filter the command line knows, by name: adding one is one line here (a
+/// scheduling policy's line is in SchedulingPolicyCatalog).
 public enum DriverCatalog {
     public static let registry = DriverRegistry([
         BlkdebugFilter.descriptor,
@@ -21,5 +22,5 @@ public enum DriverCatalog {
         SimNode.descriptor,
         SnapshotAccessFilter.descriptor,
         ThrottleFilter.descriptor,
-    ])
+    ] + SchedulingPolicyCatalog.descriptors)
 }

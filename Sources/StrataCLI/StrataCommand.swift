@@ -4,7 +4,7 @@ struct StrataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A block-device I/O engine: a graph of block nodes behind device queues, changed live.",
-        subcommands: [BenchCommand.self, ImgCommand.self, IoCommand.self, QMPCommandLine.self, ServeCommand.self, SimCommand.self, StatsCommandLine.self]
+        subcommands: [BenchCommand.self, ImgCommand.self, IoCommand.self, LabCommand.self, QMPCommandLine.self, ServeCommand.self, SimCommand.self, StatsCommandLine.self]
     )
 
     /// Parses the command line and runs the chosen subcommand. `main.swift` calls this after

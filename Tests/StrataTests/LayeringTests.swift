@@ -28,6 +28,7 @@ import Testing
         ("StrataImageTools", "Sources/ImageTools", 6),
         ("StrataJobs", "Sources/Jobs", 7),
         ("StrataSimulation", "Sources/Simulation", 7),
+        ("StrataLab", "Sources/Lab", 7),
         ("StrataControl", "Sources/Control", 8),
         ("StrataCLI", "Sources/StrataCLI", 9),
         ("strata-alloc-count", "Bench/AllocationCount", 9),

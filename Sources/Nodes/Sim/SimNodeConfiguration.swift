@@ -6,7 +6,11 @@ struct SimNodeConfiguration: NodeConfiguration {
     /// Past this the disk is full: writes there fail with ENOSPC, as on a small filesystem.
     static let defaultMaxSizeBytes: Int64 = 1 << 30
 
-    let filename: String
+    /// Nil for an empty disk of `size` bytes.
+    let filename: String?
+    let emptySizeBytes: Int
+    /// The scheduling lab's device model; nil keeps the turn-counted latency.
+    let service: ServiceTimeModel.Parameters?
     let readOnly: Bool
     let seed: UInt64
     /// Latest a request completes, in turns of the queue executor (0: at once).
@@ -21,8 +25,13 @@ struct SimNodeConfiguration: NodeConfiguration {
     var children: [ChildLink] { [] }
 
     init(parsing reader: inout OptionReader) throws(GraphError) {
-        filename = try reader.string("filename")
-        if filename.isEmpty { throw reader.bad("filename", "must not be empty") }
+        filename = try reader.optionalString("filename")
+        if filename?.isEmpty == true { throw reader.bad("filename", "must not be empty") }
+        let size = try reader.optionalInteger("size", range: 0...(1 << 34))
+        if filename == nil && size == nil { throw .missingOption(node: reader.nodeName, option: "filename") }
+        if filename != nil && size != nil { throw reader.bad("size", "is for an empty disk and cannot be given with filename") }
+        emptySizeBytes = Int(size ?? 0)
+        service = ServiceTimeModel.Parameters.isGiven(in: reader) ? try ServiceTimeModel.Parameters(parsing: &reader) : nil
         readOnly = try reader.bool("read-only", default: false)
         seed = UInt64(bitPattern: try reader.integer("seed", default: 0, range: Int64.min...Int64.max))
         maxLatencyTurns = Int(try reader.integer("latency-max-turns", default: 8, range: 0...1024))
@@ -33,7 +42,11 @@ struct SimNodeConfiguration: NodeConfiguration {
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
-        try SimNodeState(configuration: self, image: Self.load(filename, nodeName: name, maxSizeBytes: maxSizeBytes))
+        guard let filename else {
+            if emptySizeBytes > maxSizeBytes { throw GraphError.badOption(node: name, option: "size", reason: "exceeds max-size \(maxSizeBytes)") }
+            return SimNodeState(configuration: self, image: [UInt8](repeating: 0, count: emptySizeBytes))
+        }
+        return try SimNodeState(configuration: self, image: Self.load(filename, nodeName: name, maxSizeBytes: maxSizeBytes))
     }
 
     /// The image's bytes; a file larger than the disk may hold is refused rather than read.

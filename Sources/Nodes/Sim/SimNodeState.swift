@@ -36,6 +36,8 @@ public final class SimNodeState: NodeState {
     /// What `begin` decided for one request.
     struct Plan {
         let latencyTurns: Int
+        /// On the service-time model: when the request completes, on the queue's clock.
+        let completionNs: UInt64?
         let fault: Fault?
         let write: SimMedia.Write?
         let flushMark: UInt64
@@ -50,6 +52,7 @@ public final class SimNodeState: NodeState {
         var faultsArmed = false
         var cutAtRequest: Int?
         var cut: SimPowerCut?
+        var service: ServiceTimeModel?
 
         mutating func cutPower() {
             guard cut == nil else { return }
@@ -65,13 +68,14 @@ public final class SimNodeState: NodeState {
         self.configuration = configuration
         var random = SeededRandom(seed: configuration.seed)
         let cutRandom = random.split()
-        world = Locked(World(media: SimMedia(image: image), random: random, cutRandom: cutRandom))
+        world = Locked(World(media: SimMedia(image: image), random: random, cutRandom: cutRandom,
+                             service: configuration.service.map(ServiceTimeModel.init)))
     }
 
     public var sizeBytes: UInt64 { UInt64(world.withLock { $0.media.sizeBytes }) }
 
     public func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
-        SimNodeInstance(state: self, executor: queue.executor)
+        SimNodeInstance(state: self, executor: queue.executor, clock: queue.clock)
     }
 
     // MARK: The simulation's switches
@@ -99,7 +103,7 @@ public final class SimNodeState: NodeState {
     // MARK: Requests
 
     /// Draws a request's latency and fault, and puts a write in flight. Nil when the power is off.
-    func begin(_ request: BlockRequest) -> Plan? {
+    func begin(_ request: BlockRequest, nowNs: UInt64) -> Plan? {
         world.withLock { world -> Plan? in
             guard world.cut == nil else { return nil }
             world.counters.requests += 1
@@ -107,7 +111,15 @@ public final class SimNodeState: NodeState {
                 world.cutPower()
                 return nil
             }
-            let latency = configuration.maxLatencyTurns == 0 ? 0 : Int(world.random.next() % UInt64(configuration.maxLatencyTurns + 1))
+            var latency = 0
+            var completionNs: UInt64?
+            if world.service != nil {
+                let draw = world.random.next()
+                completionNs = world.service!.completion(isWrite: request.operation.isWrite, bytes: request.lengthBytes,
+                                                         nowNs: nowNs, draw: draw)
+            } else if configuration.maxLatencyTurns > 0 {
+                latency = Int(world.random.next() % UInt64(configuration.maxLatencyTurns + 1))
+            }
             let fault = world.faultsArmed && world.random.chance(perMillion: configuration.faultPerMillion)
                 ? Self.drawFault(request, random: &world.random) : nil
             var write: SimMedia.Write?
@@ -122,7 +134,7 @@ public final class SimNodeState: NodeState {
                 break
             }
             if let write { world.inFlight[write.sequence] = write }
-            return Plan(latencyTurns: latency, fault: fault, write: write, flushMark: world.media.nextSequence)
+            return Plan(latencyTurns: latency, completionNs: completionNs, fault: fault, write: write, flushMark: world.media.nextSequence)
         }
     }
 

@@ -36,6 +36,9 @@ public actor VirtioBlkDevice: GraphAttachment {
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     public nonisolated let backendName: String
     public nonisolated let queueIndex: Int
+    /// Every request of this queue carries the queue's index as its tag: a scheduling policy below
+    /// tells the device's queues apart by it (each queue is a tenant).
+    private nonisolated let tenantTag: UInt32
     private let executor: QueueExecutor
     private var virtqueue: VirtqueueDevice
     private let capacitySectors: UInt64
@@ -100,6 +103,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         executor = queue.executor
         self.backendName = backendName
         self.queueIndex = queue.index
+        self.tenantTag = UInt32(truncatingIfNeeded: queue.index)
         var nextAvailable = settings.nextAvailableIndex
         if let record = settings.inflight {
             precondition(record.queueSize == virtqueue.size, "an inflight record of \(record.queueSize) entries for a queue of \(virtqueue.size)")
@@ -280,7 +284,7 @@ public actor VirtioBlkDevice: GraphAttachment {
             }
             var target = version._withUnsafeGuaranteedRef { $0.rootReference }
             var trail = RouteTrail()
-            guard var routed = request.blockRequest(), writeCacheEnabled || operation != .write else {
+            guard var routed = request.blockRequest(tag: tenantTag), writeCacheEnabled || operation != .write else {
                 // Scattered over several buffers: submitted segment by segment through the root's handle.
                 keepPending(PendingRequest(request: request, target: target, routed: nil, version: version,
                                            trail: trail, pastTrailCapacity: true, merged: MergeGroup()))
@@ -328,7 +332,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         if let routed = slot.pointee.routed {
             status = slot.pointee.pastTrailCapacity ? await target.counted.submit(routed) : await target.node.submit(routed)
             slot.pointee.trail.resumed(routed, status: status)
-        } else if let whole = slot.pointee.request.blockRequest() {
+        } else if let whole = slot.pointee.request.blockRequest(tag: tenantTag) {
             // Writethrough (the write cache is off): the write is durable before it completes.
             let written = await target.counted.submit(whole)
             status = written.isOK ? await target.counted.submit(BlockRequest(operation: .flush, offsetBytes: 0, lengthBytes: 0,
@@ -438,7 +442,7 @@ public actor VirtioBlkDevice: GraphAttachment {
             }
             return .ok
         }
-        for segment in request.segmentRequests() {
+        for segment in request.segmentRequests(tag: tenantTag) {
             let status = await node.submit(segment)
             if !status.isOK { return status }
         }

@@ -8,9 +8,13 @@ import StrataGraph
 /// behind real time. A request whose reservation tag is due goes first (earliest tag first);
 /// otherwise, among tenants under their limit, the smallest proportional tag goes, and that tenant's
 /// pending reservation tags move 1/r earlier so that spare capacity is not charged to its
-/// reservation. A tenant that becomes active after idling has every active tenant's proportional
-/// tags shifted so that the smallest equals now: it competes from now on, neither starved by old
-/// tags of others nor owed the time it was away.
+/// reservation. A tenant that becomes active after idling (nothing queued or in flight for
+/// `idle-age-ms`, default 1000) has its proportional tags placed level with the smallest tag of
+/// the tenants already active: it competes with them from now on, neither starved by their tags
+/// (which run ahead of real time when they get more than their weight in IOPS) nor owed the time
+/// it was away. This is the paper's idle-VM adjustment as Ceph's dmClock applies it (the newcomer
+/// moves, by `prop_delta`); a tenant whose queue empties between two requests, as a closed loop
+/// of depth 1 does each time, is not idle.
 ///
 /// Shifts are kept as one offset per tenant (stored tag = effective tag + offset at storing), so
 /// moving every pending tag of a tenant is one addition.
@@ -49,6 +53,9 @@ public struct MClockPolicy: SchedulingPolicy {
         var reservationOffset = 0.0
         var proportionalOffset = 0.0
         var queue = Deque<Tagged>(minimumCapacity: 64)
+        var inFlight = 0
+        /// When the tenant last had a request arrive or complete; nil before its first.
+        var lastActivityNs: UInt64?
 
         init(_ tenant: Tenant) {
             reservationSpacing = tenant.reservation > 0 ? nanosecondsPerSecond / Double(tenant.reservation) : .infinity
@@ -62,6 +69,7 @@ public struct MClockPolicy: SchedulingPolicy {
     }
 
     private var tenants: [TenantState]
+    private let idleAgeNs: UInt64
     private var queued = 0
     /// Requests sent in each phase, for the lab's report.
     public private(set) var reservationDispatches: UInt64 = 0
@@ -79,21 +87,24 @@ public struct MClockPolicy: SchedulingPolicy {
     }
 
     public init(parsing reader: inout OptionReader, tenants: [Tenant]) throws(GraphError) {
-        self.init(tenants: tenants)
+        let idleAgeMs = try reader.integer("idle-age-ms", default: 1000, range: 0...86_400_000)
+        self.init(tenants: tenants, idleAgeNs: UInt64(idleAgeMs) * 1_000_000)
     }
 
-    public init(tenants: [Tenant]) {
+    public init(tenants: [Tenant], idleAgeNs: UInt64 = 1_000_000_000) {
         self.tenants = tenants.map(TenantState.init)
+        self.idleAgeNs = idleAgeNs
     }
 
     public mutating func enqueue(_ request: PolicyRequest, nowNs: UInt64) {
         let now = Double(nowNs)
         let index = request.tenant
-        if tenants[index].queue.isEmpty { adjustProportionalTags(becomingActive: index, now: now) }
+        let delta = isIdle(index, nowNs: nowNs) ? proportionalDelta(joining: index, now: now) : 0
         var tenant = tenants[index]
+        tenant.lastActivityNs = nowNs
         let reservation = tenant.hasReservation
             ? Swift.max(tenant.lastReservation - tenant.reservationOffset + tenant.reservationSpacing, now) : Double.infinity
-        let proportional = Swift.max(tenant.lastProportional - tenant.proportionalOffset + tenant.proportionalSpacing, now)
+        let proportional = Swift.max(tenant.lastProportional - tenant.proportionalOffset + tenant.proportionalSpacing, now) + delta
         let limit = Swift.max(tenant.lastLimit + tenant.limitSpacing, now)
         let tagged = Tagged(request: request, reservationTag: reservation + tenant.reservationOffset,
                             proportionalTag: proportional + tenant.proportionalOffset, limitTag: limit)
@@ -105,17 +116,27 @@ public struct MClockPolicy: SchedulingPolicy {
         queued += 1
     }
 
-    /// The idle-tenant adjustment: active tenants' proportional tags move so the smallest is now.
-    private mutating func adjustProportionalTags(becomingActive index: Int, now: Double) {
+    /// Idle: nothing queued or in flight, and no activity for the idle age (or ever).
+    private func isIdle(_ index: Int, nowNs: UInt64) -> Bool {
+        let tenant = tenants[index]
+        guard tenant.queue.isEmpty && tenant.inFlight == 0 else { return false }
+        guard let last = tenant.lastActivityNs else { return true }
+        return nowNs - last >= idleAgeNs
+    }
+
+    /// How far the active tenants' smallest proportional tag is from now: where a tenant that
+    /// joins them is placed. Zero when nobody else is active.
+    private func proportionalDelta(joining index: Int, now: Double) -> Double {
         var smallest = Double.infinity
-        for tenant in tenants {
-            if let head = tenant.queue.first { smallest = Swift.min(smallest, tenant.proportional(of: head)) }
+        for other in tenants.indices where other != index {
+            if let head = tenants[other].queue.first { smallest = Swift.min(smallest, tenants[other].proportional(of: head)) }
         }
-        guard smallest.isFinite else { return }
-        let shift = smallest - now
-        for other in tenants.indices where other != index && !tenants[other].queue.isEmpty {
-            tenants[other].proportionalOffset += shift
-        }
+        return smallest.isFinite ? smallest - now : 0
+    }
+
+    public mutating func completed(_ request: PolicyRequest, nowNs: UInt64) {
+        tenants[request.tenant].inFlight -= 1
+        tenants[request.tenant].lastActivityNs = nowNs
     }
 
     public mutating func next(nowNs: UInt64) -> PolicyDecision {
@@ -163,6 +184,7 @@ public struct MClockPolicy: SchedulingPolicy {
 
     private mutating func dispatch(from index: Int) -> PolicyDecision {
         guard let head = tenants[index].queue.popFirst() else { preconditionFailure("mclock: chose an empty tenant") }
+        tenants[index].inFlight += 1
         queued -= 1
         return .dispatch(head.request)
     }

@@ -43,7 +43,8 @@ public struct BlockRequest: Sendable {
     public var lengthBytes: Int
     public var buffer: IOBuffer
     public var flags: RequestFlags
-    /// A caller-chosen tag for tracing and fault-injection rules.
+    /// Who the request is for: a scheduling policy maps it to a tenant. Device queues set their
+    /// index, the lab its tenant's; 0 otherwise.
     public var tag: UInt32
     /// Monotonic time the device accepted the request.
     public var submitNs: UInt64

@@ -18,9 +18,8 @@ public enum LabPlots {
         return grid(result, title: "Latency CDF (\(result.scenario), seed \(result.seed))",
                     xLabel: "latency (us, log scale)", yLabel: "fraction of requests",
                     xTicks: xTicks.map { ($0, label($0)) }, yTicks: [0, 0.25, 0.5, 0.75, 1].map { ($0, label($0)) },
-                    x: { (log10(max($0, low)) - log10(low)) / (log10(high) - log10(low)) }, y: { $0 }) { tenant in
-            tenant.cdf.map { ($0.0, $0.1) }
-        }
+                    x: { (log10(max($0, low)) - log10(low)) / (log10(high) - log10(low)) }, y: { $0 },
+                    points: { tenant in tenant.cdf.map { ($0.0, $0.1) } })
     }
 
     /// IOPS over time per tenant per policy.
@@ -31,9 +30,10 @@ public enum LabPlots {
         return grid(result, title: "Throughput over time (\(result.scenario), seed \(result.seed))",
                     xLabel: "time (s)", yLabel: "IOPS", xTicks: xTicks.map { ($0, label($0)) },
                     yTicks: (0...4).map { Double($0) * top / 4 }.map { ($0, label($0)) },
-                    x: { $0 / result.durationSeconds }, y: { $0 / top }) { tenant in
-            tenant.timeline.enumerated().map { (Double($0.offset) * result.intervalSeconds + result.intervalSeconds / 2, $0.element) }
-        }
+                    x: { $0 / result.durationSeconds }, y: { $0 / top },
+                    points: { tenant in
+                        tenant.timeline.enumerated().map { (Double($0.offset) * result.intervalSeconds + result.intervalSeconds / 2, $0.element) }
+                    })
     }
 
     private static func grid(_ result: LabResult, title: String, xLabel: String, yLabel: String,

@@ -19,8 +19,9 @@ public enum LabReport {
         var lines = ["scenario \(result.scenario), seed \(result.seed), \(result.clock.rawValue) clock, \(fixed(result.durationSeconds, 3)) s"]
         lines += TextTable.lines(header: columns, rows: rows)
         lines.append("")
-        lines += TextTable.lines(header: ["policy", "total IOPS", "Jain's index", "requests", "wall s"], rows: result.policies.map {
-            [$0.policy, fixed($0.totalIops, 0), fixed($0.jainIndex, 4), DecimalText.grouped(Int($0.eventsHandled)), fixed($0.wallSeconds, 2)]
+        lines += TextTable.lines(header: ["policy", "total IOPS", "Jain's index", "requests", "wall s"], rows: result.policies.map { policy in
+            let completed = policy.tenants.reduce(0) { $0 + Int($1.completed) }
+            return [policy.policy, fixed(policy.totalIops, 0), fixed(policy.jainIndex, 4), DecimalText.grouped(completed), fixed(policy.wallSeconds, 2)]
         })
         return lines.joined(separator: "\n") + "\n"
     }

@@ -1,8 +1,8 @@
 import Dispatch
 import StrataFilters
 import StrataGraph
-import StrataRuntime
 import StrataNodes
+import StrataRuntime
 
 /// Runs every policy of a scenario on the same streams and gathers the figures.
 public enum LabRunner {

@@ -9,7 +9,7 @@ public struct LabScenarioError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Reads a scenario file (JSON; the format is in docs/lab.md) strictly: every key known, every
+/// Reads a scenario file (JSON; the format is in examples/lab/README.md) strictly: every key known, every
 /// number in range, every name resolved, so a typo is an error rather than a default.
 public enum LabScenarioParser {
     public static func parse(file path: String) throws -> LabScenario {

@@ -10,7 +10,7 @@ struct LabCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab",
         abstract: "Run a multi-tenant scenario under several scheduling policies and compare them.",
-        discussion: "The scenario format is in docs/lab.md; examples are in examples/lab/.")
+        discussion: "The scenario format and examples are in examples/lab/ (README.md there).")
 
     @Argument(help: "The scenario file (JSON).")
     var scenario: String

@@ -38,6 +38,11 @@ public struct DeadlinePolicy: SchedulingPolicy {
 
         mutating func insert(_ entry: Entry) {
             fifo.append(entry)
+            sorted.insert(entry, at: position(of: entry))
+        }
+
+        /// Where `entry` is or belongs in offset order (binary search on offset, then sequence).
+        func position(of entry: Entry) -> Int {
             var low = 0
             var high = sorted.count
             while low < high {
@@ -49,7 +54,7 @@ public struct DeadlinePolicy: SchedulingPolicy {
                     high = middle
                 }
             }
-            sorted.insert(entry, at: low)
+            return low
         }
 
         /// The oldest entry still waiting.
@@ -81,9 +86,8 @@ public struct DeadlinePolicy: SchedulingPolicy {
         }
 
         func sortedIndex(of entry: Entry) -> Int {
-            guard let index = sorted.firstIndex(where: { $0.sequence == entry.sequence }) else {
-                preconditionFailure("deadline: the oldest request is not in offset order")
-            }
+            let index = position(of: entry)
+            precondition(index < sorted.count && sorted[index].sequence == entry.sequence, "deadline: the oldest request is not in offset order")
             return index
         }
     }
@@ -141,19 +145,20 @@ public struct DeadlinePolicy: SchedulingPolicy {
             return .idle
         }
         batching = 1
-        var direction = directions[batchDirection]
-        defer { directions[batchDirection] = direction }
+        // In place throughout: a copy of the direction would share its queues' storage, and the
+        // first change would copy them.
+        let chosen = batchDirection
+        guard let oldest = directions[chosen].oldest() else { preconditionFailure("deadline: a direction with requests has no oldest") }
         // A new batch starts at the oldest request when its deadline passed or the elevator has run
         // off the end; else where this direction's last batch stopped.
-        guard let oldest = direction.oldest() else { preconditionFailure("deadline: a direction with requests has no oldest") }
         let index: Int
         if oldest.deadlineNs <= nowNs {
-            index = direction.sortedIndex(of: oldest)
-        } else if let next = direction.nextInOffsetOrder() {
+            index = directions[chosen].sortedIndex(of: oldest)
+        } else if let next = directions[chosen].nextInOffsetOrder() {
             index = next
         } else {
-            index = direction.sortedIndex(of: oldest)
+            index = directions[chosen].sortedIndex(of: oldest)
         }
-        return .dispatch(direction.take(sortedIndex: index))
+        return .dispatch(directions[chosen].take(sortedIndex: index))
     }
 }

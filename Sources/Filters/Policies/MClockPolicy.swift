@@ -64,6 +64,19 @@ public struct MClockPolicy: SchedulingPolicy {
         }
 
         var hasReservation: Bool { reservationSpacing.isFinite }
+
+        /// The next request's three tags (in stored form), spaced from the last ones and never behind now.
+        mutating func tag(_ request: PolicyRequest, now: Double, delta: Double) -> Tagged {
+            let reservation = hasReservation ? Swift.max(lastReservation - reservationOffset + reservationSpacing, now) : Double.infinity
+            let proportional = Swift.max(lastProportional - proportionalOffset + proportionalSpacing, now) + delta
+            let limit = Swift.max(lastLimit + limitSpacing, now)
+            let tagged = Tagged(request: request, reservationTag: reservation + reservationOffset,
+                                proportionalTag: proportional + proportionalOffset, limitTag: limit)
+            lastReservation = tagged.reservationTag
+            lastProportional = tagged.proportionalTag
+            lastLimit = limit
+            return tagged
+        }
         func reservation(of tagged: Tagged) -> Double { tagged.reservationTag - reservationOffset }
         func proportional(of tagged: Tagged) -> Double { tagged.proportionalTag - proportionalOffset }
     }
@@ -100,19 +113,10 @@ public struct MClockPolicy: SchedulingPolicy {
         let now = Double(nowNs)
         let index = request.tenant
         let delta = isIdle(index, nowNs: nowNs) ? proportionalDelta(joining: index, now: now) : 0
-        var tenant = tenants[index]
-        tenant.lastActivityNs = nowNs
-        let reservation = tenant.hasReservation
-            ? Swift.max(tenant.lastReservation - tenant.reservationOffset + tenant.reservationSpacing, now) : Double.infinity
-        let proportional = Swift.max(tenant.lastProportional - tenant.proportionalOffset + tenant.proportionalSpacing, now) + delta
-        let limit = Swift.max(tenant.lastLimit + tenant.limitSpacing, now)
-        let tagged = Tagged(request: request, reservationTag: reservation + tenant.reservationOffset,
-                            proportionalTag: proportional + tenant.proportionalOffset, limitTag: limit)
-        tenant.lastReservation = tagged.reservationTag
-        tenant.lastProportional = tagged.proportionalTag
-        tenant.lastLimit = limit
-        tenant.queue.append(tagged)
-        tenants[index] = tenant
+        // In place: a copy of the tenant would share its queue's storage, and the append would copy it.
+        tenants[index].lastActivityNs = nowNs
+        let tagged = tenants[index].tag(request, now: now, delta: delta)
+        tenants[index].queue.append(tagged)
         queued += 1
     }
 

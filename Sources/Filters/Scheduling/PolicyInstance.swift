@@ -3,13 +3,13 @@ import StrataRuntime
 
 /// A policy node on one queue: every request but a flush waits for the scheduler's turn, goes to
 /// the child, and gives its place back when the child completes it.
-actor PolicyInstance<Policy: SchedulingPolicy>: BlockNode {
+actor PolicyInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private nonisolated let child: NodeHandle
-    private nonisolated let state: PolicyNodeState<Policy>
+    private nonisolated let state: PolicyNodeState
     private nonisolated let clock: any IOClock
 
-    init(queue: QueueContext, child: NodeHandle, state: PolicyNodeState<Policy>) {
+    init(queue: QueueContext, child: NodeHandle, state: PolicyNodeState) {
         self.unownedExecutor = queue.executor.asUnownedSerialExecutor()
         self.child = child
         self.state = state

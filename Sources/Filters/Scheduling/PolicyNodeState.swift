@@ -1,15 +1,17 @@
 import StrataGraph
 
 /// A policy node's shared state: the one scheduler every queue's instance (and every parent) uses.
-final class PolicyNodeState<Policy: SchedulingPolicy>: NodeState, SingleChildFilterState {
+final class PolicyNodeState: NodeState, SingleChildFilterState {
     let nodeName: String
     let tenants: TenantOptions
-    let scheduler: PolicyScheduler<Policy>
+    let scheduler: PolicyScheduler
+    let driverName: String
     private let file: ChildLink
     private let child: ChildStateReference
 
-    init(nodeName: String, configuration: PolicyConfiguration<Policy>, child: any NodeState, nowNs: UInt64) {
+    init<Policy>(nodeName: String, configuration: PolicyConfiguration<Policy>, child: any NodeState, nowNs: UInt64) {
         self.nodeName = nodeName
+        self.driverName = Policy.driverName
         self.tenants = configuration.tenants
         self.scheduler = PolicyScheduler(policy: configuration.policy, maxInFlight: configuration.maxInFlight, nowNs: nowNs)
         self.file = configuration.file
@@ -27,7 +29,7 @@ final class PolicyNodeState<Policy: SchedulingPolicy>: NodeState, SingleChildFil
 
     func makeInstance(queue: QueueContext, children: [ChildLink: NodeHandle]) -> any BlockNode {
         guard let childInstance = children.child(file.optionKey) else {
-            preconditionFailure("\(Policy.driverName) node \(nodeName): no instance of child \(file.nodeName)")
+            preconditionFailure("\(driverName) node \(nodeName): no instance of child \(file.nodeName)")
         }
         return PolicyInstance(queue: queue, child: childInstance, state: self)
     }

@@ -21,11 +21,11 @@ public struct DeadlinePolicy: SchedulingPolicy {
 
     private struct Direction {
         let expireNs: UInt64
-        /// Arrival order; entries already sent out of order are skipped when they reach the front.
+        /// Arrival order; entries already sent out of order (no longer in `sorted`) are skipped
+        /// when they reach the front.
         var fifo = Deque<Entry>(minimumCapacity: 64)
         /// Offset order (then arrival order).
         var sorted: [Entry] = []
-        var sentOutOfOrder = Set<UInt64>()
         /// Where the elevator goes on from: the end of the last request sent in this direction.
         var position: UInt64 = 0
 
@@ -57,9 +57,14 @@ public struct DeadlinePolicy: SchedulingPolicy {
             return low
         }
 
+        func isWaiting(_ entry: Entry) -> Bool {
+            let index = position(of: entry)
+            return index < sorted.count && sorted[index].sequence == entry.sequence
+        }
+
         /// The oldest entry still waiting.
         mutating func oldest() -> Entry? {
-            while let head = fifo.first, sentOutOfOrder.remove(head.sequence) != nil { fifo.removeFirst() }
+            while let head = fifo.first, !isWaiting(head) { fifo.removeFirst() }
             return fifo.first
         }
 
@@ -76,11 +81,7 @@ public struct DeadlinePolicy: SchedulingPolicy {
 
         mutating func take(sortedIndex: Int) -> PolicyRequest {
             let entry = sorted.remove(at: sortedIndex)
-            if oldest()?.sequence == entry.sequence {
-                fifo.removeFirst()
-            } else {
-                sentOutOfOrder.insert(entry.sequence)
-            }
+            if fifo.first?.sequence == entry.sequence { fifo.removeFirst() }
             position = entry.request.offsetBytes + UInt64(entry.request.bytes)
             return entry.request
         }

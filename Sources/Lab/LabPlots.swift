@@ -12,7 +12,8 @@ public enum LabPlots {
     /// Latency CDF per tenant per policy, latency on a log scale.
     public static func latencyCDF(_ result: LabResult) -> String {
         let values = result.policies.flatMap { $0.tenants.flatMap { $0.cdf.map(\.0) } }.filter { $0 > 0 }
-        let low = pow(10, floor(log10(values.min() ?? 1)))
+        // Below 1 us the axis would only stretch the plot: such latencies sit at its left edge.
+        let low = pow(10, floor(log10(max(1, values.min() ?? 1))))
         let high = pow(10, ceil(log10(max(values.max() ?? 10, low * 10))))
         let xTicks = stride(from: log10(low), through: log10(high), by: 1).map { pow(10, $0) }
         return grid(result, title: "Latency CDF (\(result.scenario), seed \(result.seed))",

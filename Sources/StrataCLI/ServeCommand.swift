@@ -40,7 +40,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("export"), help: """
         type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on|off][,description=TEXT][,allocation-depth=on|off] or \
         type=vhost-user-blk,id=ID,node-name=NODE,addr.type=unix,addr.path=PATH[,writable=on|off][,num-queues=N]\
-        [,logical-block-size=N] (repeatable).
+        [,logical-block-size=N] (repeatable). Either takes Strata's x-tenant=N: the tag its requests carry for \
+        a scheduling policy (a vhost-user-blk export's virtqueue i carries N+i).
         """)
     var exportSpecs: [String] = []
     @Option(name: .customLong("chardev"), help: "socket,id=ID,path=PATH,server=on,wait=off (or host=H,port=P): a monitor socket (repeatable).")
@@ -185,17 +186,19 @@ struct ServeCommand: AsyncParsableCommand {
         }
         for spec in exportSpecs where !spec.hasPrefix("type=vhost-user-blk") {
             let keys = try KeyValueOptions.dictionary(spec, option: "--export",
-                                                      allowed: Set(["type", "id", "node-name", "name", "writable", "description", "allocation-depth"]
+                                                      allowed: Set(["type", "id", "node-name", "name", "writable", "description", "allocation-depth", "x-tenant"]
                                                           + (0..<64).map { "bitmaps.\($0)" }))
             guard keys["type"] == "nbd" else { throw ValidationError("--export: only type=nbd is supported, got '\(keys["type"] ?? "")'") }
             guard let id = keys["id"], !id.isEmpty else { throw ValidationError("--export: needs id=") }
             guard let node = keys["node-name"], !node.isEmpty else { throw ValidationError("--export \(id): needs node-name=") }
-            exports.append(NBDExportOptions(
+            var export = NBDExportOptions(
                 id: id, nodeName: node, name: keys["name"], description: keys["description"] ?? "",
                 writable: try KeyValueOptions.onOff(keys["writable"], key: "writable", option: "--export \(id)", default: false),
                 allocationDepth: try KeyValueOptions.onOff(keys["allocation-depth"], key: "allocation-depth", option: "--export \(id)", default: true),
                 // QSD's list syntax: bitmaps.0=NAME, bitmaps.1=NAME, ...
-                bitmaps: (0..<64).compactMap { keys["bitmaps.\($0)"] }))
+                bitmaps: (0..<64).compactMap { keys["bitmaps.\($0)"] })
+            export.tenantTag = try Self.tenantTag(keys["x-tenant"], export: id)
+            exports.append(export)
         }
         return (actions, exports, vhostUser)
     }
@@ -203,7 +206,7 @@ struct ServeCommand: AsyncParsableCommand {
     /// `type=vhost-user-blk,...` as qemu-storage-daemon takes it.
     private func vhostUserExport(_ spec: String) throws -> VhostUserBlkExportOptions {
         let keys = try KeyValueOptions.dictionary(spec, option: "--export", allowed: [
-            "type", "id", "node-name", "addr.type", "addr.path", "writable", "num-queues", "logical-block-size", "writethrough",
+            "type", "id", "node-name", "addr.type", "addr.path", "writable", "num-queues", "logical-block-size", "writethrough", "x-tenant",
         ])
         guard let id = keys["id"], !id.isEmpty else { throw ValidationError("--export: needs id=") }
         guard let node = keys["node-name"], !node.isEmpty else { throw ValidationError("--export \(id): needs node-name=") }
@@ -215,12 +218,20 @@ struct ServeCommand: AsyncParsableCommand {
             guard let number = Int(text) else { throw ValidationError("--export \(id): \(key)=\(text) is not a number") }
             return number
         }
-        let options = VhostUserBlkExportOptions(
+        var options = VhostUserBlkExportOptions(
             id: id, nodeName: node, socketPath: path,
             writable: try KeyValueOptions.onOff(keys["writable"], key: "writable", option: "--export \(id)", default: false),
             queueCount: try integer("num-queues", default: 1), logicalBlockSize: try integer("logical-block-size", default: 512))
+        options.tenantTagBase = try Self.tenantTag(keys["x-tenant"], export: id)
         if let problem = options.problem { throw ValidationError("--export \(id): \(problem)") }
         return options
+    }
+
+    /// Strata's `x-tenant=N` on an export: the tag its requests carry for a scheduling policy.
+    static func tenantTag(_ text: String?, export id: String) throws -> UInt32 {
+        guard let text else { return 0 }
+        guard let tag = UInt32(text) else { throw ValidationError("--export \(id): x-tenant=\(text) is not a tag (0 to \(UInt32.max))") }
+        return tag
     }
 
     private func serverListener(_ spec: String) throws -> StorageDaemon.NBDListener {

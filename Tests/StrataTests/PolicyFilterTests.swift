@@ -148,4 +148,49 @@ private final class AdmissionLog: Sendable {
             == "p4: Parameter 'tenants' expects keys 0 to 1, missing 1")
         await engine.shutdown()
     }
+
+    @Test func exportsAreTenantsByTheirXTenantTag() async throws {
+        // Two NBD exports of one token-bucket node: export "slow" (x-tenant=1) may send one
+        // request a second, export "fast" (x-tenant=0) is unlimited. Once the first of qemu-io's
+        // four reads of "slow" is done, the other three wait three seconds for their tokens; fifty
+        // reads of "fast" meanwhile go through. Were both exports one tenant, "slow" would be done
+        // at once.
+        let scratch = try ScratchDirectory("policy-exports")
+        let socket = scratch.path("s.sock")
+        let server = try NBDServerProcess([
+            CommandLineTests.binary, "serve",
+            "--blockdev", #"{"driver":"sim","node-name":"disk","size":"16M","service-read-us":50}"#,
+            "--blockdev", #"{"driver":"token-bucket","node-name":"policy","file":"disk","tenants":[{},{"iops":1,"iops-burst":1}]}"#,
+            "--nbd-server", "addr.type=unix,addr.path=\(socket)",
+            "--export", "type=nbd,id=e0,node-name=policy,name=fast,x-tenant=0",
+            "--export", "type=nbd,id=e1,node-name=policy,name=slow,x-tenant=1",
+        ], readiness: .listeningLines(1), logPath: scratch.path("serve.log"))
+        defer { _ = server.stop() }
+        let slow = Process()
+        slow.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // Line-buffered: qemu-io buffers a pipe otherwise, and its first line would come at its exit.
+        slow.arguments = ["stdbuf", "-oL", "qemu-io", "-r", "-f", "raw"] + (0..<4).flatMap { ["-c", "read \($0 * 4096) 4k"] } + ["nbd+unix:///slow?socket=\(socket)"]
+        let output = Pipe()
+        slow.standardOutput = output
+        slow.standardError = output
+        let printed = Locked("")
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            printed.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        }
+        try slow.run()
+        defer { if slow.isRunning { slow.terminate() } }
+        for _ in 0..<2000 where !printed.withLock({ $0.contains("read 4096/4096 bytes") }) && slow.isRunning {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(printed.withLock { $0.contains("read 4096/4096 bytes") }, "\(printed.withLock { $0 })")
+        var reads: [String] = []
+        for index in 0..<50 { reads += ["-c", "read \(index * 4096) 4k"] }
+        let fast = try await QemuTool.run("qemu-io", ["-r", "-f", "raw"] + reads + ["nbd+unix:///fast?socket=\(socket)"])
+        #expect(fast.status == 0, "\(fast.output)")
+        #expect(slow.isRunning, "the slow export's reads were not held back: \(printed.withLock { $0 })")
+        for _ in 0..<2000 where slow.isRunning { try await Task.sleep(for: .milliseconds(10)) }
+        output.fileHandleForReading.readabilityHandler = nil
+        #expect(slow.terminationStatus == 0)
+    }
 }

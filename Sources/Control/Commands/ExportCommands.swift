@@ -40,6 +40,7 @@ enum ExportCommands {
             let allocationDepth = try arguments.optionalBool("allocation-depth") ?? false
             let bitmaps = try arguments.optionalArray("bitmaps") ?? []
             _ = try arguments.optionalBool("writethrough")
+            let tenantTag = try Self.tenantTag(&arguments)
             try arguments.finish()
             let bitmapNames = try bitmaps.map { value throws(QMPError) -> String in
                 // BlockDirtyBitmapOrStr: a name, or {node, name} (found the same way here).
@@ -51,8 +52,10 @@ enum ExportCommands {
                 default: throw QMPError("Parameter 'bitmaps' expects BlockDirtyBitmapOrStr")
                 }
             }
-            try await monitor.addNBDExport(NBDExportOptions(id: id, nodeName: node, name: name, description: description, writable: writable,
-                                                            allocationDepth: allocationDepth, bitmaps: bitmapNames))
+            var options = NBDExportOptions(id: id, nodeName: node, name: name, description: description, writable: writable,
+                                           allocationDepth: allocationDepth, bitmaps: bitmapNames)
+            options.tenantTag = tenantTag
+            try await monitor.addNBDExport(options)
             return .emptyObject
         },
         QMPCommand("nbd-server-add") { monitor, arguments in
@@ -135,6 +138,14 @@ enum ExportCommands {
         }
     }
 
+    /// Strata's `x-tenant` on block-export-add: the tag the export's requests carry for a
+    /// scheduling policy below (a vhost-user-blk export's virtqueue i carries x-tenant + i).
+    static func tenantTag(_ arguments: inout QMPArguments) throws(QMPError) -> UInt32 {
+        guard let tag = try arguments.optionalInteger("x-tenant") else { return 0 }
+        guard let value = UInt32(exactly: tag) else { throw QMPError("Parameter 'x-tenant' must be between 0 and \(UInt32.max), got \(tag)") }
+        return value
+    }
+
     static func removeMode(_ text: String?) throws(QMPError) -> NBDServer.RemoveMode {
         guard let text else { return .safe }
         guard let mode = NBDServer.RemoveMode(rawValue: text) else { throw QMPError("Parameter 'mode' does not accept value '\(text)'") }
@@ -177,6 +188,7 @@ extension QMPMonitor {
         _ = try arguments.optionalBool("writethrough")
         let queueCount = try arguments.optionalInteger("num-queues") ?? 1
         let blockSize = try arguments.optionalInteger("logical-block-size") ?? 512
+        let tenantTag = try ExportCommands.tenantTag(&arguments)
         try arguments.finish()
         let type = try address.string("type")
         guard type == "unix" else { throw QMPError("vhost-user-blk export '\(id)': addr type '\(type)' is not supported; use unix") }
@@ -189,8 +201,9 @@ extension QMPMonitor {
         if daemon.vhostUserServer.export(id: id) != nil || daemon.nbdServer.exportOptions.contains(where: { $0.id == id }) {
             throw QMPError("Block export id '\(id)' is already in use")
         }
-        let options = VhostUserBlkExportOptions(id: id, nodeName: node, socketPath: path, writable: writable, queueCount: Int(queueCount),
+        var options = VhostUserBlkExportOptions(id: id, nodeName: node, socketPath: path, writable: writable, queueCount: Int(queueCount),
                                                 logicalBlockSize: Int(blockSize))
+        options.tenantTagBase = tenantTag
         if let problem = options.problem { throw QMPError(problem) }
         do { try await daemon.vhostUserServer.addExport(options) } catch { throw QMPError("\(error)") }
     }

@@ -29,6 +29,9 @@ public actor VirtioBlkDevice: GraphAttachment {
         /// Adjacent reads or writes published together go to the node as one request (QEMU's
         /// virtio-blk `request-merging`, on by default there too).
         public var requestMerging = true
+        /// The tag every request of this queue carries (a scheduling policy's tenant); nil: the
+        /// queue's index.
+        public var tenantTag: UInt32?
 
         public init() {}
     }
@@ -36,8 +39,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     public nonisolated let unownedExecutor: UnownedSerialExecutor
     public nonisolated let backendName: String
     public nonisolated let queueIndex: Int
-    /// Every request of this queue carries the queue's index as its tag: a scheduling policy below
-    /// tells the device's queues apart by it (each queue is a tenant).
+    /// Every request of this queue carries this tag (by default the queue's index): a scheduling
+    /// policy below tells tenants apart by it, so each queue is one.
     private nonisolated let tenantTag: UInt32
     private let executor: QueueExecutor
     private var virtqueue: VirtqueueDevice
@@ -103,7 +106,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         executor = queue.executor
         self.backendName = backendName
         self.queueIndex = queue.index
-        self.tenantTag = UInt32(truncatingIfNeeded: queue.index)
+        self.tenantTag = settings.tenantTag ?? UInt32(truncatingIfNeeded: queue.index)
         var nextAvailable = settings.nextAvailableIndex
         if let record = settings.inflight {
             precondition(record.queueSize == virtqueue.size, "an inflight record of \(record.queueSize) entries for a queue of \(virtqueue.size)")

@@ -62,7 +62,7 @@ extension NBDConnection {
         // A zero-length request has nothing to do; the spec leaves it to the server, and QEMU succeeds.
         if operation != .flush && request.length == 0 { return .ok }
         return await port!.submit(BlockRequest(operation: operation, offsetBytes: request.offset, lengthBytes: Int(request.length),
-                                               buffer: buffer, flags: flags, submitNs: 0))
+                                               buffer: buffer, flags: flags, tag: tenantTag, submitNs: 0))
     }
 
     func serveRead(_ request: NBDRequest, worker: NBDRequestWorker, structured: Bool) async {
@@ -106,7 +106,7 @@ extension NBDConnection {
     func spliceRead(_ request: NBDRequest, worker: NBDRequestWorker, structured: Bool) async -> Bool {
         guard let pipe = worker.pipe(holding: Int(request.length)) else { return false }
         let status = await port!.submit(BlockRequest(operation: .spliceRead, offsetBytes: request.offset,
-                                                     lengthBytes: Int(request.length), pipeFd: pipe.write))
+                                                     lengthBytes: Int(request.length), tag: tenantTag, pipeFd: pipe.write))
         guard status.isOK else {
             // ENOTSUP comes before anything moved; any other failure may leave bytes in the pipe.
             if status != .notSupported { worker.closePipe() }
@@ -178,7 +178,7 @@ extension NBDConnection {
         while offset < end {
             let length = Int(min(UInt64(chunk), end - offset))
             let status = await port!.submit(BlockRequest(operation: .read, offsetBytes: offset, lengthBytes: length,
-                                                         buffer: IOBuffer(base: worker.data, count: length)))
+                                                         buffer: IOBuffer(base: worker.data, count: length), tag: tenantTag))
             guard status.isOK else { return status }
             offset += UInt64(length)
         }

@@ -41,6 +41,8 @@ actor NBDConnection {
     var phase = Phase.handshake
     var session: NBDNegotiatedSession?
     var export: NBDServerExport?
+    /// The export's x-tenant, copied at the handshake so the request path reads one integer.
+    var tenantTag: UInt32 = 0
     var port: BackendPort?
 
     var workers: [NBDRequestWorker] = []
@@ -78,6 +80,7 @@ actor NBDConnection {
         session = negotiated
         export = served
         port = served.ports[queue.index]
+        tenantTag = served.options.tenantTag
         phase = .transmission
         server.handshakeFinished(number, exportID: served.options.id)
         startWorker()

@@ -13,6 +13,9 @@ public struct NBDExportOptions: Sendable, Equatable {
     /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, by name: on the exported node or a node
     /// below it that it reads (its file or filtered child, down the chain).
     public var bitmaps: [String]
+    /// x-tenant: the tag every request of this export carries (a scheduling policy's tenant, see
+    /// design/lab.md).
+    public var tenantTag: UInt32 = 0
 
     public init(id: String, nodeName: String, name: String? = nil, description: String = "", writable: Bool = false,
                 allocationDepth: Bool = true, bitmaps: [String] = []) {

@@ -154,6 +154,7 @@ public final class VhostUserBlkExport: Sendable {
         settings.logicalBlockSize = options.logicalBlockSize
         settings.deviceID = options.id
         settings.inflight = inflight
+        settings.tenantTag = options.tenantTagBase &+ UInt32(index)
         let device = VirtioBlkDevice(queue: context, backendName: options.id, capacityBytes: await capacityBytes(), virtqueue: queue,
                                      settings: settings)
         await device.setWriteCache(writeCache)

@@ -10,6 +10,9 @@ public struct VhostUserBlkExportOptions: Sendable, Equatable {
     public var queueCount: Int
     /// logical-block-size: the block size the guest sees; requests must be aligned to it.
     public var logicalBlockSize: Int
+    /// x-tenant: the tag virtqueue 0's requests carry; virtqueue i's carry x-tenant + i (a
+    /// scheduling policy's tenants, see design/lab.md).
+    public var tenantTagBase: UInt32 = 0
 
     public static let maxQueues = 256
 

@@ -62,6 +62,27 @@ private func refusal(_ json: String) -> String {
         #expect(abs(bytes[1] / bytes[0] - 3) < 0.3 && abs(bytes[2] / bytes[0] - 2) < 0.2, "MiB/s \(bytes)")
     }
 
+    @Test func mclockSplitsWhatIsLeftAfterReservationsByWeight() async throws {
+        // 2000 IOPS; "a" is promised 800, more than its weighted share (1 of 4, 500). mClock gives
+        // it 800 and splits the other 1200 between "b" and "c" by their weights 2:1.
+        let result = try await run("""
+            {"seed": 3, "duration-ms": 30000,
+             "device": {"service-read-us": 2000, "service-distribution": "exponential", "service-parallelism": 4},
+             "tenants": [{"name": "a", "iodepth": 16, "reservation": 800, "weight": 1},
+                         {"name": "b", "iodepth": 16, "weight": 2}, {"name": "c", "iodepth": 16, "weight": 1}],
+             "policies": [{"driver": "mclock", "max-in-flight": 4}, {"driver": "fifo", "max-in-flight": 4}]}
+            """)
+        let mclock = try #require(result.policy("mclock"))
+        let (a, b, c) = (mclock.tenant("a")?.iops ?? 0, mclock.tenant("b")?.iops ?? 0, mclock.tenant("c")?.iops ?? 0)
+        #expect(a > 770 && a < 850, "a \(a)")
+        #expect(abs(b / c - 2) < 0.15, "b \(b), c \(c)")
+        #expect(mclock.tenant("a")?.reservationMet == true)
+        // FIFO splits by depth: equal thirds, 667 each, short of a's reservation.
+        let fifo = try #require(result.policy("fifo"))
+        #expect(abs((fifo.tenant("b")?.iops ?? 0) / (fifo.tenant("c")?.iops ?? 1) - 1) < 0.1)
+        #expect(fifo.tenant("a")?.reservationMet == false)
+    }
+
     @Test func leakyBucketBurstsAtItsMaxRateWhereATokenBucketSpendsItsBurstAtOnce() async throws {
         // One tenant asks for 2000 IOPS for 4 s from a fast device. Both policies allow 100 IOPS on
         // average and a burst of 1000 requests. QEMU's leaky bucket (iops-total-max 500 for

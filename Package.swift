@@ -27,7 +27,7 @@ let package = Package(
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
             "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataVhostUser", "StrataVhostUserServer", "StrataEngine",
-            "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab",
+            "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab", "StrataRBD",
         ]),
     ],
     dependencies: [
@@ -43,6 +43,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/Shims/CZlib", providers: [.apt(["zlib1g-dev"])]),
         // zstd decompresses (and compresses) qcow2 clusters of images with compression_type=zstd.
         .systemLibrary(name: "CZstd", path: "Sources/Shims/CZstd", providers: [.apt(["libzstd-dev"])]),
+        // librbd and librados (Ceph's client libraries), for the rbd protocol node.
+        .systemLibrary(name: "CRbd", path: "Sources/Shims/CRbd", providers: [.apt(["librbd-dev"])]),
 
         // Layer 1: no block concept.
         strata("StrataRuntime", "Runtime", ["CStrataShim", deque]),
@@ -60,6 +62,8 @@ let package = Package(
         // The `nbd` protocol node: an NBD client whose sockets run on the queue executors' rings.
         strata("StrataNBDClient", "NBD/Client", ["CStrataShim", "StrataRuntime", "StrataGraph", "StrataNBD", deque]),
         strata("StrataFilters", "Filters", ["StrataRuntime", "StrataGraph", deque]),
+        // Remote backends through their client libraries: the `rbd` node (librbd).
+        strata("StrataRBD", "Remote/RBD", ["CRbd", "StrataRuntime", "StrataGraph"]),
         // The virtio-blk device model on split virtqueues (the device side only).
         strata("StrataDevices", "Devices", ["CStrataShim", "StrataRuntime", "StrataGraph"]),
         // The NBD export server: connections served on the queue executors' rings.
@@ -79,7 +83,7 @@ let package = Package(
         // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
         strata("StrataEngine", "Engine", [
             "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
-            "StrataVhostUserServer",
+            "StrataVhostUserServer", "StrataRBD",
         ]),
 
         // Layer 6: the image toolkit behind `strata img` and `strata io`.
@@ -114,7 +118,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataNBDServer",
                 "StrataVhostUserServer", "StrataLoad",
-                "StrataEngine", "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab",
+                "StrataEngine", "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab", "StrataRBD",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/StrataCLI", swiftSettings: swiftSettings

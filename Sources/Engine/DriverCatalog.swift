@@ -2,6 +2,7 @@ import StrataFilters
 import StrataGraph
 import StrataNBDClient
 import StrataNodes
+import StrataRBD
 
 /// Every driver and filter the command line knows, by name: adding one is one line here (a
 /// scheduling policy's line is in SchedulingPolicyCatalog).
@@ -19,6 +20,7 @@ public enum DriverCatalog {
         NullNode.aioDescriptor,
         Qcow2Node.descriptor,
         RawNode.descriptor,
+        RbdNode.descriptor,
         SimNode.descriptor,
         SnapshotAccessFilter.descriptor,
         ThrottleFilter.descriptor,

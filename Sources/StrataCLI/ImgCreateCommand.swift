@@ -2,6 +2,7 @@ import ArgumentParser
 import StrataFormatting
 import StrataImageTools
 import StrataNodes
+import StrataRBD
 
 /// `strata img create [-f fmt] [-o opts] [-b backing] [-F backing_fmt] [-u] [-q] FILE [SIZE]`.
 struct ImgCreateCommand: AsyncParsableCommand {
@@ -42,15 +43,25 @@ struct ImgCreateCommand: AsyncParsableCommand {
                 sizeBytes = parsed
             }
             switch format {
-            case "raw":
+            case "raw", "rbd":
                 if let value = optionString.value("size") { sizeBytes = ImageSizeText.parse(value) }
                 for entry in optionString.entries where entry.key != "size" && !(entry.key == "preallocation" && entry.value == "off") {
                     throw ImgCommand.fail("\(file): Invalid parameter '\(entry.key)'")
                 }
                 guard let sizeBytes else { throw ImgCommand.fail("\(file): Image creation needs a size parameter") }
-                if !quiet { print("Formatting '\(file)', fmt=raw size=\(sizeBytes)") }
-                let io = try Qcow2FileIO(path: file, writable: true, create: true)
-                try await io.truncate(to: sizeBytes)
+                // rbd is a protocol: -f rbd, or raw on an rbd: filename, creates the image in the cluster.
+                guard format == "raw" || file.hasPrefix("rbd:") else { throw ImgCommand.fail("\(file): the rbd format needs an rbd: filename") }
+                if !quiet { print("Formatting '\(file)', fmt=\(format) size=\(sizeBytes)") }
+                if file.hasPrefix("rbd:") {
+                    do {
+                        try await RbdImage.create(filename: file, sizeBytes: sizeBytes)
+                    } catch {
+                        throw ImgCommand.fail("\(file): \(error)")
+                    }
+                } else {
+                    let io = try Qcow2FileIO(path: file, writable: true, create: true)
+                    try await io.truncate(to: sizeBytes)
+                }
             case "qcow2":
                 if let backingFile { optionString = optionString.setting("backing_file", to: backingFile) }
                 if let backingFormat { optionString = optionString.setting("backing_fmt", to: backingFormat) }

@@ -193,7 +193,7 @@ extension QMPMonitor {
         return "json:" + OrderedJSON.object(fields).compactText()
     }
 
-    /// block_resize: a `file` node, or a `raw` node over one, changes size at once (requests in
+    /// block_resize: a `file` or `rbd` node, or a `raw` node over one, changes size at once (requests in
     /// flight see the old or the new size, as with QEMU's truncate under I/O); a `qcow2` node
     /// resizes its image live (Qcow2NodeState+Resize), a shrink waiting for the requests in
     /// flight past the new end through the controller's barrier.
@@ -218,7 +218,7 @@ extension QMPMonitor {
             }
             entry = fileEntry
         }
-        guard entry.driver == "file", let state = try? await daemon.engine.controller.state(of: entry.name) as? FileNodeState else {
+        guard let state = try? await daemon.engine.controller.state(of: entry.name) as? any ResizableNodeState else {
             throw QMPError("Image format '\(entry.driver)' of node '\(name)' does not support live resizing yet")
         }
         do { try await state.resize(to: sizeBytes) } catch { throw QMPError("Could not resize: \(error)") }

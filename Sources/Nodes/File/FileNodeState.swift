@@ -7,7 +7,7 @@ import Synchronization
 /// A file node's state shared by all queues: one file descriptor (OFD locks belong to the open
 /// file description, so every lock and every I/O uses this one), the size, the write-through
 /// switch, flush bookkeeping, lock bytes and counters.
-public final class FileNodeState: NodeState {
+public final class FileNodeState: NodeState, ResizableNodeState {
     public let nodeName: String
     public let path: String
     /// Opened with O_DIRECT (cache.direct).

@@ -1,12 +1,10 @@
-import Glibc
-import StrataGraph
 import StrataRuntime
 
 extension BlockRequest {
     /// The end of the byte range when the request is well formed: a non-negative length, no
     /// overflow, an end a file offset can express (off_t), and for reads and writes a buffer that
     /// covers the length. Nil means the caller must answer EINVAL.
-    @inline(__always) var validatedEnd: UInt64? {
+    @inlinable public var validatedEnd: UInt64? {
         guard lengthBytes >= 0, let end = endBytes, end <= UInt64(Int64.max) else { return nil }
         if operation == .read || operation == .write {
             guard buffer.count >= lengthBytes else { return nil }
@@ -16,7 +14,7 @@ extension BlockRequest {
 
     /// QEMU's BlockBackend check (blk_check_byte_request): a request reaching past the end of the
     /// node fails with EIO before any driver sees it. Flush has no range and always passes.
-    @inline(__always) func rangeStatus(sizeBytes: UInt64) -> IOStatus {
+    @inlinable public func rangeStatus(sizeBytes: UInt64) -> IOStatus {
         if operation == .flush { return .ok }
         guard let end = validatedEnd else { return .invalid }
         return end <= sizeBytes ? .ok : .ioError

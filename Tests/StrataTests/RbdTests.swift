@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StrataControl
 import StrataEngine
 import StrataGraph
 import StrataLoad
@@ -211,5 +212,39 @@ struct RbdTests {
             Issue.record("\(error)")
         }
         await engine.shutdown()
+    }
+
+    /// The rbd node as a mirror target and behind an NBD export of the same daemon.
+    @Test func aMirrorCopiesALocalImageIntoRbdOverQMP() async throws {
+        let cluster = try await CephCluster("mirror")
+        defer { cluster.stop() }
+        let scratch = try ScratchDirectory("rbd-mirror")
+        let source = scratch.path("source.raw")
+        try await QemuTool.require("qemu-img", ["create", "-f", "raw", source, "16M"])
+        #expect(try await QemuTool.io("write -P 0x3c 1M 5M", source))
+        try await cluster.rbd(["create", "--size", "16M", "rbd/target"])
+        let (process, socket) = try QMPMonitorTests.daemon(scratch, extra: [
+            "--blockdev", #"{"driver":"file","node-name":"source","filename":"\#(source)"}"#,
+            "--blockdev", #"{"driver":"rbd","node-name":"target","pool":"rbd","image":"target","conf":"\#(cluster.conf)"}"#,
+            "--nbd-server", "addr.type=unix,addr.path=\(scratch.path("nbd.sock"))",
+        ])
+        defer { _ = process.stop() }
+        let client = try QMPClient(address: socket)
+        let start = try client.execute("blockdev-mirror", arguments: ["job-id": "m0", "device": "source", "target": "target", "sync": "full"])
+        #expect(!start.isError, "\(String(describing: start.error))")
+        #expect(try client.waitForEvent("BLOCK_JOB_READY", timeoutSeconds: 60) != nil, "no BLOCK_JOB_READY; \(process.log)")
+        #expect(!(try client.execute("job-complete", arguments: ["id": "m0"]).isError))
+        let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
+        #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
+        let export = try client.execute("block-export-add", arguments: ["type": "nbd", "id": "e0", "node-name": "target", "name": "rbd",
+                                                                        "writable": true])
+        #expect(!export.isError, "\(String(describing: export.error))")
+        let uri = "nbd+unix:///rbd?socket=\(scratch.path("nbd.sock"))"
+        #expect(try await QemuTool.io("read -P 0x3c 1M 5M", uri))
+        #expect(try await QemuTool.io("write -P 0x4d 8M 1M", uri))
+        _ = try client.execute("quit")
+        #expect(process.stop(timeout: 20).inTime)
+        #expect(try await QemuTool.io("write -P 0x4d 8M 1M", source))
+        try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "rbd", source, cluster.filename("target")])
     }
 }

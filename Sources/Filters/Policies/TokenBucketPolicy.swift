@@ -1,4 +1,3 @@
-import DequeModule
 import StrataGraph
 
 /// A token bucket per tenant: `iops` tokens a second up to `iops-burst` (default a tenth of a
@@ -24,7 +23,7 @@ public struct TokenBucketPolicy: SchedulingPolicy {
     public static let driverName = "token-bucket"
     public static let summary = "token bucket per tenant (iops/bps rate and burst), round-robin"
 
-    private struct Bucket {
+    private struct Bucket: Sendable {
         let rate: Double
         let capacity: Double
         var tokens: Double
@@ -53,11 +52,24 @@ public struct TokenBucketPolicy: SchedulingPolicy {
         }
     }
 
-    private var operations: [Bucket]
-    private var bytes: [Bucket]
-    private var queues: [Deque<PolicyRequest>]
-    private var queued = 0
-    private var lastServed: Int
+    /// A tenant's two buckets: one token per request, one per byte.
+    private struct Gate: TenantGate {
+        var operations: Bucket
+        var bytes: Bucket
+
+        mutating func waitNs(for head: PolicyRequest, nowNs: UInt64) -> UInt64 {
+            operations.refill(nowNs: nowNs)
+            bytes.refill(nowNs: nowNs)
+            return Swift.max(operations.waitNs(cost: 1), bytes.waitNs(cost: Double(head.bytes)))
+        }
+
+        mutating func charge(_ request: PolicyRequest) {
+            if operations.isLimited { operations.tokens -= 1 }
+            if bytes.isLimited { bytes.tokens -= Double(request.bytes) }
+        }
+    }
+
+    private var queues: RoundRobinQueues<Gate>
 
     public static func tenant(parsing reader: inout OptionReader) throws(GraphError) -> Tenant {
         let limit = Int64(1) << 50
@@ -73,37 +85,12 @@ public struct TokenBucketPolicy: SchedulingPolicy {
     }
 
     public init(tenants: [Tenant]) {
-        operations = tenants.map { Bucket(rate: $0.iops, capacity: $0.iopsBurst) }
-        bytes = tenants.map { Bucket(rate: $0.bps, capacity: $0.bpsBurst) }
-        queues = tenants.map { _ in Deque(minimumCapacity: 64) }
-        lastServed = tenants.count - 1
+        queues = RoundRobinQueues(gates: tenants.map {
+            Gate(operations: Bucket(rate: $0.iops, capacity: $0.iopsBurst), bytes: Bucket(rate: $0.bps, capacity: $0.bpsBurst))
+        })
     }
 
-    public mutating func enqueue(_ request: PolicyRequest, nowNs: UInt64) {
-        queues[request.tenant].append(request)
-        queued += 1
-    }
+    public mutating func enqueue(_ request: PolicyRequest, nowNs: UInt64) { queues.enqueue(request) }
 
-    public mutating func next(nowNs: UInt64) -> PolicyDecision {
-        guard queued > 0 else { return .idle }
-        var soonestNs = UInt64.max
-        for step in 1...queues.count {
-            let tenant = (lastServed + step) % queues.count
-            guard let head = queues[tenant].first else { continue }
-            operations[tenant].refill(nowNs: nowNs)
-            bytes[tenant].refill(nowNs: nowNs)
-            let waitNs = Swift.max(operations[tenant].waitNs(cost: 1), bytes[tenant].waitNs(cost: Double(head.bytes)))
-            if waitNs > 0 {
-                soonestNs = Swift.min(soonestNs, nowNs + waitNs)
-                continue
-            }
-            if operations[tenant].isLimited { operations[tenant].tokens -= 1 }
-            if bytes[tenant].isLimited { bytes[tenant].tokens -= Double(head.bytes) }
-            queues[tenant].removeFirst()
-            queued -= 1
-            lastServed = tenant
-            return .dispatch(head)
-        }
-        return .wait(untilNs: soonestNs)
-    }
+    public mutating func next(nowNs: UInt64) -> PolicyDecision { queues.next(nowNs: nowNs) }
 }

@@ -27,7 +27,7 @@ let package = Package(
         .library(name: "Strata", targets: [
             "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices", "StrataLoad",
             "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataVhostUser", "StrataVhostUserServer", "StrataEngine",
-            "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab", "StrataRBD",
+            "StrataImageTools", "StrataControl", "StrataSimulation", "StrataLab", "StrataRBD", "StrataISCSI",
         ]),
     ],
     dependencies: [
@@ -45,6 +45,7 @@ let package = Package(
         .systemLibrary(name: "CZstd", path: "Sources/Shims/CZstd", providers: [.apt(["libzstd-dev"])]),
         // librbd and librados (Ceph's client libraries), for the rbd protocol node.
         .systemLibrary(name: "CRbd", path: "Sources/Shims/CRbd", providers: [.apt(["librbd-dev"])]),
+        .systemLibrary(name: "CIscsi", path: "Sources/Shims/CIscsi", providers: [.apt(["libiscsi-dev"])]),
 
         // Layer 1: no block concept.
         strata("StrataRuntime", "Runtime", ["CStrataShim", deque]),
@@ -64,6 +65,8 @@ let package = Package(
         strata("StrataFilters", "Filters", ["StrataRuntime", "StrataGraph", deque]),
         // Remote backends through their client libraries: the `rbd` node (librbd).
         strata("StrataRBD", "Remote/RBD", ["CRbd", "StrataRuntime", "StrataGraph"]),
+        // The iscsi protocol node: libiscsi sessions, one per queue, polled on the queues' rings.
+        strata("StrataISCSI", "Remote/iSCSI", ["CIscsi", "StrataRuntime", "StrataGraph"]),
         // The virtio-blk device model on split virtqueues (the device side only).
         strata("StrataDevices", "Devices", ["CStrataShim", "StrataRuntime", "StrataGraph"]),
         // The NBD export server: connections served on the queue executors' rings.
@@ -83,7 +86,7 @@ let package = Package(
         // Layer 5: where things are put together: the driver catalog, executors, the storage daemon.
         strata("StrataEngine", "Engine", [
             "StrataRuntime", "StrataGraph", "StrataNodes", "StrataNBDClient", "StrataFilters", "StrataNBDServer",
-            "StrataVhostUserServer", "StrataRBD",
+            "StrataVhostUserServer", "StrataRBD", "StrataISCSI",
         ]),
 
         // Layer 6: the image toolkit behind `strata img` and `strata io`.
@@ -141,7 +144,7 @@ let package = Package(
             dependencies: [
                 "CStrataShim", "StrataRuntime", "StrataFormatting", "StrataGraph", "StrataNodes", "StrataFilters", "StrataDevices",
                 "StrataLoad", "StrataNBD", "StrataNBDServer", "StrataNBDClient", "StrataEngine", "StrataImageTools",
-                "StrataJobs", "StrataControl", "StrataSimulation", "StrataLab",
+                "StrataJobs", "StrataControl", "StrataSimulation", "StrataLab", "StrataRBD", "StrataISCSI",
             ],
             path: "Tests/StrataTests", swiftSettings: swiftSettings
         ),

@@ -2,6 +2,7 @@ import StrataFilters
 import StrataGraph
 import StrataNBDClient
 import StrataNodes
+import StrataISCSI
 import StrataRBD
 
 /// Every driver and filter the command line knows, by name: adding one is one line here (a
@@ -21,6 +22,7 @@ public enum DriverCatalog {
         Qcow2Node.descriptor,
         RawNode.descriptor,
         RbdNode.descriptor,
+        IscsiNode.descriptor,
         SimNode.descriptor,
         SnapshotAccessFilter.descriptor,
         ThrottleFilter.descriptor,

@@ -11,6 +11,8 @@ final class IORing {
         case continuation = 0
         case timer = 1
         case wakeup = 2
+        /// A completion nobody waits for: a linked timeout's own CQE.
+        case ignored = 3
     }
 
     static let kindMask: UInt64 = 0b111
@@ -51,6 +53,11 @@ final class IORing {
         strata_sqe_set_data(sqe, userData)
         inFlight += 1
         return sqe!
+    }
+
+    /// Makes room for `count` SQEs that must reach the kernel in one submission (a linked chain).
+    func reserve(_ count: UInt32) {
+        if strata_ring_sq_space_left(ring) < count { _ = strata_ring_submit(ring, 0) }
     }
 
     var hasPendingSubmissions: Bool { strata_ring_pending_sqes(ring) > 0 }

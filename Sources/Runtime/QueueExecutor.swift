@@ -172,6 +172,24 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         }
     }
 
+    /// `perform` with a deadline: the SQE is linked to a timeout of `timeout` (relative; it must stay
+    /// valid until this returns), which cancels it when it fires first: the result is then -ECANCELED.
+    public nonisolated(nonsending) func perform(timeout: UnsafePointer<__kernel_timespec>,
+                                                _ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) async -> Int32 {
+        assertOnExecutor()
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Int32, Never>) in
+            let bits = UInt64(UInt(bitPattern: unsafeBitCast(continuation, to: UnsafeRawPointer.self)))
+            // Both in one submission: a chain cut at a batch's end runs without its timeout.
+            ring.reserve(2)
+            let sqe = ring.nextSQE(userData: bits | IORing.CompletionKind.continuation.rawValue)
+            prepare(sqe)
+            strata_sqe_link_next(sqe)
+            io_uring_prep_link_timeout(ring.nextSQE(userData: IORing.CompletionKind.ignored.rawValue),
+                                       UnsafeMutablePointer(mutating: timeout), 0)
+            if ring.pendingSubmissions >= submitBatchLimit { ring.submit(wait: false) }
+        }
+    }
+
     /// Lets every other ready job of this executor run before the caller continues. Unlike
     /// `Task.yield()`, which allocates a job each time, this parks the caller's own continuation
     /// and resumes it at the start of the next loop turn, after messages from other threads.
@@ -299,6 +317,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             // signal: the loop would sleep with a job queued (a lost wakeup).
             wakePending.store(false, ordering: .sequentiallyConsistent)
             if !stopRequested.load(ordering: .acquiring) { armWakeup() }
+        case .ignored:
+            break
         case nil:
             preconditionFailure("completion with unknown kind \(userData)")
         }

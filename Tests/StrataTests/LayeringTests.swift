@@ -22,6 +22,7 @@ import Testing
         ("StrataNBDClient", "Sources/NBD/Client", 3),
         ("StrataFilters", "Sources/Filters", 3),
         ("StrataRBD", "Sources/Remote/RBD", 3),
+        ("StrataISCSI", "Sources/Remote/iSCSI", 3),
         ("StrataDevices", "Sources/Devices", 3),
         ("StrataNBDServer", "Sources/NBD/Server", 3),
         ("StrataLoad", "Sources/Load", 4),

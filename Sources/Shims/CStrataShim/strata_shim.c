@@ -53,6 +53,7 @@ void strata_ring_destroy(struct strata_ring *r) { io_uring_queue_exit(&r->ring);
 struct io_uring_sqe *strata_ring_get_sqe(struct strata_ring *r) { return io_uring_get_sqe(&r->ring); }
 int strata_ring_submit(struct strata_ring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
 unsigned strata_ring_pending_sqes(struct strata_ring *r) { return io_uring_sq_ready(&r->ring); }
+unsigned strata_ring_sq_space_left(struct strata_ring *r) { return io_uring_sq_space_left(&r->ring); }
 
 unsigned strata_ring_ready_cqes(struct strata_ring *r) { return io_uring_cq_ready(&r->ring); }
 

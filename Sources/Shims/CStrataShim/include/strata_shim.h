@@ -25,6 +25,8 @@ int strata_ring_submit(struct strata_ring *ring, unsigned wait_nr);
 /// Copies up to max ready completions (user_data, res) and marks them seen. No syscall.
 unsigned strata_ring_reap(struct strata_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 unsigned strata_ring_pending_sqes(struct strata_ring *ring);
+/// Free submission queue entries.
+unsigned strata_ring_sq_space_left(struct strata_ring *ring);
 /// Nonzero when completions wait in the kernel for this thread's next io_uring_enter (deferred
 /// task work or an overflowed CQ). No syscall.
 int strata_ring_has_kernel_work(struct strata_ring *ring);
@@ -33,6 +35,8 @@ unsigned strata_ring_ready_cqes(struct strata_ring *ring);
 
 static inline void strata_sqe_set_data(struct io_uring_sqe *sqe, uint64_t data) { sqe->user_data = data; }
 static inline void strata_sqe_set_rw_flags(struct io_uring_sqe *sqe, int flags) { sqe->rw_flags = flags; }
+/// Chains the next SQE to this one (IOSQE_IO_LINK, a macro Swift cannot import).
+static inline void strata_sqe_link_next(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_IO_LINK; }
 void strata_prep_ftruncate(struct io_uring_sqe *sqe, int fd, uint64_t length);
 void strata_prep_timeout_abs(struct io_uring_sqe *sqe, struct __kernel_timespec *ts);
 

@@ -1,8 +1,8 @@
 import StrataFilters
 import StrataGraph
+import StrataISCSI
 import StrataNBDClient
 import StrataNodes
-import StrataISCSI
 import StrataRBD
 
 /// Every driver and filter the command line knows, by name: adding one is one line here (a

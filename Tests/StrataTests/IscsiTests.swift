@@ -140,7 +140,7 @@ struct IscsiTests {
             // LUN's backing file and by QEMU's iscsi driver against the same commands on a file.
             let commands = ["write -P 0x5a 1M 2M", "write -z 2M 64k", "write -P 0x11 3000 5000", "write -P 0x22 5M 700",
                             "discard 1536k 512k", "write -z -u 8M 1M"]
-            try await strata(commands.flatMap { ["-c", $0] }.prepending("io") + [target.url])
+            try await strata(["io"] + commands.flatMap { ["-c", $0] } + [target.url])
             let reference = scratch.path("reference.raw")
             try await QemuTool.require("qemu-img", ["create", "-f", "raw", reference, "16M"])
             for command in commands { #expect(try await QemuTool.io(command, reference)) }
@@ -294,8 +294,4 @@ struct IscsiTests {
         }
         await target.remove()
     }
-}
-
-private extension Array {
-    func prepending(_ element: Element) -> [Element] { [element] + self }
 }

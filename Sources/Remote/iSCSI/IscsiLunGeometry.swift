@@ -30,15 +30,15 @@ struct IscsiLunGeometry: Sendable {
     nonisolated(nonsending) static func probe(_ session: IscsiSession) async throws -> IscsiLunGeometry {
         if let reason = await session.ready() { throw IscsiError(reason) }
         let lun = session.location.lun
-        let where_ = session.description
+        let lunName = session.description
 
         let standard = try await command(session, "INQUIRY") { iscsi_inquiry_task($0, lun, 0, 0, 255, $1, $2) }
         defer { standard.release() }
         guard let inquiry = unmarshall(standard, as: scsi_inquiry_standard.self) else {
-            throw IscsiError("\(where_): cannot parse the INQUIRY data")
+            throw IscsiError("\(lunName): cannot parse the INQUIRY data")
         }
         guard inquiry.device_type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS else {
-            throw IscsiError("\(where_) is a \(String(cString: scsi_devtype_to_str(inquiry.device_type))), not a block device")
+            throw IscsiError("\(lunName) is a \(String(cString: scsi_devtype_to_str(inquiry.device_type))), not a block device")
         }
         let vendor = withUnsafeBytes(of: inquiry.vendor_identification) { trimmed($0) }
         let product = withUnsafeBytes(of: inquiry.product_identification) { trimmed($0) }
@@ -46,11 +46,11 @@ struct IscsiLunGeometry: Sendable {
         let capacityTask = try await command(session, "READ CAPACITY(16)") { iscsi_readcapacity16_task($0, lun, $1, $2) }
         defer { capacityTask.release() }
         guard let capacity = unmarshall(capacityTask, as: scsi_readcapacity16.self) else {
-            throw IscsiError("\(where_): cannot parse the READ CAPACITY(16) data")
+            throw IscsiError("\(lunName): cannot parse the READ CAPACITY(16) data")
         }
         let blockBytes = Int(capacity.block_length)
         guard blockBytes >= 512, blockBytes <= 65536, blockBytes & (blockBytes - 1) == 0 else {
-            throw IscsiError("\(where_) has a block size of \(blockBytes) bytes: expected a power of two from 512 to 65536")
+            throw IscsiError("\(lunName) has a block size of \(blockBytes) bytes: expected a power of two from 512 to 65536")
         }
         var geometry = IscsiLunGeometry(
             blockBytes: blockBytes, blockCount: capacity.returned_lba &+ 1, writeProtected: false,

@@ -223,6 +223,12 @@ final class IscsiSession: @unchecked Sendable {
                 await withUnsafeContinuation { parkedWriter = $0 }
                 continue
             }
+            // A logged-in session's socket is connected: try the (non-blocking) send first, and
+            // poll only when the socket is full.
+            if iscsi_is_logged_in(context) != 0 {
+                _ = iscsi_service(context, Int32(POLLOUT))
+                if iscsi_out_queue_length(context) == 0 { continue }
+            }
             let fired = await RingPoll.wait(fd: fd, events: Int16(POLLOUT), timeout: tick)
             guard loopsShouldRun else { break }
             // Only after the ring saw the socket writable: libiscsi takes POLLOUT on a connecting

@@ -32,6 +32,11 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private var polling: IdlePolling
     private var localJobs = Deque<UnownedJob>(minimumCapacity: 1024)
     private let remoteJobs = Locked(Deque<UnownedJob>())
+    /// Continuations other threads asked this thread to resume (`resume(_:returning:)`); counted
+    /// in `remoteJobCount` with the jobs. `drainedResumptions` is swapped with it, so neither
+    /// allocates once both have grown.
+    private let foreignResumptions = Locked(Deque<ForeignResumption>())
+    private var drainedResumptions = Deque<ForeignResumption>()
     private let remoteJobCount = Atomic<Int>(0)
     private let remoteEnqueueTotal = Atomic<Int>(0)
     private let wakePending = Atomic<Bool>(false)
@@ -107,6 +112,20 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         }
         remoteJobs.withLock { jobs in
             jobs.append(job)
+            remoteJobCount.add(1, ordering: .sequentiallyConsistent)
+        }
+        remoteEnqueueTotal.add(1, ordering: .relaxed)
+        wake()
+    }
+
+    /// Resumes `continuation` with `value` on this executor's thread; callable from any thread. For
+    /// completions a C library reports on threads of its own (librbd): resumed there, the waiting
+    /// task would go to the global executor, since the thread-affine default executor keeps only
+    /// what a queue thread enqueues, and reach its queue through a Dispatch thread, one extra hop
+    /// per request.
+    public func resume(_ continuation: UnsafeContinuation<Int, Never>, returning value: Int) {
+        foreignResumptions.withLock { pending in
+            pending.append(ForeignResumption(continuation: continuation, value: value))
             remoteJobCount.add(1, ordering: .sequentiallyConsistent)
         }
         remoteEnqueueTotal.add(1, ordering: .relaxed)
@@ -244,6 +263,12 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             remoteJobCount.subtract(jobs.count, ordering: .relaxed)
             jobs.removeAll(keepingCapacity: true)
         }
+        foreignResumptions.withLock { pending in
+            swap(&pending, &drainedResumptions)
+            remoteJobCount.subtract(drainedResumptions.count, ordering: .relaxed)
+        }
+        // On this thread now: each resumed task's job lands in `localJobs`.
+        while let resumption = drainedResumptions.popFirst() { resumption.continuation.resume(returning: resumption.value) }
     }
 
     private func runLoop() {
@@ -358,4 +383,10 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
 private final class ThreadStart {
     let body: () -> Void
     init(body: @escaping () -> Void) { self.body = body }
+}
+
+/// A continuation another thread handed over with its value (`QueueExecutor.resume`).
+struct ForeignResumption {
+    let continuation: UnsafeContinuation<Int, Never>
+    let value: Int
 }

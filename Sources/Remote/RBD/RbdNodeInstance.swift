@@ -4,9 +4,10 @@ import StrataGraph
 import StrataRuntime
 
 /// An rbd node on one queue: each request is one librbd asynchronous call. Its completion
-/// callback runs on a librbd thread and resumes the request's continuation, which puts the
-/// request's task back on this queue's executor (a remote enqueue wakes the executor through its
-/// eventfd, on its ring): no queue thread ever waits for librbd.
+/// callback runs on a librbd thread and hands the request's continuation to this queue's executor
+/// (`QueueExecutor.resume`: a remote hand-over that wakes the executor through its eventfd, on its
+/// ring), which resumes it on its own thread: no queue thread ever waits for librbd, and no
+/// request passes through another thread on its way back.
 actor RbdNodeInstance: BlockNode {
     nonisolated let unownedExecutor: UnownedSerialExecutor
     private nonisolated let state: RbdNodeState
@@ -55,8 +56,9 @@ actor RbdNodeInstance: BlockNode {
     /// Starts one librbd call with a fresh completion and waits for its callback; returns what
     /// librbd returned (bytes for a read, 0 or a negative errno).
     private static nonisolated(nonsending) func perform(_ start: (rbd_completion_t) -> Int32) async -> Int {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Int, Never>) in
-            let waiter = Unmanaged.passRetained(RbdWaiter(continuation)).toOpaque()
+        guard let executor = QueueExecutor.current else { preconditionFailure("an rbd request runs on a queue executor") }
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<Int, Never>) in
+            let waiter = Unmanaged.passRetained(RbdWaiter(continuation, executor: executor)).toOpaque()
             var completion: rbd_completion_t?
             let created = rbd_aio_create_completion(waiter, rbdCompletionCallback, &completion)
             guard created >= 0, let completion else {
@@ -75,10 +77,16 @@ actor RbdNodeInstance: BlockNode {
     }
 }
 
-/// The continuation a librbd completion resumes; retained across the call, released by the callback.
+/// The continuation a librbd completion resumes, and the queue executor it resumes on; retained
+/// across the call, released by the callback.
 private final class RbdWaiter {
     let continuation: UnsafeContinuation<Int, Never>
-    init(_ continuation: UnsafeContinuation<Int, Never>) { self.continuation = continuation }
+    let executor: QueueExecutor
+
+    init(_ continuation: UnsafeContinuation<Int, Never>, executor: QueueExecutor) {
+        self.continuation = continuation
+        self.executor = executor
+    }
 }
 
 /// librbd's completion callback, on one of librbd's threads.
@@ -86,5 +94,6 @@ private func rbdCompletionCallback(_ completion: rbd_completion_t?, _ argument: 
     guard let completion, let argument else { preconditionFailure("librbd called back without its completion or argument") }
     let value = rbd_aio_get_return_value(completion)
     rbd_aio_release(completion)
-    Unmanaged<RbdWaiter>.fromOpaque(argument).takeRetainedValue().continuation.resume(returning: Int(value))
+    let waiter = Unmanaged<RbdWaiter>.fromOpaque(argument).takeRetainedValue()
+    waiter.executor.resume(waiter.continuation, returning: Int(value))
 }

@@ -135,6 +135,10 @@ struct IscsiTests {
             let capacity = try await QemuTool.run("iscsi-readcapacity16", [target.url])
             #expect(capacity.output.contains("Total size:16777216") && capacity.output.contains("LBPME:1"), "\(capacity.output)")
             #expect(try await QemuTool.run("iscsi-ls", ["iscsi://127.0.0.1:\(target.port)"]).output.contains("iqn.2026-12.io.strata:lun"))
+            // strata img info reaches the LUN through the node; its disk size stays the server's.
+            let info = try await strata(["img", "info", "--output=json", target.url])
+            #expect(info.contains(#""virtual-size": 16777216"#) && info.contains(#""format": "raw""#) && !info.contains("actual-size"), "\(info)")
+            #expect(try await strata(["img", "info", target.url]).contains("disk size: unavailable"))
 
             // Written by strata (whole blocks, partial blocks, zeros, a discard), judged by the
             // LUN's backing file and by QEMU's iscsi driver against the same commands on a file.

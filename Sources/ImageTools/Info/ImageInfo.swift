@@ -1,4 +1,5 @@
 import Glibc
+import StrataEngine
 import StrataFormatting
 import StrataNodes
 
@@ -8,7 +9,8 @@ public struct ImageInfo: Sendable {
     public let filename: String
     public let format: String
     public let virtualSize: UInt64
-    public let actualSize: UInt64
+    /// Bytes the image takes on its disk; nil for a remote image, whose server keeps that to itself.
+    public let actualSize: UInt64?
     public let qcow2: Qcow2OfflineImage?
     public let bitmaps: [Qcow2Bitmap]
     /// The backing file as a path usable from here (relative names resolve next to the image).
@@ -19,6 +21,7 @@ public struct ImageInfo: Sendable {
 
     /// Opens `path` read-only; `format` nil probes (qcow2 magic, else raw) as qemu-img does.
     public static func read(path: String, format: String?) async throws -> ImageInfo {
+        if DriverCatalog.registry.protocolDriver(forFilename: path) != nil { return try await readRemote(path: path, format: format) }
         let io = try Qcow2FileIO(path: path, writable: false)
         let size = try await io.sizeBytes()
         let magic = try await io.read(offset: 0, count: 4)
@@ -35,6 +38,15 @@ public struct ImageInfo: Sendable {
         default:
             throw Qcow2ImageError("Unknown driver '\(chosen)'")
         }
+    }
+
+    /// An image behind a protocol node (`rbd:`, `iscsi://`, `nbd://`): its format and size through
+    /// the node; the disk size is unavailable, as qemu-img reports it.
+    static func readRemote(path: String, format: String?) async throws -> ImageInfo {
+        let session = try await ImageSession.open(path, options: ImageOpenOptions(format: format, readOnly: true))
+        let info = ImageInfo(filename: path, format: session.format, virtualSize: session.sizeBytes, actualSize: nil, qcow2: nil, bitmaps: [])
+        _ = await session.close()
+        return info
     }
 
     /// A relative backing name is relative to the directory of the image that names it.
@@ -66,7 +78,7 @@ public struct ImageInfo: Sendable {
         fields.append(("filename", .string(filename)))
         if let image = qcow2 { fields.append(("cluster-size", .uint(image.clusterSize))) }
         fields.append(("format", .string(format)))
-        fields.append(("actual-size", .uint(actualSize)))
+        if let actualSize { fields.append(("actual-size", .uint(actualSize))) }
         if let image = qcow2 {
             var data: [(String, OrderedJSON)] = [("compat", .string(image.version >= 3 ? "1.1" : "0.10"))]
             data.append(("compression-type", .string(image.compressionType == 1 ? "zstd" : "zlib")))
@@ -101,7 +113,7 @@ public struct ImageInfo: Sendable {
     public var human: String {
         var text = "image: \(filename)\nfile format: \(format)\n"
         text += "virtual size: \(Self.sizeText(virtualSize)) (\(virtualSize) bytes)\n"
-        text += "disk size: \(Self.sizeText(actualSize))\n"
+        text += "disk size: \(actualSize.map(Self.sizeText) ?? "unavailable")\n"
         guard let image = qcow2 else { return text }
         text += "cluster_size: \(image.clusterSize)\n"
         if let backing = image.backingFileName {

@@ -92,6 +92,11 @@ struct RbdTests {
         reader = OptionReader(nodeName: "n", options: ["pool": "p", "image": "i", "server": [["host": "h1", "port": "3300"], ["host": "::1"]]])
         let configuration = try RbdNodeConfiguration(parsing: &reader)
         #expect(configuration.location.monitorHosts == "h1:3300;[::1]:6789")
+        // QEMU's direct cache modes turn librbd's client cache off.
+        reader = OptionReader(nodeName: "n", options: ["pool": "p", "image": "i", "cache": ["direct": true]])
+        #expect(try RbdNodeConfiguration(parsing: &reader).location.settings.contains { $0.key == "rbd_cache" && $0.value == "false" })
+        reader = OptionReader(nodeName: "n", options: ["filename": "rbd:p/i", "cache.direct": false])
+        #expect(try RbdNodeConfiguration(parsing: &reader).location.settings.isEmpty)
     }
 
     @Test func dataMovesBothWaysBetweenStrataAndCephsTools() async throws {

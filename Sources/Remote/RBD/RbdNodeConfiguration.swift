@@ -2,7 +2,7 @@ import StrataGraph
 
 /// An rbd node's validated options.
 struct RbdNodeConfiguration: NodeConfiguration {
-    let location: RbdLocation
+    private(set) var location: RbdLocation
     let readOnly: Bool
 
     var children: [ChildLink] { [] }
@@ -16,14 +16,40 @@ struct RbdNodeConfiguration: NodeConfiguration {
         } else {
             location = try RbdLocation(parsing: &reader)
         }
+        // QEMU's rbd driver: a direct cache mode (BDRV_O_NOCACHE) turns librbd's client cache off.
+        if try Self.cacheIsDirect(&reader) { location.settings.append((key: "rbd_cache", value: "false")) }
         // A snapshot is read-only, as in QEMU.
         readOnly = try reader.bool("read-only", default: false) || location.snapshot != nil
         _ = try reader.optionalString("aio")
-        _ = reader.raw("cache")
         _ = reader.raw("discard")
         _ = reader.raw("detect-zeroes")
         _ = reader.raw("auto-read-only")
         try reader.finish()
+    }
+
+    /// Whether `cache` asks for direct I/O: blockdev-add's {"direct": true}, the flat
+    /// `cache.direct`, or -drive's mode names none and directsync.
+    private static func cacheIsDirect(_ reader: inout OptionReader) throws(GraphError) -> Bool {
+        var direct = false
+        switch reader.raw("cache") {
+        case nil, .null?:
+            break
+        case .string(let mode)?:
+            guard ["none", "off", "directsync", "writeback", "writethrough", "unsafe"].contains(mode) else {
+                throw reader.bad("cache", "expects a cache mode name or an object, got '\(mode)'")
+            }
+            direct = mode == "none" || mode == "off" || mode == "directsync"
+        case .object(let fields)?:
+            var group = OptionReader(nodeName: reader.nodeName, options: Dictionary(uniqueKeysWithValues: fields.map { ("cache." + $0.key, $0.value) }))
+            direct = try group.bool("cache.direct", default: false)
+            _ = try group.bool("cache.no-flush", default: false)
+            try group.finish()
+        case let other?:
+            throw reader.bad("cache", "expects a cache mode name or an object, got \(other.typeName)")
+        }
+        if reader.has("cache.direct") { direct = try reader.bool("cache.direct", default: false) }
+        _ = try reader.bool("cache.no-flush", default: false)
+        return direct
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {

@@ -122,8 +122,9 @@ struct ServeCommand: AsyncParsableCommand {
         let signals = try SignalWaiter(signals: Self.terminationSignals)
         let monitor = QMPMonitor(daemon: daemon) { signals.post(Self.quitSignal) }
         do {
-            // Groups first: --blockdev throttle nodes may name them.
+            // Objects first: --blockdev nodes may name them (throttle groups, secrets).
             for group in control.throttleGroups { try await monitor.addThrottleGroup(id: group.id, limits: group.limits) }
+            for secret in control.secrets { try await monitor.addSecret(id: secret.id, properties: secret.properties) }
         } catch {
             await daemon.shutdown()
             throw ValidationError("\(error)")

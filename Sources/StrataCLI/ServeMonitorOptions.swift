@@ -8,6 +8,7 @@ struct ServeMonitorOptions {
     var monitors: [QMPMonitorAddress] = []
     /// Throttle groups by id, with their `limits` object.
     var throttleGroups: [(id: String, limits: [String: JSONValue])] = []
+    var secrets: [(id: String, properties: [String: JSONValue])] = []
 
     init(chardevs: [String], monitors monitorSpecs: [String], objects: [String]) throws {
         var sockets: [String: QMPMonitorAddress.Endpoint] = [:]
@@ -47,10 +48,15 @@ struct ServeMonitorOptions {
             guard case .object(var fields) = try KeyValueOptions.nested(spec, option: "--object", impliedKey: "qom-type") else {
                 throw ValidationError("--object: expected an object")
             }
-            guard fields.removeValue(forKey: "qom-type") == .string("throttle-group") else {
-                throw ValidationError("--object: only qom-type throttle-group is supported")
+            let type = fields.removeValue(forKey: "qom-type")
+            guard type == .string("throttle-group") || type == .string("secret") else {
+                throw ValidationError("--object: only qom-type throttle-group and secret are supported")
             }
             guard case .string(let id)? = fields.removeValue(forKey: "id") else { throw ValidationError("--object: needs id=") }
+            if type == .string("secret") {
+                secrets.append((id, fields))
+                continue
+            }
             var limits: [String: JSONValue] = [:]
             if let given = fields.removeValue(forKey: "limits") {
                 guard case .object(let object) = given else { throw ValidationError("--object \(id): limits must be an object") }

@@ -13,6 +13,7 @@ import Testing
         ("CZlib", "Sources/Shims/CZlib", 0),
         ("CZstd", "Sources/Shims/CZstd", 0),
         ("CRbd", "Sources/Shims/CRbd", 0),
+        ("CIscsi", "Sources/Shims/CIscsi", 0),
         ("StrataRuntime", "Sources/Runtime", 1),
         ("StrataFormatting", "Sources/Formatting", 1),
         ("StrataNBD", "Sources/NBD/Codec", 1),

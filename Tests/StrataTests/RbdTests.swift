@@ -87,7 +87,10 @@ struct RbdTests {
         #expect(refusal("rbd:image") == "n: Parameter 'filename' expects pool/image or pool/namespace/image, got 'image'")
         #expect(refusal("rbd:p/i:conf") == "n: Parameter 'filename' expects key=value, got 'conf'")
         #expect(refusal("rbd:p/i@a@b") == "n: Parameter 'filename' names more than one snapshot: 'i@a@b'")
+        // key-secret names a secret object, read when the node opens.
         var reader = OptionReader(nodeName: "n", options: ["pool": "p", "image": "i", "key-secret": "sec0"])
+        #expect(try RbdNodeConfiguration(parsing: &reader).location.keySecret == "sec0")
+        reader = OptionReader(nodeName: "n", options: ["pool": "p", "image": "i", "encrypt": ["format": "luks"]])
         #expect(throws: GraphError.self) { _ = try RbdNodeConfiguration(parsing: &reader) }
         reader = OptionReader(nodeName: "n", options: ["pool": "p", "image": "i", "server": [["host": "h1", "port": "3300"], ["host": "::1"]]])
         let configuration = try RbdNodeConfiguration(parsing: &reader)

@@ -18,6 +18,8 @@ struct RbdLocation: Sendable, Equatable {
     var user: String?
     var servers: [Server] = []
     var authClientRequired: [String] = []
+    /// The secret object whose value (in base64) is the cephx key, read at open (QEMU's key-secret).
+    var keySecret: String?
     /// Other `key=value` pairs of a filename, set in the cluster's configuration as given.
     var settings: [(key: String, value: String)] = []
 
@@ -25,7 +27,7 @@ struct RbdLocation: Sendable, Equatable {
         lhs.pool == rhs.pool && lhs.namespace == rhs.namespace && lhs.image == rhs.image && lhs.snapshot == rhs.snapshot
             && lhs.conf == rhs.conf && lhs.user == rhs.user && lhs.servers == rhs.servers
             && lhs.authClientRequired == rhs.authClientRequired && lhs.settings.map(\.key) == rhs.settings.map(\.key)
-            && lhs.settings.map(\.value) == rhs.settings.map(\.value)
+            && lhs.settings.map(\.value) == rhs.settings.map(\.value) && lhs.keySecret == rhs.keySecret
     }
 
     /// The mon_host setting for `server`, as QEMU builds it.
@@ -70,9 +72,7 @@ struct RbdLocation: Sendable, Equatable {
         snapshot = try reader.optionalString("snapshot")
         conf = try reader.optionalString("conf")
         user = try reader.optionalString("user")
-        if reader.has("key-secret") {
-            throw reader.bad("key-secret", "needs a secret object, which Strata does not have: give the key in the conf's keyring")
-        }
+        keySecret = try reader.optionalString("key-secret")
         if reader.has("encrypt") { throw reader.bad("encrypt", "is not supported (librbd encryption)") }
         switch reader.raw("server") {
         case nil, .null?: break

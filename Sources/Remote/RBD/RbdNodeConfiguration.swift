@@ -53,6 +53,9 @@ struct RbdNodeConfiguration: NodeConfiguration {
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
+        var location = location
+        // QEMU's qemu_rbd_set_auth: the secret, in base64, is librados's `key`.
+        if let secret = location.keySecret { location.settings.append((key: "key", value: try SecretObject.lookup(secret, in: context.sharedObjects).base64)) }
         do {
             let connection = try await RbdConnection.open(location, readOnly: readOnly)
             do {

@@ -15,8 +15,9 @@ struct IscsiLocation: Sendable, Equatable {
     var target: String
     var lun: Int32
     var user: String?
-    /// Only from a URL (`user%password@`): blockdev-add's `password-secret` needs a secret object.
+    /// From a URL (`user%password@`), or from the secret object `passwordSecret` names, read at open.
     var password: String?
+    var passwordSecret: String?
     var initiatorName: String?
     var headerDigest: HeaderDigest = .noneCrc32c
     /// Seconds a command may take before libiscsi fails it; 0 waits forever (QEMU's default).
@@ -64,9 +65,8 @@ struct IscsiLocation: Sendable, Equatable {
         if target.isEmpty { throw reader.bad("target", "must not be empty") }
         lun = Int32(try reader.integer("lun", default: 0, range: 0...16383))
         user = try reader.optionalString("user")
-        if reader.has("password-secret") {
-            throw reader.bad("password-secret", "needs a secret object, which Strata does not have: give the password in an iscsi:// URL (user%password@host)")
-        }
+        passwordSecret = try reader.optionalString("password-secret")
+        if passwordSecret != nil && user == nil { throw reader.bad("password-secret", "needs 'user' too (CHAP)") }
         try parseSessionOptions(&reader)
     }
 

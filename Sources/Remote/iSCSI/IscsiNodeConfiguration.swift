@@ -28,6 +28,8 @@ struct IscsiNodeConfiguration: NodeConfiguration {
     }
 
     func open(name: String, children: [ChildLink: any NodeState], context: OpenContext) async throws -> any NodeState {
+        var location = location
+        if let secret = location.passwordSecret { location.password = try SecretObject.lookup(secret, in: context.sharedObjects).text }
         do {
             return try await IscsiNodeState.open(name: name, location: location, readOnly: readOnly, context: context)
         } catch let error as IscsiError {

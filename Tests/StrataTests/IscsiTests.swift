@@ -30,27 +30,10 @@ private final class IscsiTarget: @unchecked Sendable {
         backing = directory + "/lun.raw"
         precondition(FileManager.default.createFile(atPath: backing, contents: nil))
         precondition(truncate(backing, off_t(sizeBytes)) == 0)
-        port = Self.freePort()
+        port = NBDSocket.freePort()
         self.thin = thin
         self.chap = chap
         try await start()
-    }
-
-    /// A port nobody listens on now: the kernel's pick for a socket bound to port 0.
-    private static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                _ = bind(fd, pointer, length)
-                return getsockname(fd, pointer, &length)
-            }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// Starts tgtd and configures the LUN; again after `stop` for a target that comes back.
@@ -79,13 +62,6 @@ private final class IscsiTarget: @unchecked Sendable {
         }
         return (status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
     }
-}
-
-@discardableResult
-private func strata(_ arguments: [String]) async throws -> String {
-    let result = try await QemuTool.run(CommandLineTests.binary, arguments)
-    try #require(result.status == 0, "strata \(arguments.joined(separator: " ")): \(result.output)")
-    return result.output
 }
 
 /// The iscsi protocol node against a real iSCSI target (tgtd), judged by QEMU's libiscsi driver,
@@ -140,15 +116,15 @@ struct IscsiTests {
             #expect(capacity.output.contains("Total size:16777216") && capacity.output.contains("LBPME:1"), "\(capacity.output)")
             #expect(try await QemuTool.run("iscsi-ls", ["iscsi://127.0.0.1:\(target.port)"]).output.contains("iqn.2026-12.io.strata:lun"))
             // strata img info reaches the LUN through the node; its disk size stays the server's.
-            let info = try await strata(["img", "info", "--output=json", target.url])
+            let info = try await QemuTool.strata(["img", "info", "--output=json", target.url])
             #expect(info.contains(#""virtual-size": 16777216"#) && info.contains(#""format": "raw""#) && !info.contains("actual-size"), "\(info)")
-            #expect(try await strata(["img", "info", target.url]).contains("disk size: unavailable"))
+            #expect(try await QemuTool.strata(["img", "info", target.url]).contains("disk size: unavailable"))
 
             // Written by strata (whole blocks, partial blocks, zeros, a discard), judged by the
             // LUN's backing file and by QEMU's iscsi driver against the same commands on a file.
             let commands = ["write -P 0x5a 1M 2M", "write -z 2M 64k", "write -P 0x11 3000 5000", "write -P 0x22 5M 700",
                             "discard 1536k 512k", "write -z -u 8M 1M"]
-            try await strata(["io"] + commands.flatMap { ["-c", $0] } + [target.url])
+            try await QemuTool.strata(["io"] + commands.flatMap { ["-c", $0] } + [target.url])
             let reference = scratch.path("reference.raw")
             try await QemuTool.require("qemu-img", ["create", "-f", "raw", reference, "16M"])
             for command in commands { #expect(try await QemuTool.io(command, reference)) }
@@ -157,7 +133,7 @@ struct IscsiTests {
             try await QemuTool.require("qemu-img", ["convert", "-f", "raw", "-O", "raw", target.url, converted])
             try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "raw", reference, converted])
             // Allocation from GET LBA STATUS, as QEMU's driver reports it.
-            let ours = try await strata(["img", "map", "--output=json", "-f", "raw", target.url])
+            let ours = try await QemuTool.strata(["img", "map", "--output=json", "-f", "raw", target.url])
             let theirs = try await QemuTool.run("qemu-img", ["map", "--output=json", "-f", "raw", target.url])
             #expect(ours.trimmingCharacters(in: .whitespacesAndNewlines) == theirs.output.trimmingCharacters(in: .whitespacesAndNewlines))
             #expect(ours.contains(#""start": 1572864, "length": 524288, "depth": 0, "present": true, "zero": true, "data": false"#), "\(ours)")
@@ -168,9 +144,9 @@ struct IscsiTests {
             #expect(try await QemuTool.io("write -P 0x77 4M 3M", other))
             try await QemuTool.require("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", other, target.url])
             let back = scratch.path("back.raw")
-            try await strata(["img", "convert", "-O", "raw", target.url, back])
+            try await QemuTool.strata(["img", "convert", "-O", "raw", target.url, back])
             try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "raw", other, back])
-            try await strata(["img", "convert", "-n", "-f", "raw", "-O", "raw", reference, target.url])
+            try await QemuTool.strata(["img", "convert", "-n", "-f", "raw", "-O", "raw", reference, target.url])
             try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "raw", reference, target.url])
         } catch {
             Issue.record("\(error)")
@@ -181,7 +157,7 @@ struct IscsiTests {
     @Test func twoQueuesOfVerifiedLoadEachOnASessionOfItsOwn() async throws {
         let target = try await IscsiTarget("load", sizeBytes: 32 << 20)
         do {
-            let report = try await strata(["bench", "--json", "--blockdev", target.blockdev, "--queues", "2", "--depth", "16",
+            let report = try await QemuTool.strata(["bench", "--json", "--blockdev", target.blockdev, "--queues", "2", "--depth", "16",
                                            "--rw", "randrw", "--verify", "--ops", "1500"])
             let json = try #require(try JSONSerialization.jsonObject(with: Data(report.utf8)) as? [String: Any])
             #expect(json["ops"] as? Int == 3000)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import StrataGraph
 import StrataRuntime
+import Testing
 
 /// What the node tests share: a control and a queue executor, a private temporary directory, and
 /// helpers to open nodes through their descriptors and run requests on the queue's thread.
@@ -161,6 +162,14 @@ enum QemuTool {
             guard result.output.contains("Failed to get") && result.output.contains("lock"), Date() < deadline else { return result }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
+    }
+
+    /// Runs the strata binary and returns its output; a failure fails the test with the output.
+    @discardableResult
+    static func strata(_ arguments: [String]) async throws -> String {
+        let result = try await run(CommandLineTests.binary, arguments)
+        try #require(result.status == 0, "strata \(arguments.joined(separator: " ")): \(result.output)")
+        return result.output
     }
 
     /// `qemu-io -f raw -c COMMAND FILE`; true when it exited 0 without a pattern mismatch.

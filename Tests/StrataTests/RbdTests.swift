@@ -58,13 +58,6 @@ private final class CephCluster: @unchecked Sendable {
     }
 }
 
-@discardableResult
-private func strata(_ arguments: [String]) async throws -> String {
-    let result = try await QemuTool.run(CommandLineTests.binary, arguments)
-    try #require(result.status == 0, "strata \(arguments.joined(separator: " ")): \(result.output)")
-    return result.output
-}
-
 /// The rbd protocol node against a real Ceph cluster, judged by Ceph's own `rbd` tool and QEMU's
 /// rbd driver.
 @Suite(.serialized, .timeLimit(.minutes(3)))
@@ -107,10 +100,10 @@ struct RbdTests {
         defer { cluster.stop() }
         let scratch = try ScratchDirectory("rbd-data")
         // Created by strata, written by strata, read by rbd export and by QEMU's rbd driver.
-        let created = try await strata(["img", "create", "-f", "rbd", cluster.filename("a"), "16M"])
+        let created = try await QemuTool.strata(["img", "create", "-f", "rbd", cluster.filename("a"), "16M"])
         #expect(created.contains("fmt=rbd size=16777216"))
         #expect(try await cluster.rbd(["info", "rbd/a"]).contains("size 16 MiB"))
-        try await strata(["io", "-c", "write -P 0x5a 1M 2M", "-c", "write -z 2M 64k", cluster.filename("a")])
+        try await QemuTool.strata(["io", "-c", "write -P 0x5a 1M 2M", "-c", "write -z 2M 64k", cluster.filename("a")])
         let reference = scratch.path("reference.raw")
         try await QemuTool.require("qemu-img", ["create", "-f", "raw", reference, "16M"])
         #expect(try await QemuTool.io("write -P 0x5a 1M 2M", reference))
@@ -124,18 +117,18 @@ struct RbdTests {
         // The reverse: written by rbd import and by qemu-img convert, read by strata.
         try await cluster.rbd(["import", reference, "rbd/b"])
         let back = scratch.path("back.raw")
-        try await strata(["img", "convert", "-O", "raw", cluster.filename("b"), back])
+        try await QemuTool.strata(["img", "convert", "-O", "raw", cluster.filename("b"), back])
         try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "raw", reference, back])
         try await cluster.rbd(["create", "--size", "16M", "rbd/c"])
         try await QemuTool.require("qemu-img", ["convert", "-n", "-f", "raw", "-O", "rbd", reference, cluster.filename("c")])
-        try await strata(["io", "-c", "read -P 0x5a 1M 1M", "-c", "read -P 0 2M 64k", "-c", "read -P 0x5a 2112k 960k", "-c", "read -P 0 0 1M",
+        try await QemuTool.strata(["io", "-c", "read -P 0x5a 1M 1M", "-c", "read -P 0 2M 64k", "-c", "read -P 0x5a 2112k 960k", "-c", "read -P 0 0 1M",
                           cluster.filename("c")])
         // And strata img convert into rbd, judged by qemu-img compare through QEMU's driver.
         try await cluster.rbd(["create", "--size", "16M", "rbd/d"])
-        try await strata(["img", "convert", "-n", "-f", "raw", "-O", "raw", reference, cluster.filename("d")])
+        try await QemuTool.strata(["img", "convert", "-n", "-f", "raw", "-O", "raw", reference, cluster.filename("d")])
         try await QemuTool.require("qemu-img", ["compare", "-f", "raw", "-F", "rbd", reference, cluster.filename("d")])
         // Allocation as QEMU's rbd driver reports it (librbd's diff, whole objects).
-        let ours = try await strata(["img", "map", "--output=json", "-f", "raw", cluster.filename("a")])
+        let ours = try await QemuTool.strata(["img", "map", "--output=json", "-f", "raw", cluster.filename("a")])
         let theirs = try await QemuTool.run("qemu-img", ["map", "--output=json", "-f", "raw", cluster.filename("a")])
         #expect(ours.trimmingCharacters(in: .whitespacesAndNewlines) == theirs.output.trimmingCharacters(in: .whitespacesAndNewlines))
     }
@@ -143,12 +136,12 @@ struct RbdTests {
     @Test func snapshotsReadTheirPastAndRefuseWrites() async throws {
         let cluster = try await CephCluster("snap")
         defer { cluster.stop() }
-        try await strata(["img", "create", "-f", "rbd", cluster.filename("a"), "8M"])
-        try await strata(["io", "-c", "write -P 0x11 0 1M", cluster.filename("a")])
+        try await QemuTool.strata(["img", "create", "-f", "rbd", cluster.filename("a"), "8M"])
+        try await QemuTool.strata(["io", "-c", "write -P 0x11 0 1M", cluster.filename("a")])
         try await cluster.rbd(["snap", "create", "rbd/a@before"])
-        try await strata(["io", "-c", "write -P 0x22 0 1M", cluster.filename("a")])
-        try await strata(["io", "-r", "-c", "read -P 0x11 0 1M", "rbd:rbd/a@before:conf=\(cluster.conf)"])
-        try await strata(["io", "-c", "read -P 0x22 0 1M", cluster.filename("a")])
+        try await QemuTool.strata(["io", "-c", "write -P 0x22 0 1M", cluster.filename("a")])
+        try await QemuTool.strata(["io", "-r", "-c", "read -P 0x11 0 1M", "rbd:rbd/a@before:conf=\(cluster.conf)"])
+        try await QemuTool.strata(["io", "-c", "read -P 0x22 0 1M", cluster.filename("a")])
         let write = try await QemuTool.run(CommandLineTests.binary, ["io", "-c", "write -P 0x33 0 4k", "rbd:rbd/a@before:conf=\(cluster.conf)"])
         #expect(write.output.contains("Read-only") || write.output.contains("read-only") || write.status != 0, "\(write.output)")
         #expect(try await QemuTool.io("read -P 0x11 0 1M", "rbd:rbd/a@before:conf=\(cluster.conf)", extra: ["-r"]))
@@ -159,7 +152,7 @@ struct RbdTests {
         defer { cluster.stop() }
         try await cluster.rbd(["create", "--size", "32M", "rbd/a"])
         let node = #"{"driver":"rbd","node-name":"remote","pool":"rbd","image":"a","conf":"\#(cluster.conf)"}"#
-        let report = try await strata(["bench", "--json", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
+        let report = try await QemuTool.strata(["bench", "--json", "--blockdev", node, "--queues", "2", "--depth", "16", "--rw", "randrw",
                                        "--verify", "--ops", "1500"])
         let json = try #require(try JSONSerialization.jsonObject(with: Data(report.utf8)) as? [String: Any])
         #expect(json["ops"] as? Int == 3000)
@@ -222,8 +215,8 @@ struct RbdTests {
         await engine.shutdown()
     }
 
-    /// The rbd node as a mirror target and behind an NBD export of the same daemon.
-    @Test func aMirrorCopiesALocalImageIntoRbdOverQMP() async throws {
+    /// The rbd node as a mirror target and a backup target, and behind an NBD export of the same daemon.
+    @Test func aMirrorAndABackupCopyALocalImageIntoRbdOverQMP() async throws {
         let cluster = try await CephCluster("mirror")
         defer { cluster.stop() }
         let scratch = try ScratchDirectory("rbd-mirror")
@@ -231,9 +224,11 @@ struct RbdTests {
         try await QemuTool.require("qemu-img", ["create", "-f", "raw", source, "16M"])
         #expect(try await QemuTool.io("write -P 0x3c 1M 5M", source))
         try await cluster.rbd(["create", "--size", "16M", "rbd/target"])
+        try await cluster.rbd(["create", "--size", "16M", "rbd/backup"])
         let (process, socket) = try QMPMonitorTests.daemon(scratch, extra: [
             "--blockdev", #"{"driver":"file","node-name":"source","filename":"\#(source)"}"#,
             "--blockdev", #"{"driver":"rbd","node-name":"target","pool":"rbd","image":"target","conf":"\#(cluster.conf)"}"#,
+            "--blockdev", #"{"driver":"rbd","node-name":"backup","pool":"rbd","image":"backup","conf":"\#(cluster.conf)"}"#,
             "--nbd-server", "addr.type=unix,addr.path=\(scratch.path("nbd.sock"))",
         ])
         defer { _ = process.stop() }
@@ -244,6 +239,12 @@ struct RbdTests {
         #expect(!(try client.execute("job-complete", arguments: ["id": "m0"]).isError))
         let completed = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
         #expect(completed["data"]?.objectValue?["error"] == nil, "\(completed)")
+        // A full backup into another image, judged through QEMU's rbd driver.
+        let backup = try client.execute("blockdev-backup", arguments: ["job-id": "b0", "device": "source", "target": "backup", "sync": "full"])
+        #expect(!backup.isError, "\(String(describing: backup.error))")
+        let backedUp = try #require(try client.waitForEvent("BLOCK_JOB_COMPLETED", timeoutSeconds: 60), "no BLOCK_JOB_COMPLETED; \(process.log)")
+        #expect(backedUp["data"]?.objectValue?["error"] == nil, "\(backedUp)")
+        try await QemuTool.require("qemu-img", ["compare", "-U", "-f", "raw", "-F", "rbd", source, cluster.filename("backup")])
         let export = try client.execute("block-export-add", arguments: ["type": "nbd", "id": "e0", "node-name": "target", "name": "rbd",
                                                                         "writable": true])
         #expect(!export.isError, "\(String(describing: export.error))")

@@ -19,4 +19,15 @@ extension BlockRequest {
         guard let end = validatedEnd else { return .invalid }
         return end <= sizeBytes ? .ok : .ioError
     }
+
+    /// What a protocol node answers before any I/O, or nil when the request goes on: a bad or
+    /// out-of-range request fails, an empty one succeeds, a write to a read-only node is refused.
+    @inlinable public func leafPrologue(sizeBytes: UInt64, readOnly: Bool) -> IOStatus? {
+        if operation != .flush {
+            let range = rangeStatus(sizeBytes: sizeBytes)
+            guard range.isOK else { return range }
+            if lengthBytes == 0 { return .ok }
+        }
+        return readOnly && operation.isWrite ? .readOnly : nil
+    }
 }

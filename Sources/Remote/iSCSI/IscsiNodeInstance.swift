@@ -35,12 +35,7 @@ actor IscsiNodeInstance: BlockNode {
     nonisolated func route(_ request: inout BlockRequest) -> Routing { .suspend }
 
     nonisolated(nonsending) func submit(_ request: BlockRequest) async -> IOStatus {
-        if request.operation != .flush {
-            let range = request.rangeStatus(sizeBytes: state.sizeBytes)
-            guard range.isOK else { return range }
-            if request.lengthBytes == 0 { return .ok }
-        }
-        if state.readOnly && request.operation.isWrite { return .readOnly }
+        if let answer = request.leafPrologue(sizeBytes: state.sizeBytes, readOnly: state.readOnly) { return answer }
         let offset = request.offsetBytes
         let length = request.lengthBytes
         let fua = request.flags.contains(.fua)

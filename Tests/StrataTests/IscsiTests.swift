@@ -73,26 +73,14 @@ struct IscsiTests {
         #expect(plain.portal == "host:3260" && plain.target == "iqn.2001-04.com.example:disk" && plain.lun == 3 && plain.user == nil)
         let full = try IscsiLocation(url: "iscsi://user%pa%ss@[::1]:3261/iqn.x:y/0", nodeName: "n")
         #expect(full.user == "user" && full.password == "pa%ss" && full.portal == "[::1]:3261" && full.lun == 0)
-        func refusal(_ url: String) -> String {
-            do {
-                _ = try IscsiLocation(url: url, nodeName: "n")
-                return "accepted"
-            } catch {
-                return "\(error)"
-            }
-        }
+        func refusal(_ url: String) -> String { refusalText { _ = try IscsiLocation(url: url, nodeName: "n") } }
         #expect(refusal("iscsi://host/target") == "n: Parameter 'filename' expects iscsi://host[:port]/target/lun, got 'iscsi://host/target'")
         #expect(refusal("iscsi://host/t/x") == "n: Parameter 'filename' expects a LUN from 0 to 16383, got 'x'")
         #expect(refusal("iscsi://host:99999/t/0") == "n: Parameter 'filename' expects host[:port], got 'host:99999'")
         #expect(refusal("iscsi://@host/t/0") == "n: Parameter 'filename' has an empty user name before '@'")
         func optionsRefusal(_ options: [String: JSONValue]) -> String {
             var reader = OptionReader(nodeName: "n", options: options)
-            do {
-                _ = try IscsiNodeConfiguration(parsing: &reader)
-                return "accepted"
-            } catch {
-                return "\(error)"
-            }
+            return refusalText { _ = try IscsiNodeConfiguration(parsing: &reader) }
         }
         #expect(optionsRefusal(["portal": "h", "target": "t", "password-secret": "s"]) == "n: Parameter 'password-secret' needs 'user' too (CHAP)")
         #expect(optionsRefusal(["portal": "h", "target": "t", "transport": "iser"]) == "n: Parameter 'transport' iser is not supported: use tcp")

@@ -182,3 +182,14 @@ enum QemuTool {
         return true
     }
 }
+
+/// What a parser said when it refused its input ("accepted" when it did not): tests compare the
+/// wording users see.
+func refusalText(_ parse: () throws -> Void) -> String {
+    do {
+        try parse()
+        return "accepted"
+    } catch {
+        return "\(error)"
+    }
+}

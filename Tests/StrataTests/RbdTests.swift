@@ -69,14 +69,7 @@ struct RbdTests {
         #expect(full.pool == "p" && full.namespace == "ns" && full.image == "im:age" && full.snapshot == "snap")
         #expect(full.conf == "/etc/c:f" && full.user == "admin")
         #expect(full.settings.map(\.key) == ["mon_host"] && full.settings.map(\.value) == ["10.0.0.1:6789"])
-        func refusal(_ filename: String) -> String {
-            do {
-                _ = try RbdLocation(filename: filename, nodeName: "n")
-                return "accepted"
-            } catch {
-                return "\(error)"
-            }
-        }
+        func refusal(_ filename: String) -> String { refusalText { _ = try RbdLocation(filename: filename, nodeName: "n") } }
         #expect(refusal("rbd:image") == "n: Parameter 'filename' expects pool/image or pool/namespace/image, got 'image'")
         #expect(refusal("rbd:p/i:conf") == "n: Parameter 'filename' expects key=value, got 'conf'")
         #expect(refusal("rbd:p/i@a@b") == "n: Parameter 'filename' names more than one snapshot: 'i@a@b'")

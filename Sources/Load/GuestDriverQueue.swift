@@ -71,6 +71,8 @@ final class GuestDriverQueue: @unchecked Sendable {
     func run(on device: isolated VirtioBlkDevice, opsLimit: Int?, deadline: RunDeadline?) async -> GuestQueueResult {
         guest.opsLimit = opsLimit ?? .max
         self.deadline = deadline ?? RunDeadline(ns: .max)
+        // Every loop may park at once: grown later, the list would allocate in the steady state.
+        parkedLoops.reserveCapacity(spec.queueDepth)
         guest.refill(nowNs: CycleClock.now())
         // Unstructured tasks, not a task group: a child task's status records make every actor hop
         // look for an executor preference (measured: a fifth of the CPU per request).

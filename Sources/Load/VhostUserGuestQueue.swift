@@ -14,7 +14,7 @@ actor VhostUserGuestQueue {
     private let notifiers: Notifiers
     nonisolated var kickFD: Int32 { notifiers.kick }
     nonisolated var callFD: Int32 { notifiers.call }
-    private let executor: QueueExecutor
+    nonisolated let executor: QueueExecutor
     private let guest: VirtioBlkGuest
 
     /// The queue's two eventfds and the word the call eventfd is read into, closed and freed with

@@ -80,14 +80,13 @@ public enum VhostUserLoadRun {
                 }
             }
         } else { nil }
-        let results = await withTaskGroup(of: GuestQueueResult.self) { group in
-            for guestQueue in guestQueues {
-                group.addTask { await guestQueue.run(opsLimit: opsLimit, deadline: deadline) }
-            }
-            var results: [GuestQueueResult] = []
-            for await result in group { results.append(result) }
-            return results.sorted { $0.queueIndex < $1.queueIndex }
+        // Not child tasks of this one: they would inherit its preference for `control` and, after
+        // each wait on the call eventfd, resume there and hop back (two cross-thread wakeups).
+        let runs = guestQueues.map { guestQueue in
+            ThreadAffineExecutors.startTask(serving: guestQueue.executor) { await guestQueue.run(opsLimit: opsLimit, deadline: deadline) }
         }
+        var results: [GuestQueueResult] = []
+        for run in runs { results.append(await run.value) }
         finished.flag.store(true, ordering: .releasing)
         await watchdog?.value
         let endNs = clock.nowNs

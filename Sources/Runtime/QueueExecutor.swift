@@ -42,6 +42,11 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
     private let wakePending = Atomic<Bool>(false)
     private let stopRequested = Atomic<Bool>(false)
     private var yielded = Deque<UnsafeContinuation<Void, Never>>(minimumCapacity: 64)
+    /// Tasks parked in `pollWhileIdle`, with what they poll.
+    private var idlePollers: [IdlePoller] = []
+    /// Set when an idle spin ended by telling the pollers to arm their notifications: when the
+    /// idle period began. The next idle turn sleeps at once instead of spinning a second window.
+    private var pollersDeclinedAtNs: UInt64?
     @usableFromInline var turnStartStorage: UInt64 = 0
     private var ring: IORing!
     /// Whether the eventfd read is outstanding in the ring (it is, except while stopping).
@@ -217,6 +222,44 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
         await withUnsafeContinuation { yielded.append($0) }
     }
 
+    /// Parks the caller until `source` has work (true) or this executor stops polling (false):
+    /// the idle spin ended, the adaptive window is closed, or `endIdlePoll` was called. On false
+    /// the caller arms its notification, checks `source` once more and waits for the notification
+    /// through the ring. False at once when this executor never spins (`pollMaxNs` 0).
+    public nonisolated(nonsending) func pollWhileIdle(_ source: any IdlePollSource) async -> Bool {
+        assertOnExecutor()
+        guard polling.maxNs > 0 else { return false }
+        return await withUnsafeContinuation { continuation in
+            precondition(!idlePollers.contains { $0.source === source }, "an idle poll source polled twice at once")
+            if idlePollers.capacity == 0 { idlePollers.reserveCapacity(16) }
+            idlePollers.append(IdlePoller(source: source, continuation: continuation))
+        }
+    }
+
+    /// Resumes the task polling `source`, if one is, with false (its owner is stopping).
+    public func endIdlePoll(_ source: any IdlePollSource) {
+        assertOnExecutor()
+        guard let index = idlePollers.firstIndex(where: { $0.source === source }) else { return }
+        idlePollers.swapAt(index, idlePollers.count - 1)
+        idlePollers.removeLast().continuation.resume(returning: false)
+    }
+
+    /// Resumes, with true, every poller whose source has work; returns how many.
+    private func resumeReadyPollers() -> Int {
+        var resumed = 0
+        var index = 0
+        while index < idlePollers.count {
+            if idlePollers[index].source.hasWork() {
+                idlePollers.swapAt(index, idlePollers.count - 1)
+                idlePollers.removeLast().continuation.resume(returning: true)
+                resumed += 1
+            } else {
+                index += 1
+            }
+        }
+        return resumed
+    }
+
     /// Suspends the caller until the monotonic clock reaches `deadlineNs`, with an io_uring timeout.
     public nonisolated(nonsending) func sleep(untilNs deadlineNs: UInt64) async {
         assertOnExecutor()
@@ -277,6 +320,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             turnStartStorage = CycleClock.now()
             drainRemoteJobs()
             while let continuation = yielded.popFirst() { continuation.resume() }
+            // Every turn, not only idle ones: a busy executor must not starve a polled queue.
+            if !idlePollers.isEmpty { _ = resumeReadyPollers() }
             // Only the jobs ready now: new ones wait for the next turn so submissions keep flowing.
             var budget = localJobs.count
             while budget > 0, let job = localJobs.popFirst() {
@@ -284,7 +329,8 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
                 budget -= 1
             }
             if stopRequested.load(ordering: .acquiring) && localJobs.isEmpty && yielded.isEmpty
-                && remoteJobCount.load(ordering: .acquiring) == 0 && ring.inFlight - (wakeupArmed ? 1 : 0) == 0 {
+                && remoteJobCount.load(ordering: .acquiring) == 0 && idlePollers.isEmpty
+                && ring.inFlight - (wakeupArmed ? 1 : 0) == 0 {
                 return
             }
             // Sequentially consistent: this load must not move before the wakeup's flag store.
@@ -292,22 +338,43 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
             if idle && polling.maxNs > 0 {
                 waitIdle()
             } else {
+                if !idle, let declinedAtNs = pollersDeclinedAtNs {
+                    // Work came before the sleep the decline led to: a short idle period.
+                    pollersDeclinedAtNs = nil
+                    polling.adapt(idleNs: CycleClock.now() &- declinedAtNs)
+                }
                 ring.submit(wait: idle)
             }
             ring.reap(handleCompletion)
         }
     }
 
-    /// An idle turn: spins on the ring for the polling window, then sleeps in the kernel if
-    /// nothing came, and adapts the window to how long the queue stayed idle.
+    /// An idle turn: spins on the ring and the idle pollers for the polling window, then sleeps
+    /// in the kernel if nothing came, and adapts the window to how long the queue stayed idle.
+    /// Pollers still parked when the spin ends are told to arm their notifications first, and the
+    /// sleep waits for the next idle turn.
     private func waitIdle() {
         let idleStartNs = CycleClock.now()
+        if let declinedAtNs = pollersDeclinedAtNs {
+            pollersDeclinedAtNs = nil
+            if idlePollers.isEmpty {
+                // Every declined poller armed its notification: sleep, the idle period counted
+                // from the decline.
+                ring.submit(wait: true)
+                polling.adapt(idleNs: CycleClock.now() &- declinedAtNs)
+                return
+            }
+            // A poller parked again: it found work when it looked once more, so the queue was
+            // idle only briefly, and the window (closed, say, after a contended yield) reopens.
+            polling.adapt(idleNs: idleStartNs &- declinedAtNs)
+        }
         var woken = false
         if polling.windowNs > 0 {
             ring.submit(wait: false)
             let untilNs = idleStartNs &+ polling.windowNs
             while !woken {
                 woken = ring.hasCompletionsOrKernelWork || remoteJobCount.load(ordering: .relaxed) > 0
+                    || (!idlePollers.isEmpty && resumeReadyPollers() > 0)
                 let beforeYieldNs = CycleClock.now()
                 if woken || beforeYieldNs >= untilNs { break }
                 // Spinning on a CPU that another runnable thread needs (the peer that would
@@ -319,6 +386,12 @@ public final class QueueExecutor: SerialExecutor, TaskExecutor, @unchecked Senda
                     break
                 }
             }
+        }
+        if !woken && !idlePollers.isEmpty {
+            pollersDeclinedAtNs = idleStartNs
+            while let poller = idlePollers.popLast() { poller.continuation.resume(returning: false) }
+            ring.submit(wait: false)
+            return
         }
         // A job handed over meanwhile also signals the eventfd, so sleeping stays safe.
         ring.submit(wait: !woken)
@@ -389,4 +462,10 @@ private final class ThreadStart {
 struct ForeignResumption {
     let continuation: UnsafeContinuation<Int, Never>
     let value: Int
+}
+
+/// A task parked in `QueueExecutor.pollWhileIdle`.
+private struct IdlePoller {
+    let source: any IdlePollSource
+    let continuation: UnsafeContinuation<Bool, Never>
 }

@@ -35,7 +35,8 @@ public enum ThreadAffineExecutors {
     /// executor, say), and any preference makes every actor hop lock the task's status records
     /// (measured: 18% of an NBD server's CPU).
     @discardableResult
-    public static func startTask(serving executor: QueueExecutor, _ operation: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
+    public static func startTask<Result: Sendable>(serving executor: QueueExecutor,
+                                                   _ operation: @escaping @Sendable () async -> Result) -> Task<Result, Never> {
         isInstalled ? Task.detached(operation: operation) : Task(executorPreference: executor, operation: operation)
     }
 }

@@ -1,4 +1,5 @@
 import CStrataShim
+import Foundation
 import Glibc
 import StrataRuntime
 import Synchronization
@@ -200,5 +201,76 @@ private actor Sleeper {
             polling.adapt(idleNs: idle)
             #expect(polling.windowNs == 0)
         }
+    }
+}
+
+/// An idle poll source set by another thread through memory alone: no job and no eventfd.
+private final class FlagSource: IdlePollSource, Sendable {
+    let flag = Atomic<Bool>(false)
+    func hasWork() -> Bool { flag.load(ordering: .acquiring) }
+}
+
+/// `pollWhileIdle`, as the vhost-user export uses it to read a front end's available ring: work
+/// published in memory reaches the parked task with no notification, idle or busy.
+@Suite struct IdlePollerTests {
+    /// Another thread sets the flag; the poller, declined while no window is open and asking
+    /// again after a short sleep as a device arms its notification and waits, finds it, and
+    /// nothing was handed to the executor from outside.
+    @Test func anIdleExecutorFindsWorkPublishedInMemoryAlone() async throws {
+        let executor = try QueueExecutor(name: "test-poll", pollMaxNs: 1_000_000)
+        let source = FlagSource()
+        let (found, declined, crossings) = await Task(executorPreference: executor) { () -> (Bool, Int, Int) in
+            let before = executor.crossThreadEnqueues
+            let setter = Thread { usleep(2_000); source.flag.store(true, ordering: .releasing) }
+            setter.start()
+            var declined = 0
+            // Ten seconds at most: a poller that never reports work fails here, not by hanging.
+            while declined < 500_000 {
+                if await executor.pollWhileIdle(source) { return (true, declined, executor.crossThreadEnqueues - before) }
+                declined += 1
+                await executor.sleep(untilNs: MonotonicClock.now() + 20_000)
+            }
+            return (false, declined, executor.crossThreadEnqueues - before)
+        }.value
+        print("polls declined before the flag was found: \(declined)")
+        #expect(found)
+        #expect(crossings == 0)
+        await executor.shutdown()
+    }
+
+    /// A task that keeps the executor busy never lets it go idle; the poller is still checked
+    /// every turn and resumes once the flag is set.
+    @Test func aBusyExecutorStillChecksItsPollers() async throws {
+        let executor = try QueueExecutor(name: "test-poll-busy", pollMaxNs: 1_000_000)
+        let source = FlagSource()
+        let stop = FlagSource()
+        let busy = Task(executorPreference: executor) {
+            var turns = 0
+            while !stop.hasWork() {
+                await executor.yield()
+                turns += 1
+            }
+            return turns
+        }
+        let found = await Task(executorPreference: executor) { () -> Bool in
+            let setter = Thread { usleep(2_000); source.flag.store(true, ordering: .releasing) }
+            setter.start()
+            // Busy: the executor never goes idle, so it never declines this poller.
+            return await executor.pollWhileIdle(source)
+        }.value
+        stop.flag.store(true, ordering: .releasing)
+        let turns = await busy.value
+        #expect(found)
+        #expect(turns > 0)
+        await executor.shutdown()
+    }
+
+    @Test func anExecutorThatNeverSpinsDeclinesAtOnce() async throws {
+        let executor = try QueueExecutor(name: "test-poll-off", pollMaxNs: 0)
+        let source = FlagSource()
+        source.flag.store(true, ordering: .releasing)
+        let found = await Task(executorPreference: executor) { await executor.pollWhileIdle(source) }.value
+        #expect(!found)
+        await executor.shutdown()
     }
 }

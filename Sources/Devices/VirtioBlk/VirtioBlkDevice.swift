@@ -43,6 +43,8 @@ public actor VirtioBlkDevice: GraphAttachment {
     /// policy below tells tenants apart by it, so each queue is one.
     private nonisolated let tenantTag: UInt32
     private let executor: QueueExecutor
+    /// The queue's memory, for what reads it without the actor (`VirtqueueAvailablePoll`).
+    public nonisolated let splitVirtqueue: SplitVirtqueue
     private var virtqueue: VirtqueueDevice
     private let capacitySectors: UInt64
     private let segmentsPerRequest: Int
@@ -119,6 +121,7 @@ public actor VirtioBlkDevice: GraphAttachment {
         inflight = settings.inflight
         resubmittedCount = resubmitQueue.count
         freeBounces.reserveCapacity(Self.maxBounceBuffers)
+        splitVirtqueue = virtqueue
         self.virtqueue = VirtqueueDevice(queue: virtqueue, eventIndex: settings.eventIndex, maxIndirectEntries: 1024,
                                          nextAvailableIndex: nextAvailable, usedIndex: settings.usedIndex)
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)

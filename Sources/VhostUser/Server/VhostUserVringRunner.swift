@@ -30,6 +30,8 @@ final class VhostUserVringRunner: @unchecked Sendable {
     private var workers = 0
     private let maxWorkers: Int
     private var allStopped: CheckedContinuation<Void, Never>?
+    /// What the executor polls while this queue waits for the driver (see `popOrWait`).
+    private let availablePoll: VirtqueueAvailablePoll
     /// Requests served between two looks at other work on the executor.
     private static let batchLimit = 32
 
@@ -44,6 +46,7 @@ final class VhostUserVringRunner: @unchecked Sendable {
         self.callFD = callFD
         self.maxWorkers = ringSize
         self.log = log
+        availablePoll = VirtqueueAvailablePoll(queue: device.splitVirtqueue)
         turnWaiters.reserveCapacity(ringSize)
     }
 
@@ -62,6 +65,7 @@ final class VhostUserVringRunner: @unchecked Sendable {
         stopping = true
         // The worker sleeping on the kick eventfd wakes as if the front end had kicked.
         _ = strata_eventfd_signal(kickFD)
+        executor.endIdlePoll(availablePoll)
         let waiters = turnWaiters
         turnWaiters.removeAll()
         for waiter in waiters { waiter.resume(returning: false) }
@@ -159,6 +163,11 @@ final class VhostUserVringRunner: @unchecked Sendable {
                     stopping = true
                     return nil
                 }
+                // First let the executor poll the ring while it spins: while the driver keeps
+                // publishing within its polling window, it need not kick (kicks stay off).
+                availablePoll.seenIndex = device.nextAvailableIndex
+                if await executor.pollWhileIdle(availablePoll) { continue }
+                if stopping { break }
                 device.requestKicks(true)
                 if device.hasAvailable() {
                     device.requestKicks(false)

@@ -135,6 +135,11 @@ let package = Package(
             path: "Bench/AllocationCount", swiftSettings: swiftSettings
         ),
         .executableTarget(
+            name: "strata-ring-floor",
+            dependencies: ["CStrataShim", "StrataRuntime"],
+            path: "Bench/RingFloor", swiftSettings: swiftSettings
+        ),
+        .executableTarget(
             name: "strata-fuzz",
             dependencies: ["StrataRuntime", "StrataGraph", "StrataNBD", "StrataNodes", "StrataVhostUser", "StrataEngine", "StrataNBDServer"],
             path: "Sources/Fuzz", swiftSettings: swiftSettings

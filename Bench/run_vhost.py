@@ -198,6 +198,7 @@ def main(argv: list[str]) -> int:
     rows.append(("5", "Heap allocations per request on the export path (front and back end; null-co, then a file)",
                  f"{allocations[0]:g} / {allocations[1]:g}", "-", 0, "0", max(allocations) == 0))
     aio_strata, aio_qemu, aio_split = [], [], []
+    aio_floor: dict[int, list[float]] = {4: [], 32: []}
     for run in range(args.runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run([str(REPO / STRATA), "bench", "--blockdev", '{"driver":"null-aio","node-name":"n","size":1073741824}',
@@ -213,14 +214,26 @@ def main(argv: list[str]) -> int:
         subprocess.run(["qemu-img", "bench", "-c", str(count), "-d", "32", "-t", "none", "--image-opts",
                         "driver=null-aio,size=1073741824"], check=True, env=ENV, capture_output=True, timeout=120)
         aio_qemu.append(count / (time.monotonic() - started))
+        for batch in (4, 32):
+            floor = subprocess.run([str(REPO / ".build" / "release" / "strata-ring-floor"), "--depth", "32", "--seconds", str(args.seconds),
+                                    "--submit-batch", str(batch)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+            if floor.returncode != 0:
+                raise RunError(f"strata-ring-floor failed: {tail(floor.stdout + floor.stderr)}")
+            aio_floor[batch].append(json.loads(floor.stdout.strip().splitlines()[-1])["nops_per_second"])
     sa, qa = median(aio_strata), median(aio_qemu)
     rows.append(("6", "null-aio (completed through the ring), 4 KiB reads, QD32, 1 queue: IOPS (peer: qemu-img bench)", iops(sa), iops(qa),
                  sa / qa, ">= 3x", sa / qa >= 3))
     user_ns, sys_ns = median(u for u, _ in aio_split), median(k for _, k in aio_split)
     rows.append(("6'", "Same runs: Strata's CPU per request, user + kernel (the 3x target allows 1e9 / (3 x qemu-img's IOPS))",
                  f"{user_ns:,.0f} + {sys_ns:,.0f} ns", f"{1e9 / (3 * qa):,.0f} ns allowed", (user_ns + sys_ns) / (1e9 / (3 * qa)), "-", None))
+    f4, f32 = median(aio_floor[4]), median(aio_floor[32])
+    rows.append(("6''", "Floor under row 6: 32 tasks doing nothing but awaiting an io_uring NOP each on one queue executor "
+                 "(strata-ring-floor; no node, device or load generator), submit batches of 4 (the default) / 32: NOPs per second",
+                 f"{iops(f4)} / {iops(f32)}", iops(qa), f4 / qa, "-", None))
     runs_aio = (f"- null-aio (IOPS): Strata {', '.join(f'{v:,.0f}' for v in aio_strata)}; qemu-img bench {', '.join(f'{v:,.0f}' for v in aio_qemu)}\n"
-                f"- null-aio CPU per request, user + kernel (ns): Strata {', '.join(f'{u:,.0f} + {k:,.0f}' for u, k in aio_split)}")
+                f"- null-aio CPU per request, user + kernel (ns): Strata {', '.join(f'{u:,.0f} + {k:,.0f}' for u, k in aio_split)}\n"
+                f"- ring floor (NOPs per second), submit batch 4: {', '.join(f'{v:,.0f}' for v in aio_floor[4])}; "
+                f"batch 32: {', '.join(f'{v:,.0f}' for v in aio_floor[32])}")
 
     nbd = {key: {"lat": [], "cpu": [], "sys": []} for key in ("strata", "nbdkit")}
     for run in range(args.runs):
@@ -285,6 +298,8 @@ def main(argv: list[str]) -> int:
               f"--bs=4k --iodepth=1|32 --runtime={args.seconds:g} --time_based --output-format=json`; server CPU from /proc/PID/stat "
               "(utime + stime) over the fio run, divided by fio's I/O count; row 7b' shows the stime part alone.",
               "- Row 6': the strata bench process's user and system time (wait4) over its requests.",
+              f"- Row 6'': `.build/release/strata-ring-floor --depth 32 --seconds {args.seconds:g} --submit-batch 4|32` (Bench/RingFloor): "
+              "the runtime's and the kernel's share of row 6 alone; the ratio is the batch-4 figure over qemu-img bench's IOPS.",
               "", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
     if (os.cpu_count() or 1) < 4:

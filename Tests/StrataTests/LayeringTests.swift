@@ -36,6 +36,7 @@ import Testing
         ("StrataControl", "Sources/Control", 8),
         ("StrataCLI", "Sources/StrataCLI", 9),
         ("strata-alloc-count", "Bench/AllocationCount", 9),
+        ("strata-ring-floor", "Bench/RingFloor", 9),
         ("strata-fuzz", "Sources/Fuzz", 9),
     ]
 
@@ -157,7 +158,7 @@ import Testing
     @Test func cStaysInTheShims() throws {
         let mayImportShim: Set<String> = [
             "StrataRuntime", "StrataNodes", "StrataNBDClient", "StrataNBDServer", "StrataDevices", "StrataVhostUserServer", "StrataLoad",
-            "StrataCLI",
+            "StrataCLI", "strata-ring-floor",
         ]
         for target in Self.layers where target.layer > 0 {
             let base = Self.root.appendingPathComponent(target.folder)

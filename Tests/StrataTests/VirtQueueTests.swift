@@ -164,6 +164,32 @@ private func walk(_ device: borrowing VirtqueueDevice, head: UInt16) -> (segment
         #expect(driver.nextUsedIndex == UInt16(total % 65536))
     }
 
+    /// With `defersUsedIndex` used elements are written at once but used.idx moves only when the
+    /// device asks whether to notify: the driver sees the batch whole, never part of it.
+    @Test func aDeferredUsedIndexPublishesTheBatchAtTheNotificationCheck() throws {
+        let setup = try QueueMemory(size: 8)
+        defer { setup.memory.deallocate() }
+        var driver = VirtqueueDriver(queue: setup.queue)
+        var device = VirtqueueDevice(queue: setup.queue)
+        device.defersUsedIndex = true
+        for _ in 0..<3 {
+            let allocated = driver.allocateChain(length: 1)
+            let head = try #require(allocated)
+            driver.writeDescriptor(head, address: setup.data, length: 512, flags: .write)
+            driver.publish(head: head)
+        }
+        while let head = try device.popAvail() { device.pushUsed(id: head, length: 512) }
+        #expect(setup.queue.loadUsedIndexAcquire() == 0)
+        let early = driver.reapUsed()
+        #expect(early == nil)
+        let notify = device.needsNotification()
+        #expect(notify)
+        #expect(setup.queue.loadUsedIndexAcquire() == 3)
+        var reaped = 0
+        while driver.reapUsed() != nil { reaped += 1 }
+        #expect(reaped == 3)
+    }
+
     @Test func freeListReusesDescriptorsAndRefusesWhenExhausted() throws {
         let setup = try QueueMemory(size: 4)
         defer { setup.memory.deallocate() }

@@ -32,6 +32,10 @@ public actor VirtioBlkDevice: GraphAttachment {
         /// The tag every request of this queue carries (a scheduling policy's tenant); nil: the
         /// queue's index.
         public var tenantTag: UInt32?
+        /// Completions reach used.idx only when `needsNotification` is asked, once per batch (see
+        /// `VirtqueueDevice.defersUsedIndex`); every completion must then be followed by that call.
+        /// Not with `inflight`.
+        public var defersUsedIndex = false
 
         public init() {}
     }
@@ -124,6 +128,8 @@ public actor VirtioBlkDevice: GraphAttachment {
         splitVirtqueue = virtqueue
         self.virtqueue = VirtqueueDevice(queue: virtqueue, eventIndex: settings.eventIndex, maxIndirectEntries: 1024,
                                          nextAvailableIndex: nextAvailable, usedIndex: settings.usedIndex)
+        precondition(!(settings.defersUsedIndex && settings.inflight != nil), "an inflight record needs used.idx stored per chain")
+        self.virtqueue.defersUsedIndex = settings.defersUsedIndex
         self.capacitySectors = capacityBytes / UInt64(VirtioBlk.sectorSize)
         self.segmentsPerRequest = settings.segmentsPerRequest
         // One segment array per descriptor head: a head is unique while its request is in flight.

@@ -154,6 +154,8 @@ public final class VhostUserBlkExport: Sendable {
         settings.logicalBlockSize = options.logicalBlockSize
         settings.deviceID = options.id
         settings.inflight = inflight
+        // The runner asks `needsNotification` after every completion and batch.
+        settings.defersUsedIndex = inflight == nil
         settings.tenantTag = options.tenantTagBase &+ UInt32(index)
         let device = VirtioBlkDevice(queue: context, backendName: options.id, capacityBytes: await capacityBytes(), virtqueue: queue,
                                      settings: settings)

@@ -184,6 +184,8 @@ final class VhostUserVringRunner: @unchecked Sendable {
                 }
             }
         }
+        // Stopped in the middle of a batch: what was served must still reach used.idx.
+        if served > 0 { notify(device: device) }
         return nil
     }
 

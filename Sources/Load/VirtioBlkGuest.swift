@@ -53,9 +53,10 @@ final class VirtioBlkGuest {
 
     /// The layout of a queue for `spec` from guest address `base` (page aligned).
     static func layout(for spec: WorkloadSpec, at base: UInt64) throws -> Layout {
-        // Three descriptors per request: header, data, status.
+        // Three descriptors per request (header, data, status), each chain on a 64-byte line of
+        // four (see VirtqueueDriver's alignedChainLength).
         var queueSize = 1
-        while queueSize < 3 * spec.queueDepth { queueSize *= 2 }
+        while queueSize < 4 * spec.queueDepth { queueSize *= 2 }
         guard queueSize <= SplitVirtqueue.maxSize, let rings = SplitVirtqueue.Layout(size: queueSize, at: base) else {
             throw GraphError.badEdit("queue depth \(spec.queueDepth) needs more descriptors than a virtqueue holds")
         }
@@ -78,7 +79,7 @@ final class VirtioBlkGuest {
         let layout = try Self.layout(for: spec, at: base)
         dataArea = layout.dataArea
         queue = try SplitVirtqueue(memory: memory, size: layout.queueSize, at: base)
-        driver = VirtqueueDriver(queue: queue, eventIndex: eventIndex)
+        driver = VirtqueueDriver(queue: queue, eventIndex: eventIndex, alignedChainLength: 3)
         encoder = try VirtioBlkRequestEncoder(memory: memory, queueSize: layout.queueSize, slotArea: layout.slotArea)
 
         submitNsByHead = .allocate(capacity: layout.queueSize)
@@ -131,16 +132,18 @@ final class VirtioBlkGuest {
     /// Publishes requests until `queueDepth` are in flight, unless the run is over; returns how
     /// many it published.
     @discardableResult
+    /// Publishes requests until the queue is full; the device sees them all at one avail.idx store.
     func refill(nowNs: UInt64) -> Int {
         var published = 0
         while inFlight < spec.queueDepth && !stopped && issued < opsLimit {
-            guard publishNext(nowNs: nowNs) else { break }
+            guard stageNext(nowNs: nowNs) else { break }
             published += 1
         }
+        if published > 0 { driver.publishStaged() }
         return published
     }
 
-    private func publishNext(nowNs: UInt64) -> Bool {
+    private func stageNext(nowNs: UInt64) -> Bool {
         var (operation, block) = stream.next()
         if spec.verify {
             var attempts = 0
@@ -176,7 +179,7 @@ final class VirtioBlkGuest {
         bufferByHead[index] = buffer
         operationByHead[index] = operation
         generationByHead[index] = generation
-        driver.publish(head: head)
+        driver.stage(head: head)
         inFlight += 1
         issued += 1
         return true

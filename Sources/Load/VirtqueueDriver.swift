@@ -29,24 +29,39 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
 
     /// Initializes the queue memory as a driver does before handing it to the device: both rings
     /// zeroed (spec: used flags start at 0) and every descriptor on the free list.
-    public init(queue: SplitVirtqueue, eventIndex: Bool = false) {
+    ///
+    /// With `alignedChainLength` L (at most 4), the free list runs through each 64-byte line of the
+    /// table's first L descriptors first, then through the rest: while every chain has L
+    /// descriptors (a chain goes back whole and comes out whole, so the grouping lasts), each
+    /// chain has a cache line of its own, and a device on another CPU reading one chain never
+    /// shares a line with the driver writing the next.
+    public init(queue: SplitVirtqueue, eventIndex: Bool = false, alignedChainLength: Int? = nil) {
         self.queue = queue
         self.eventIndex = eventIndex
         let n = queue.size
         queue.descriptors.initializeMemory(as: UInt8.self, repeating: 0, count: 16 * n)
         queue.available.initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 2 * n)
         queue.used.initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 8 * n)
-        for index in 0..<n {
-            queue.storeDescriptor(VirtqueueDescriptor(address: 0, length: 0, next: UInt16(truncatingIfNeeded: index + 1)),
-                                  at: UInt16(index))
+        var order = Array(0..<n)
+        if let length = alignedChainLength, n >= Self.descriptorsPerLine {
+            precondition(length > 0 && length <= Self.descriptorsPerLine, "a chain of \(length) does not fit one line")
+            let grouped = (0..<n).filter { $0 % Self.descriptorsPerLine < length }
+            order = grouped + (0..<n).filter { $0 % Self.descriptorsPerLine >= length }
         }
-        freeHead = 0
+        for (position, index) in order.enumerated() {
+            let next = position + 1 < n ? order[position + 1] : n
+            queue.storeDescriptor(VirtqueueDescriptor(address: 0, length: 0, next: UInt16(truncatingIfNeeded: next)), at: UInt16(index))
+        }
+        freeHead = UInt16(order[0])
         freeDescriptors = n
         availableIndex = 0
         availableAtLastKick = 0
         lastUsedIndex = 0
         cachedUsedIndex = 0
     }
+
+    /// 16-byte descriptors in a 64-byte cache line.
+    static let descriptorsPerLine = 4
 
     /// Descriptors on the free list.
     @inlinable public var freeCount: Int { freeDescriptors }
@@ -103,8 +118,22 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
     /// so the device that acquires the index sees the entry and the descriptors.
     @inlinable @inline(__always)
     public mutating func publish(head: UInt16) {
+        stage(head: head)
+        publishStaged()
+    }
+
+    /// Writes the ring entry for `head` without moving avail.idx: `publishStaged` then makes every
+    /// staged chain available at once, so a device polling the ring from another CPU takes the
+    /// batch whole instead of pulling the index's cache line over once per chain.
+    @inlinable @inline(__always)
+    public mutating func stage(head: UInt16) {
         queue.storeAvailableEntry(availableIndex, head: head)
         availableIndex &+= 1
+    }
+
+    /// One release store of avail.idx covering every chain staged so far.
+    @inlinable @inline(__always)
+    public func publishStaged() {
         queue.storeAvailableIndexRelease(availableIndex)
     }
 

@@ -33,7 +33,7 @@ final class VhostUserVringRunner: @unchecked Sendable {
     /// What the executor polls while this queue waits for the driver (see `popOrWait`).
     private let availablePoll: VirtqueueAvailablePoll
     /// Requests served between two looks at other work on the executor.
-    private static let batchLimit = 32
+    private static let batchLimit = 8
 
     /// The descriptors stay the connection's: it closes them only after the runner stopped using
     /// them. `callFD` is -1 while there is none.

@@ -84,17 +84,33 @@ def measure(key: str, node: str, queues: int, depth: int, seconds: float) -> dic
         bench = [str(REPO / STRATA), "bench", "--vhost-user", str(socket), "--queues", str(queues), "--depth", str(depth),
                  "--rw", "randread", "--bs", "4k", "--seconds", str(seconds), "--json",
                  "--cpus", ",".join(map(str, front_cpus))]
+        back_before, started = cpu_ns(proc.pid), time.monotonic()
         out = subprocess.run(bench, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=seconds + 60)
+        back_cpus = (cpu_ns(proc.pid) - back_before) / 1e9 / (time.monotonic() - started)
         if out.returncode != 0:
             raise RunError(f"bench against {key} failed: {tail(out.stdout + out.stderr)}")
         report = json.loads(out.stdout.strip().splitlines()[-1])
-        return {"iops": report["iops"], "mean_ns": report["latency_ns"]["mean"], "p99_ns": report["latency_ns"]["p99"]}
+        # CPUs each side kept busy: the front end's from its own report, the back end's from /proc
+        # over the bench process's whole life (its start and handshake included, so slightly low).
+        front_cpus_used = report["cpu_ns_per_op"] * report["iops"] / 1e9
+        return {"iops": report["iops"], "mean_ns": report["latency_ns"]["mean"], "p99_ns": report["latency_ns"]["p99"],
+                "front_cpus": front_cpus_used, "back_cpus": back_cpus}
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def cache_round_trip_ns() -> float:
+    """Mean cache-line round trip between the CPUs row 1 puts the front end and the back end on."""
+    front, back = (c[0] for c in placement(1))
+    out = subprocess.run([str(REPO / ".build" / "release" / "strata-ring-floor"), "--cache-round-trip", f"{front},{back}"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RunError(f"strata-ring-floor --cache-round-trip failed: {tail(out.stdout + out.stderr)}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["cache_round_trip_ns"])
 
 
 def cpu_split_ns(pid: int) -> tuple[float, float]:
@@ -156,8 +172,11 @@ def main(argv: list[str]) -> int:
         subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 7 0 1G", str(image)], check=True, env=ENV, capture_output=True)
     cases = [("null", 1, 32), ("null", 2, 32), ("null", 1, 1), ("file", 1, 32), ("file", 2, 32), ("file", 1, 1), ("file", 2, 1)]
     results: dict[tuple, dict[str, list[dict]]] = {case: {"strata": [], "qsd": []} for case in cases}
+    round_trips: list[float] = []
     for run in range(args.runs):
         for case in cases:
+            if case == ("null", 1, 32):
+                round_trips.append(cache_round_trip_ns())
             order = ["strata", "qsd"] if (run + cases.index(case)) % 2 == 0 else ["qsd", "strata"]
             for key in order:
                 log(f"run {run + 1}/{args.runs}: {key} {case}")
@@ -175,9 +194,17 @@ def main(argv: list[str]) -> int:
     rows = []
     s1, q1 = med(("null", 1, 32), "strata", "iops"), med(("null", 1, 32), "qsd", "iops")
     rows.append(("1", "null-co, 4 KiB random reads, QD32, 1 queue: IOPS", iops(s1), iops(q1), s1 / q1, ">= 2x", s1 / q1 >= 2))
+    pairs = ", ".join(f"{rt:,.0f} ns: Strata {st['iops'] / 1e6:.2f}M, QSD {qs['iops'] / 1e6:.2f}M"
+                      for rt, st, qs in zip(round_trips, results[("null", 1, 32)]["strata"], results[("null", 1, 32)]["qsd"]))
+    rows.append(("1'", "Same runs: the cache-line round trip between the front end's and the back end's CPU, measured before each "
+                 f"pair (strata-ring-floor --cache-round-trip; it moves with where the hypervisor puts the vCPUs): {pairs}",
+                 f"{median(round_trips):,.0f} ns", "-", None, "-", None))
     s2, q2 = med(("null", 2, 32), "strata", "iops"), med(("null", 2, 32), "qsd", "iops")
     rows.append(("2", "null-co, QD32 per queue, 2 queues: IOPS (ratio: Strata 2 queues / Strata 1 queue)", iops(s2), iops(q2), s2 / s1,
                  ">= 1.8x", s2 / s1 >= 1.8))
+    cpus = {q: (med(("null", q, 32), "strata", "front_cpus"), med(("null", q, 32), "strata", "back_cpus")) for q in (1, 2)}
+    rows.append(("2'", f"Same runs: CPUs Strata's front end + back end kept busy, 1 queue / 2 queues (the machine has {os.cpu_count()})",
+                 f"{cpus[1][0]:.2f} + {cpus[1][1]:.2f} / {cpus[2][0]:.2f} + {cpus[2][1]:.2f}", "-", None, "-", None))
     l1, lq = med(("null", 1, 1), "strata", "mean_ns"), med(("null", 1, 1), "qsd", "mean_ns")
     rows.append(("3", "null-co, 4 KiB random reads, QD1, 1 queue: mean latency", micros(l1), micros(lq), l1 / lq, "<= 0.8x", l1 / lq <= 0.8))
     for case, label in ((("file", 1, 32), "4a"), (("file", 2, 32), "4b")):

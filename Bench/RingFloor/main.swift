@@ -1,9 +1,16 @@
-// The floor under Bench/results/vhost.md row 6: what a request costs that does nothing but
-// suspend a Swift task on a queue executor until an io_uring NOP completes. DEPTH tasks on one
-// pinned executor (the thread-affine default executor installed, as in `strata bench`) each await
-// `perform { nop }` in a loop; no node, no device model, no load generator. Prints one JSON line:
-// NOPs per second and the process's user and system CPU per NOP.
+// The floors under Bench/results/vhost.md, measured on this machine as it is now.
+//
+// Default: what a request costs that does nothing but suspend a Swift task on a queue executor
+// until an io_uring NOP completes (row 6''). DEPTH tasks on one pinned executor (the thread-affine
+// default executor installed, as in `strata bench`) each await `perform { nop }` in a loop; no
+// node, no device model, no load generator. Prints one JSON line: NOPs per second and the
+// process's user and system CPU per NOP.
 // strata-ring-floor [--depth N] [--seconds S] [--submit-batch N] [--cpu C]
+//
+// --cache-round-trip A,B: two threads pinned to CPUs A and B pass a counter back and forth
+// through two cache lines; prints the mean round trip. Every request between a vhost-user front
+// end and back end crosses between their CPUs several times, so this bounds what rows 1 and 2
+// can reach, and it changes with where the hypervisor places the vCPUs.
 import CStrataShim
 import Dispatch
 import Glibc
@@ -15,6 +22,7 @@ struct Options {
     var seconds = 3.0
     var submitBatch: UInt32 = 4
     var cpu: Int? = 0
+    var roundTripCPUs: (Int, Int)?
 
     init(_ arguments: [String]) {
         var rest = arguments[...]
@@ -25,6 +33,10 @@ struct Options {
             case "--seconds": seconds = parsed(Double(value), "--seconds takes a number, got '\(value)'")
             case "--submit-batch": submitBatch = parsed(UInt32(value), "--submit-batch takes a count, got '\(value)'")
             case "--cpu": cpu = value == "none" ? nil : parsed(Int(value), "--cpu takes a CPU number or none, got '\(value)'")
+            case "--cache-round-trip":
+                let cpus = value.split(separator: ",").compactMap { Int($0) }
+                guard cpus.count == 2 else { fail("--cache-round-trip takes two CPUs, as 0,1; got '\(value)'") }
+                roundTripCPUs = (cpus[0], cpus[1])
             default: fail("unknown option \(flag)")
             }
         }
@@ -76,6 +88,53 @@ func cpuNs() -> (user: Double, system: Double) {
     return (ns(usage.ru_utime), ns(usage.ru_stime))
 }
 
+/// Two counters on lines of their own: the pinger writes one and waits for the ponger to echo it
+/// on the other.
+final class PingPong: Sendable {
+    let ping = Atomic<Int>(0)
+    let padding = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    let pong = Atomic<Int>(0)
+    let rounds: Int
+    let echoCPU: Int
+
+    init(rounds: Int, echoCPU: Int) {
+        self.rounds = rounds
+        self.echoCPU = echoCPU
+    }
+
+    func echo() {
+        _ = strata_pin_current_thread(Int32(echoCPU))
+        for round in 1...rounds {
+            while ping.load(ordering: .acquiring) != round {}
+            pong.store(round, ordering: .releasing)
+        }
+    }
+}
+
+func cacheRoundTripNs(between first: Int, and second: Int) -> Double {
+    let game = PingPong(rounds: 1_000_000, echoCPU: second)
+    var thread = pthread_t()
+    let created = pthread_create(&thread, nil, { raw in
+        Unmanaged<PingPong>.fromOpaque(raw!).takeRetainedValue().echo()
+        return nil
+    }, Unmanaged.passRetained(game).toOpaque())
+    guard created == 0 else { fail("pthread_create: \(created)") }
+    guard strata_pin_current_thread(Int32(first)) == 0 else { fail("cannot pin to CPU \(first)") }
+    let startNs = MonotonicClock.now()
+    for round in 1...game.rounds {
+        game.ping.store(round, ordering: .releasing)
+        while game.pong.load(ordering: .acquiring) != round {}
+    }
+    let elapsedNs = Double(MonotonicClock.now() - startNs)
+    pthread_join(thread, nil)
+    return elapsedNs / Double(game.rounds)
+}
+
+let commandLineOptions = Options(Array(CommandLine.arguments.dropFirst()))
+if let (first, second) = commandLineOptions.roundTripCPUs {
+    print("{\"cache_round_trip_ns\":\(Int(cacheRoundTripNs(between: first, and: second)))}")
+    exit(EXIT_SUCCESS)
+}
 ThreadAffineExecutors.install()
 Task.detached {
     let options = Options(Array(CommandLine.arguments.dropFirst()))

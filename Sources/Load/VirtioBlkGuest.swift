@@ -26,9 +26,8 @@ final class VirtioBlkGuest {
     private let bufferByHead: UnsafeMutableBufferPointer<Int32>
     private let operationByHead: UnsafeMutableBufferPointer<BlockOperation>
     private let generationByHead: UnsafeMutableBufferPointer<UInt32>
-    // Data buffers: guest addresses of `queueDepth` blocks, handed out from a stack.
+    // Data buffers: one block per chain slot (`bufferIndex`).
     private let dataArea: UInt64
-    private var freeBuffers: [Int32]
     // Verify mode: the generation last written to each block, and the blocks in flight.
     private var generations: [UInt32]
     private var blocksInFlight: Set<UInt64> = []
@@ -64,7 +63,8 @@ final class VirtioBlkGuest {
         func alignUp(_ value: UInt64, _ alignment: UInt64) -> UInt64 { (value + alignment - 1) / alignment * alignment }
         let slotArea = alignUp(rings.end, 64)
         let dataArea = alignUp(slotArea + UInt64(VirtioBlkRequestEncoder.slotAreaByteCount(queueSize: queueSize)), pageSize)
-        let end = alignUp(dataArea + UInt64(spec.queueDepth * spec.blockSizeBytes), pageSize)
+        // One data buffer per chain slot (see `bufferIndex`), so a slot's chain never changes.
+        let end = alignUp(dataArea + UInt64(queueSize / VirtqueueDriver.descriptorsPerLine * spec.blockSizeBytes), pageSize)
         return Layout(queueSize: queueSize, slotArea: slotArea, dataArea: dataArea, byteCount: end - base)
     }
 
@@ -92,7 +92,6 @@ final class VirtioBlkGuest {
         operationByHead.initialize(repeating: .read)
         generationByHead = .allocate(capacity: layout.queueSize)
         generationByHead.initialize(repeating: 0)
-        freeBuffers = (0..<Int32(spec.queueDepth)).reversed()
         if spec.verify {
             guard stream.blockCount <= 1 << 26 else {
                 throw GraphError.badEdit("--verify keeps one counter per block: \(stream.blockCount) blocks is more than 2^26; use a larger --bs or a smaller device")
@@ -154,7 +153,11 @@ final class VirtioBlkGuest {
             }
             blocksInFlight.insert(block)
         }
-        guard let buffer = freeBuffers.popLast() else { return false }
+        guard let head = driver.allocateChain(length: 3) else {
+            if spec.verify { blocksInFlight.remove(block) }
+            return false
+        }
+        let buffer = Self.bufferIndex(head: head)
         let address = dataArea + UInt64(Int(buffer) * spec.blockSizeBytes)
         var generation: UInt32 = 0
         if spec.verify {
@@ -167,12 +170,8 @@ final class VirtioBlkGuest {
                 generation = generations[Int(block)]
             }
         }
-        guard let head = encoder.encode(into: &driver, type: operation == .read ? .read : .write, sector: block * sectorsPerBlock,
-                                        dataAddress: address, dataLength: UInt32(spec.blockSizeBytes)) else {
-            freeBuffers.append(buffer)
-            if spec.verify { blocksInFlight.remove(block) }
-            return false
-        }
+        encoder.write(head: head, into: driver, type: operation == .read ? .read : .write, sector: block * sectorsPerBlock,
+                      dataAddress: address, dataLength: UInt32(spec.blockSizeBytes))
         let index = Int(head)
         submitNsByHead[index] = nowNs
         blockByHead[index] = block
@@ -183,6 +182,14 @@ final class VirtioBlkGuest {
         inFlight += 1
         issued += 1
         return true
+    }
+
+    /// The data buffer of the chain at `head`: chains sit one per 64-byte line of descriptors
+    /// (`alignedChainLength`), so each line's chain has a buffer of its own and is published again
+    /// with the same descriptors, written once; only the header changes per request.
+    static func bufferIndex(head: UInt16) -> Int32 {
+        precondition(Int(head) % VirtqueueDriver.descriptorsPerLine == 0, "a chain off its line: head \(head)")
+        return Int32(Int(head) / VirtqueueDriver.descriptorsPerLine)
     }
 
     /// Records a request that was in flight when its queue switched graph versions.
@@ -226,7 +233,6 @@ final class VirtioBlkGuest {
                 blocksInFlight.remove(block)
             }
             if submitNsByHead[index] < latestSwitchNs { noteAcrossSwitch(submitNs: submitNsByHead[index], nowNs: nowNs, latencyNs: latencyNs) }
-            freeBuffers.append(buffer)
             bufferByHead[index] = -1
             driver.freeChain(head: id)
             inFlight -= 1

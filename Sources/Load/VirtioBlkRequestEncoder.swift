@@ -40,9 +40,18 @@ public struct VirtioBlkRequestEncoder: @unchecked Sendable {
     @inlinable
     public func encode(into driver: inout VirtqueueDriver, type: VirtioBlkRequestType, sector: UInt64,
                        dataAddress: UInt64, dataLength: UInt32) -> UInt16? {
+        guard let head = driver.allocateChain(length: dataLength > 0 ? 3 : 2) else { return nil }
+        write(head: head, into: driver, type: type, sector: sector, dataAddress: dataAddress, dataLength: dataLength)
+        return head
+    }
+
+    /// Writes a request into the chain at `head`, which `driver` allocated with 3 descriptors
+    /// (2 when `dataLength` is 0); what `encode` does after allocating.
+    @inlinable
+    public func write(head: UInt16, into driver: borrowing VirtqueueDriver, type: VirtioBlkRequestType, sector: UInt64,
+                      dataAddress: UInt64, dataLength: UInt32) {
         precondition(driver.queue.size <= slotCount, "slot area smaller than the queue")
         let hasData = dataLength > 0
-        guard let head = driver.allocateChain(length: hasData ? 3 : 2) else { return nil }
         let slot = slots + Int(head) * Self.slotStride
         slot.storeBytes(of: type.rawValue.littleEndian, as: UInt32.self)
         slot.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)
@@ -60,7 +69,6 @@ public struct VirtioBlkRequestEncoder: @unchecked Sendable {
         }
         driver.writeDescriptor(statusIndex, address: headerAddress + UInt64(VirtioBlk.headerSize), length: 1,
                                flags: .write)
-        return head
     }
 
     /// The status byte of the request encoded at `head`, once the device returned it.

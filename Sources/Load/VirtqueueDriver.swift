@@ -61,7 +61,7 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
     }
 
     /// 16-byte descriptors in a 64-byte cache line.
-    static let descriptorsPerLine = 4
+    public static let descriptorsPerLine = 4
 
     /// Descriptors on the free list.
     @inlinable public var freeCount: Int { freeDescriptors }
@@ -87,11 +87,17 @@ public struct VirtqueueDriver: ~Copyable, @unchecked Sendable {
     }
 
     /// Writes address, length and flags of descriptor `index`, keeping its `next` link. Set
-    /// `.next` on every descriptor but the chain's last.
+    /// `.next` on every descriptor but the chain's last. A descriptor that already says so is not
+    /// written: a chain published again as it was leaves its cache line clean, so a device on
+    /// another CPU still holds it.
     @inlinable @inline(__always)
     public func writeDescriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: VirtqueueDescriptor.Flags) {
         precondition(Int(index) < queue.size, "descriptor index out of range")
         let entry = queue.descriptors + 16 * Int(index)
+        if entry.load(as: UInt64.self) == address.littleEndian && entry.load(fromByteOffset: 8, as: UInt32.self) == length.littleEndian
+            && entry.load(fromByteOffset: 12, as: UInt16.self) == flags.rawValue.littleEndian {
+            return
+        }
         entry.storeBytes(of: address.littleEndian, as: UInt64.self)
         entry.storeBytes(of: length.littleEndian, toByteOffset: 8, as: UInt32.self)
         entry.storeBytes(of: flags.rawValue.littleEndian, toByteOffset: 12, as: UInt16.self)

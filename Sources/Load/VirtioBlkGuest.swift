@@ -28,6 +28,10 @@ final class VirtioBlkGuest {
     private let generationByHead: UnsafeMutableBufferPointer<UInt32>
     // Data buffers: one block per chain slot (`bufferIndex`).
     private let dataArea: UInt64
+    /// Chains not in flight. Every chain is taken off the driver's free list once, at the start,
+    /// and stays allocated: taking and returning one per request would rewrite the free-list link
+    /// in its last descriptor each time, moving the line to this CPU and away from the device's.
+    private var freeHeads: [UInt16] = []
     // Verify mode: the generation last written to each block, and the blocks in flight.
     private var generations: [UInt32]
     private var blocksInFlight: Set<UInt64> = []
@@ -81,6 +85,13 @@ final class VirtioBlkGuest {
         queue = try SplitVirtqueue(memory: memory, size: layout.queueSize, at: base)
         driver = VirtqueueDriver(queue: queue, eventIndex: eventIndex, alignedChainLength: 3)
         encoder = try VirtioBlkRequestEncoder(memory: memory, queueSize: layout.queueSize, slotArea: layout.slotArea)
+        while let head = driver.allocateChain(length: 3) {
+            // Only the chains on lines of their own: the rest of the table stays unused.
+            guard Int(head) % VirtqueueDriver.descriptorsPerLine == 0 else { break }
+            freeHeads.append(head)
+        }
+        precondition(freeHeads.count >= spec.queueDepth, "\(freeHeads.count) chains for a queue depth of \(spec.queueDepth)")
+        freeHeads.reverse()  // the lowest heads first
 
         submitNsByHead = .allocate(capacity: layout.queueSize)
         submitNsByHead.initialize(repeating: 0)
@@ -153,7 +164,7 @@ final class VirtioBlkGuest {
             }
             blocksInFlight.insert(block)
         }
-        guard let head = driver.allocateChain(length: 3) else {
+        guard let head = freeHeads.popLast() else {
             if spec.verify { blocksInFlight.remove(block) }
             return false
         }
@@ -234,7 +245,7 @@ final class VirtioBlkGuest {
             }
             if submitNsByHead[index] < latestSwitchNs { noteAcrossSwitch(submitNs: submitNsByHead[index], nowNs: nowNs, latencyNs: latencyNs) }
             bufferByHead[index] = -1
-            driver.freeChain(head: id)
+            freeHeads.append(id)
             inFlight -= 1
         }
         return reaped
